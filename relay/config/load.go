@@ -1,0 +1,268 @@
+package config
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Loaded is a validated configuration together with the parsed contents of every
+// secret file it references. A Loaded value is immutable once returned.
+type Loaded struct {
+	Config *Config
+	// Hash identifies this exact configuration and secret content; see Hash.
+	Hash string
+
+	// Certificate is the listeners' certificate, nil when no listener uses TLS.
+	Certificate *tls.Certificate
+	// PasswordHashes maps a username to its bcrypt hash.
+	PasswordHashes map[string][]byte
+	// DKIMKeys maps a sender domain to its signing key.
+	DKIMKeys map[string]crypto.Signer
+	// UpstreamCAs maps an upstream name to the CA pool its caFile holds.
+	UpstreamCAs map[string]*x509.CertPool
+	// UpstreamCredentials maps an upstream name to the credentials it authenticates with.
+	UpstreamCredentials map[string]Credentials
+}
+
+// Credentials are a user name and password read from secret files.
+type Credentials struct {
+	Username string
+	Password string
+}
+
+// String never shows the password, so credentials cannot leak through a log line.
+func (c Credentials) String() string { return fmt.Sprintf("{Username:%s Password:<redacted>}", c.Username) }
+
+// GoString hides the password from %#v as well.
+func (c Credentials) GoString() string { return c.String() }
+
+// Load reads DIR/relay.yaml from configDir and the secret files it references from
+// secretsDir, both laid out as the kubelet mounts a ConfigMap and a Secret. It applies
+// defaults and validates everything, secret contents included: a config that names a
+// missing or malformed secret file is invalid.
+func Load(configDir, secretsDir string) (*Loaded, error) {
+	raw, err := os.ReadFile(filepath.Join(configDir, FileName))
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return LoadBytes(raw, os.DirFS(secretsDir))
+}
+
+// LoadBytes is Load with the relay.yaml content given and secrets read from fsys.
+func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
+	c, err := Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	r := &secretReader{fsys: secrets, files: map[string][]byte{}}
+	l := &Loaded{
+		Config:              c,
+		PasswordHashes:      map[string][]byte{},
+		DKIMKeys:            map[string]crypto.Signer{},
+		UpstreamCAs:         map[string]*x509.CertPool{},
+		UpstreamCredentials: map[string]Credentials{},
+	}
+	if c.TLS != nil {
+		certPEM := r.read("tls.certFile", c.TLS.CertFile)
+		keyPEM := r.read("tls.keyFile", c.TLS.KeyFile)
+		if certPEM != nil && keyPEM != nil {
+			cert, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				r.fail("tls", "%s and %s are not a matching PEM certificate and key: %v", c.TLS.CertFile, c.TLS.KeyFile, err)
+			} else {
+				l.Certificate = &cert
+			}
+		}
+	}
+	for i, u := range c.Users {
+		f := fmt.Sprintf("users[%d].passwordHashFile", i)
+		h := bytes.TrimSpace(r.read(f, u.PasswordHashFile))
+		if h == nil {
+			continue
+		}
+		if _, err := bcrypt.Cost(h); err != nil {
+			r.fail(f, "%s does not hold a bcrypt hash: %v", u.PasswordHashFile, err)
+			continue
+		}
+		l.PasswordHashes[u.Username] = h
+	}
+	for i, d := range c.Domains {
+		if d.DKIM == nil {
+			continue
+		}
+		f := fmt.Sprintf("domains[%d].dkim.privateKeyFile", i)
+		pemBytes := r.read(f, d.DKIM.PrivateKeyFile)
+		if pemBytes == nil {
+			continue
+		}
+		key, err := ParsePrivateKey(pemBytes)
+		if err != nil {
+			r.fail(f, "%s: %v", d.DKIM.PrivateKeyFile, err)
+			continue
+		}
+		l.DKIMKeys[d.Domain] = key
+	}
+	for i, u := range c.Upstreams {
+		f := fmt.Sprintf("upstreams[%d]", i)
+		if u.TLS.CAFile != "" {
+			if b := r.read(f+".tls.caFile", u.TLS.CAFile); b != nil {
+				pool := x509.NewCertPool()
+				if !pool.AppendCertsFromPEM(b) {
+					r.fail(f+".tls.caFile", "%s holds no PEM certificate", u.TLS.CAFile)
+				}
+				l.UpstreamCAs[u.Name] = pool
+			}
+		}
+		if a := u.Auth; a != nil {
+			user := trimNewline(r.read(f+".auth.usernameFile", a.UsernameFile))
+			pass := trimNewline(r.read(f+".auth.passwordFile", a.PasswordFile))
+			if user == "" && r.files[a.UsernameFile] != nil {
+				r.fail(f+".auth.usernameFile", "%s is empty", a.UsernameFile)
+			}
+			if pass == "" && r.files[a.PasswordFile] != nil {
+				r.fail(f+".auth.passwordFile", "%s is empty", a.PasswordFile)
+			}
+			l.UpstreamCredentials[u.Name] = Credentials{Username: user, Password: pass}
+		}
+	}
+	if err := errors.Join(r.errs...); err != nil {
+		return nil, err
+	}
+	l.Hash = Hash(raw, r.files)
+	return l, nil
+}
+
+// Hash identifies a configuration: the SHA-256, in hex, of relay.yaml and of every
+// secret file it references (name and content, in name order). The operator computes
+// it from what it renders and the relay from what it loaded, so the two agree exactly
+// when the relay runs what the operator rendered.
+func Hash(configYAML []byte, secrets map[string][]byte) string {
+	h := sha256.New()
+	write := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	write(configYAML)
+	names := make([]string, 0, len(secrets))
+	for n := range secrets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		write([]byte(n))
+		write(secrets[n])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// ReferencedSecretFiles lists the secret file paths a configuration refers to.
+func (c *Config) ReferencedSecretFiles() []string {
+	var files []string
+	if c.TLS != nil {
+		files = append(files, c.TLS.CertFile, c.TLS.KeyFile)
+	}
+	for _, u := range c.Users {
+		files = append(files, u.PasswordHashFile)
+	}
+	for _, d := range c.Domains {
+		if d.DKIM != nil {
+			files = append(files, d.DKIM.PrivateKeyFile)
+		}
+	}
+	for _, u := range c.Upstreams {
+		if u.TLS.CAFile != "" {
+			files = append(files, u.TLS.CAFile)
+		}
+		if u.Auth != nil {
+			files = append(files, u.Auth.UsernameFile, u.Auth.PasswordFile)
+		}
+	}
+	return files
+}
+
+// ParsePrivateKey reads a PEM RSA (PKCS#1 or PKCS#8, at least 1024 bits) or Ed25519
+// (PKCS#8) private key, as used for DKIM.
+func ParsePrivateKey(pemBytes []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil, errors.New("not a PEM private key")
+	}
+	var key any
+	var err error
+	switch block.Type {
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("PEM block %q is not an RSA or PKCS#8 private key", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parsing private key: %w", err)
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		if k.N.BitLen() < 1024 {
+			return nil, fmt.Errorf("RSA key of %d bits is too short: use at least 1024 (2048 recommended)", k.N.BitLen())
+		}
+		return k, nil
+	case ed25519.PrivateKey:
+		return k, nil
+	default:
+		return nil, fmt.Errorf("key type %T is not supported: use RSA or Ed25519", key)
+	}
+}
+
+// secretReader reads each referenced file once and collects errors that name the field.
+type secretReader struct {
+	fsys  fs.FS
+	files map[string][]byte
+	errs  []error
+}
+
+func (r *secretReader) read(field, name string) []byte {
+	if b, ok := r.files[name]; ok {
+		return b
+	}
+	b, err := fs.ReadFile(r.fsys, name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			r.fail(field, "secret file %q does not exist in the secrets directory", name)
+		} else {
+			r.fail(field, "reading secret file %q: %v", name, err)
+		}
+		return nil
+	}
+	r.files[name] = b
+	return b
+}
+
+func (r *secretReader) fail(field, format string, args ...any) {
+	r.errs = append(r.errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+func trimNewline(b []byte) string {
+	return string(bytes.TrimRight(b, "\r\n"))
+}

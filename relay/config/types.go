@@ -1,0 +1,284 @@
+// Package config defines the relay's configuration format: the relay.yaml file the
+// relay reads from its config directory and the secret files it references in its
+// secrets directory. It is the only definition of that format; the operator imports it
+// to render configuration, and the relay uses it to parse and validate what it loads.
+//
+// A configuration is versioned by apiVersion and kind. Every path to a secret file is
+// relative to the secrets directory, so relay.yaml itself never holds a secret value.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+const (
+	// APIVersion is the only configuration version this package understands.
+	APIVersion = "relay.kuberelay.io/v1alpha1"
+	// Kind is the kind of a relay configuration document.
+	Kind = "RelayConfig"
+	// FileName is the name of the configuration file in the config directory.
+	FileName = "relay.yaml"
+)
+
+// Config is the whole configuration of one relay process.
+type Config struct {
+	// apiVersion must be "relay.kuberelay.io/v1alpha1".
+	APIVersion string `json:"apiVersion"`
+	// kind must be "RelayConfig".
+	Kind string `json:"kind"`
+
+	// hostname is the name the relay gives in its greeting, in EHLO to upstreams and in
+	// the Received header it adds. Default: the host name of the machine (the pod name).
+	Hostname string `json:"hostname,omitempty"`
+
+	// listeners are the addresses the relay accepts SMTP on. At least one is required;
+	// names and addresses must be unique. Listeners are bound at start-up: a change to
+	// them is reported by the reload and takes effect at the next restart.
+	Listeners []Listener `json:"listeners"`
+
+	// tls is the certificate served on STARTTLS and Implicit listeners. Required when a
+	// listener uses TLS. A renewed certificate is picked up by the next handshake.
+	TLS *ServerTLS `json:"tls,omitempty"`
+
+	// allowedNetworks are the client networks (CIDRs, or single addresses) that may relay
+	// without authenticating. Empty means no network may: the relay is closed by default.
+	// 0.0.0.0/0 and ::/0 are refused, as they would make an open relay.
+	AllowedNetworks []string `json:"allowedNetworks,omitempty"`
+
+	// users are the clients that may relay after AUTH PLAIN or LOGIN over TLS.
+	Users []User `json:"users,omitempty"`
+
+	// nullSender says what happens to MAIL FROM:<> (bounces and auto-replies), which has
+	// no domain to check: "Reject" (default) refuses it with 550; "Allow" relays it,
+	// for permitted clients only, through defaultUpstream.
+	NullSender NullSenderPolicy `json:"nullSender,omitempty"`
+
+	// domains are the sender domains the relay relays for. The envelope sender's domain
+	// must be one of them. Empty means no sender is accepted.
+	Domains []Domain `json:"domains,omitempty"`
+
+	// defaultUpstream names the upstream for domains that name none (and for the null
+	// sender). Required when any domain names no upstream.
+	DefaultUpstream string `json:"defaultUpstream,omitempty"`
+
+	// upstreams are the smarthosts mail is delivered through.
+	Upstreams []Upstream `json:"upstreams,omitempty"`
+
+	// limits bound what a client can make the relay do.
+	Limits Limits `json:"limits,omitzero"`
+}
+
+// TLSMode says how TLS is used on a connection.
+type TLSMode string
+
+const (
+	// TLSNone is plain SMTP. On a listener it never offers STARTTLS; to an upstream it
+	// sends everything, credentials included, in clear text.
+	TLSNone TLSMode = "None"
+	// TLSStartTLS upgrades a plain connection with the STARTTLS command (RFC 3207).
+	// Towards an upstream it is mandatory: the relay never falls back to plain text.
+	TLSStartTLS TLSMode = "STARTTLS"
+	// TLSImplicit starts TLS before any SMTP is spoken (port 465 style, RFC 8314).
+	TLSImplicit TLSMode = "Implicit"
+)
+
+// Listener is one address the relay accepts SMTP connections on.
+type Listener struct {
+	// name identifies the listener in logs and metrics, e.g. "smtp" or "submission".
+	// Required; lowercase letters, digits and dashes.
+	Name string `json:"name"`
+	// address is host:port to listen on, e.g. ":2525" or "127.0.0.1:2587". Required.
+	Address string `json:"address"`
+	// tls is "None", "STARTTLS" (default) or "Implicit". STARTTLS and Implicit need
+	// the top-level tls certificate.
+	TLS TLSMode `json:"tls,omitempty"`
+	// requireAuth refuses mail from clients that have not authenticated, even from an
+	// allowed network. Requires a TLS mode other than None, as AUTH is only offered
+	// over TLS.
+	RequireAuth bool `json:"requireAuth,omitempty"`
+}
+
+// ServerTLS is the certificate the relay presents to its clients.
+type ServerTLS struct {
+	// certFile is the PEM certificate chain, relative to the secrets directory. Required.
+	CertFile string `json:"certFile"`
+	// keyFile is the PEM private key, relative to the secrets directory. Required.
+	KeyFile string `json:"keyFile"`
+}
+
+// User is a client that may authenticate.
+type User struct {
+	// username is the AUTH identity. Required and unique.
+	Username string `json:"username"`
+	// passwordHashFile holds the bcrypt hash of the user's password, relative to the
+	// secrets directory. Required.
+	PasswordHashFile string `json:"passwordHashFile"`
+	// allowedSenders restricts the envelope senders this user may use. Each entry is an
+	// address ("noreply@example.com", where "*" in the local part matches any run of
+	// characters) or a domain ("example.com", any address at it). Empty means any
+	// sender the relay domains allow.
+	AllowedSenders []string `json:"allowedSenders,omitempty"`
+}
+
+// NullSenderPolicy is what the relay does with the null reverse-path.
+type NullSenderPolicy string
+
+const (
+	// NullSenderReject refuses MAIL FROM:<>.
+	NullSenderReject NullSenderPolicy = "Reject"
+	// NullSenderAllow relays MAIL FROM:<> from permitted clients via the default upstream.
+	NullSenderAllow NullSenderPolicy = "Allow"
+)
+
+// Domain is a sender domain the relay relays for.
+type Domain struct {
+	// domain is the domain of the envelope sender, e.g. "example.com". Required, unique,
+	// compared case-insensitively. Subdomains are separate domains.
+	Domain string `json:"domain"`
+	// upstream names the upstream mail from this domain is delivered through. Default:
+	// defaultUpstream.
+	Upstream string `json:"upstream,omitempty"`
+	// allowedSenders are the local parts that may send from this domain ("noreply",
+	// "alerts-*"; "*" matches any run of characters, comparison ignores case). Empty
+	// means any local part.
+	AllowedSenders []string `json:"allowedSenders,omitempty"`
+	// dkim signs mail from this domain. Optional.
+	DKIM *DKIM `json:"dkim,omitempty"`
+}
+
+// DKIM is a DKIM signing key (RFC 6376).
+type DKIM struct {
+	// selector is the DNS selector of the key: the public key is published at
+	// <selector>._domainkey.<domain>. Required.
+	Selector string `json:"selector"`
+	// privateKeyFile is a PEM private key (RSA of at least 1024 bits, or Ed25519, in
+	// PKCS#1 or PKCS#8), relative to the secrets directory. Required.
+	PrivateKeyFile string `json:"privateKeyFile"`
+	// headers are the header fields to sign. Default: From, To, Cc, Subject, Date,
+	// Message-ID, Reply-To, In-Reply-To, References, MIME-Version, Content-Type,
+	// Content-Transfer-Encoding. "From" is always signed.
+	Headers []string `json:"headers,omitempty"`
+}
+
+// Upstream is a smarthost the relay delivers through.
+type Upstream struct {
+	// name identifies the upstream in domains, logs and metrics. Required and unique.
+	Name string `json:"name"`
+	// endpoints are tried in order: the next one only when the previous one cannot take
+	// the message (connection, TLS or AUTH failure, a 421, or a 4xx before DATA). Mail
+	// is never copied to more than one. At least one is required.
+	Endpoints []Endpoint `json:"endpoints"`
+	// tls says how the connection is secured. Default mode: STARTTLS.
+	TLS UpstreamTLS `json:"tls,omitzero"`
+	// auth authenticates the relay to the upstream. Optional; needs a TLS mode other
+	// than None.
+	Auth *UpstreamAuth `json:"auth,omitempty"`
+	// maxConnections bounds the connections this relay process keeps to the upstream
+	// (idle and in use). When all are busy a message waits up to acquireTimeout, then is
+	// answered with a 4xx. Default 10.
+	MaxConnections int `json:"maxConnections,omitempty"`
+	// maxMessagesPerConnection closes a pooled connection after this many messages;
+	// 0 means no bound. Default 100.
+	MaxMessagesPerConnection int `json:"maxMessagesPerConnection,omitempty"`
+	// timeouts bound each step of talking to the upstream.
+	Timeouts UpstreamTimeouts `json:"timeouts,omitzero"`
+}
+
+// Endpoint is one address of an upstream.
+type Endpoint struct {
+	// host is a DNS name or IP address. Required.
+	Host string `json:"host"`
+	// port is the TCP port, 1-65535. Default: 465 for Implicit TLS, 587 otherwise.
+	Port int `json:"port,omitempty"`
+}
+
+// UpstreamTLS says how the relay secures its connection to an upstream.
+type UpstreamTLS struct {
+	// mode is "STARTTLS" (default), "Implicit" or "None".
+	Mode TLSMode `json:"mode,omitempty"`
+	// serverName is the name the upstream's certificate must be valid for. Default: the
+	// endpoint's host.
+	ServerName string `json:"serverName,omitempty"`
+	// caFile is a PEM bundle of CAs to verify the upstream with, relative to the secrets
+	// directory. Default: the system's roots.
+	CAFile string `json:"caFile,omitempty"`
+	// insecureSkipVerify accepts any certificate. For tests only: it allows a
+	// man in the middle to read the mail and the credentials.
+	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
+}
+
+// UpstreamAuth is how the relay authenticates to an upstream.
+type UpstreamAuth struct {
+	// mechanism is "PLAIN" (default) or "LOGIN".
+	Mechanism string `json:"mechanism,omitempty"`
+	// usernameFile holds the user name, relative to the secrets directory. Required.
+	UsernameFile string `json:"usernameFile"`
+	// passwordFile holds the password, relative to the secrets directory. Required.
+	PasswordFile string `json:"passwordFile"`
+}
+
+// UpstreamTimeouts bound the relay's conversation with an upstream.
+type UpstreamTimeouts struct {
+	// connect bounds the TCP connect, the TLS handshake and the greeting. Default 10s.
+	Connect Duration `json:"connect,omitzero"`
+	// command bounds the reply to each command. Default 60s.
+	Command Duration `json:"command,omitzero"`
+	// data bounds sending the message and the reply to its final dot. Default 5m.
+	Data Duration `json:"data,omitzero"`
+	// idle is how long an unused pooled connection is kept open. Default 30s.
+	Idle Duration `json:"idle,omitzero"`
+	// acquire is how long a message waits for a free connection when maxConnections
+	// are in use before it is answered with a 4xx. Default 5s.
+	Acquire Duration `json:"acquire,omitzero"`
+}
+
+// Limits bound what a client can make the relay do.
+type Limits struct {
+	// maxMessageBytes is the largest message accepted, advertised in EHLO SIZE.
+	// Default 26214400 (25 MiB).
+	MaxMessageBytes int64 `json:"maxMessageBytes,omitempty"`
+	// maxRecipients is the most RCPT TO per message. Default 100.
+	MaxRecipients int `json:"maxRecipients,omitempty"`
+	// maxLineLength is the longest command or message line, CRLF included. A longer
+	// command closes the connection. Default 2000 (RFC 5321 section 4.5.3.1.6 sets a
+	// floor of 1000).
+	MaxLineLength int `json:"maxLineLength,omitempty"`
+	// maxConnections is the most concurrent client connections per relay process; the
+	// next one is answered 421 and closed. Default 1000.
+	MaxConnections int `json:"maxConnections,omitempty"`
+	// maxErrors is how many rejected commands a session may collect before the relay
+	// answers 421 and closes it. Default 10.
+	MaxErrors int `json:"maxErrors,omitempty"`
+	// commandTimeout is how long the relay waits for the client's next command; then it
+	// answers 421 and closes the connection. Default 5m (RFC 5321 section 4.5.3.2.7).
+	CommandTimeout Duration `json:"commandTimeout,omitzero"`
+	// dataTimeout is how long the relay waits for more message data before it closes
+	// the connection. Default 3m (RFC 5321 section 4.5.3.2.5).
+	DataTimeout Duration `json:"dataTimeout,omitzero"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s", "5m").
+type Duration struct {
+	time.Duration
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(d.Duration.String())
+}
+
+// UnmarshalJSON reads a duration string such as "90s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("a duration must be a string such as \"30s\" or \"5m\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: use a number with a unit, such as \"30s\" or \"5m\"", s)
+	}
+	d.Duration = v
+	return nil
+}

@@ -1,0 +1,465 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Defaults applied by SetDefaults.
+const (
+	DefaultMaxMessageBytes          = 25 << 20
+	DefaultMaxRecipients            = 100
+	DefaultMaxLineLength            = 2000
+	DefaultMaxConnections           = 1000
+	DefaultMaxErrors                = 10
+	DefaultCommandTimeout           = 5 * time.Minute
+	DefaultDataTimeout              = 3 * time.Minute
+	DefaultUpstreamMaxConnections   = 10
+	DefaultMaxMessagesPerConnection = 100
+	DefaultUpstreamConnectTimeout   = 10 * time.Second
+	DefaultUpstreamCommandTimeout   = 60 * time.Second
+	DefaultUpstreamDataTimeout      = 5 * time.Minute
+	DefaultUpstreamIdleTimeout      = 30 * time.Second
+	DefaultUpstreamAcquireTimeout   = 5 * time.Second
+)
+
+// DefaultDKIMHeaders are the header fields signed when a DKIM key names none.
+var DefaultDKIMHeaders = []string{
+	"From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "In-Reply-To",
+	"References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+}
+
+// Parse reads a relay.yaml document strictly: unknown fields are errors, so a
+// misspelt option is reported instead of silently ignored. It does not apply defaults
+// or validate; see SetDefaults and Validate.
+func Parse(data []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+		return nil, fmt.Errorf("%s: %w", FileName, err)
+	}
+	return &c, nil
+}
+
+// Marshal writes the configuration as YAML, the inverse of Parse.
+func Marshal(c *Config) ([]byte, error) {
+	return yaml.Marshal(c)
+}
+
+// SetDefaults fills every unset field that has a default.
+func (c *Config) SetDefaults() {
+	for i := range c.Listeners {
+		if c.Listeners[i].TLS == "" {
+			c.Listeners[i].TLS = TLSStartTLS
+		}
+	}
+	if c.NullSender == "" {
+		c.NullSender = NullSenderReject
+	}
+	for i := range c.Domains {
+		c.Domains[i].Domain = strings.ToLower(strings.TrimSuffix(c.Domains[i].Domain, "."))
+		if d := c.Domains[i].DKIM; d != nil && len(d.Headers) == 0 {
+			d.Headers = append([]string(nil), DefaultDKIMHeaders...)
+		}
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.TLS.Mode == "" {
+			u.TLS.Mode = TLSStartTLS
+		}
+		for j := range u.Endpoints {
+			if u.Endpoints[j].Port == 0 {
+				u.Endpoints[j].Port = 587
+				if u.TLS.Mode == TLSImplicit {
+					u.Endpoints[j].Port = 465
+				}
+			}
+		}
+		if u.Auth != nil && u.Auth.Mechanism == "" {
+			u.Auth.Mechanism = "PLAIN"
+		}
+		if u.MaxConnections == 0 {
+			u.MaxConnections = DefaultUpstreamMaxConnections
+		}
+		if u.MaxMessagesPerConnection == 0 {
+			u.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
+		}
+		defaultDuration(&u.Timeouts.Connect, DefaultUpstreamConnectTimeout)
+		defaultDuration(&u.Timeouts.Command, DefaultUpstreamCommandTimeout)
+		defaultDuration(&u.Timeouts.Data, DefaultUpstreamDataTimeout)
+		defaultDuration(&u.Timeouts.Idle, DefaultUpstreamIdleTimeout)
+		defaultDuration(&u.Timeouts.Acquire, DefaultUpstreamAcquireTimeout)
+	}
+	l := &c.Limits
+	if l.MaxMessageBytes == 0 {
+		l.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if l.MaxRecipients == 0 {
+		l.MaxRecipients = DefaultMaxRecipients
+	}
+	if l.MaxLineLength == 0 {
+		l.MaxLineLength = DefaultMaxLineLength
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.MaxErrors == 0 {
+		l.MaxErrors = DefaultMaxErrors
+	}
+	defaultDuration(&l.CommandTimeout, DefaultCommandTimeout)
+	defaultDuration(&l.DataTimeout, DefaultDataTimeout)
+}
+
+func defaultDuration(d *Duration, v time.Duration) {
+	if d.Duration == 0 {
+		d.Duration = v
+	}
+}
+
+// fieldErrors collects validation errors, each naming the field it is about.
+type fieldErrors []error
+
+func (e *fieldErrors) add(field, format string, args ...any) {
+	*e = append(*e, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+var (
+	// nameRE and labelRE are the same RFC 1123 label; two names say which use is meant.
+	nameRE     = labelRE
+	labelRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	selectorRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+	// localPartRE is the dot-atom of RFC 5321 section 4.1.2 plus "*" as a wildcard.
+	localPartRE = regexp.MustCompile("^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+	headerRE    = regexp.MustCompile(`^[!-9;-~]+$`)
+)
+
+// IsDomain reports whether s is a syntactically valid lowercase DNS domain name with at
+// least two labels, as used for sender domains.
+func IsDomain(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	if len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if !labelRE.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks a configuration (after SetDefaults) and returns every problem found,
+// each naming the field and saying what is wrong. It does not read secret files; Load
+// does that.
+func (c *Config) Validate() error {
+	var errs fieldErrors
+	if c.APIVersion != APIVersion {
+		errs.add("apiVersion", "must be %q, got %q", APIVersion, c.APIVersion)
+	}
+	if c.Kind != Kind {
+		errs.add("kind", "must be %q, got %q", Kind, c.Kind)
+	}
+	if c.Hostname != "" && !isHostname(c.Hostname) {
+		errs.add("hostname", "%q is not a valid host name", c.Hostname)
+	}
+	c.validateListeners(&errs)
+	c.validateClients(&errs)
+	upstreams := c.validateUpstreams(&errs)
+	c.validateDomains(&errs, upstreams)
+	c.validateLimits(&errs)
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateListeners(errs *fieldErrors) {
+	if len(c.Listeners) == 0 {
+		errs.add("listeners", "at least one listener is required")
+	}
+	names := map[string]bool{}
+	addrs := map[string]bool{}
+	needTLS := false
+	for i, l := range c.Listeners {
+		f := fmt.Sprintf("listeners[%d]", i)
+		if !nameRE.MatchString(l.Name) {
+			errs.add(f+".name", "%q must be lowercase letters, digits and dashes", l.Name)
+		} else if names[l.Name] {
+			errs.add(f+".name", "%q is used by another listener", l.Name)
+		}
+		names[l.Name] = true
+		if _, port, err := net.SplitHostPort(l.Address); err != nil {
+			errs.add(f+".address", "%q is not host:port (for all interfaces write \":2525\")", l.Address)
+		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			errs.add(f+".address", "%q has an invalid port", l.Address)
+		} else if addrs[l.Address] {
+			errs.add(f+".address", "%q is used by another listener", l.Address)
+		}
+		addrs[l.Address] = true
+		switch l.TLS {
+		case TLSNone:
+			if l.RequireAuth {
+				errs.add(f+".requireAuth", "AUTH is only offered over TLS: set tls to STARTTLS or Implicit, or requireAuth to false")
+			}
+		case TLSStartTLS, TLSImplicit:
+			needTLS = true
+		default:
+			errs.add(f+".tls", "%q is not one of None, STARTTLS, Implicit", l.TLS)
+		}
+	}
+	if c.TLS != nil {
+		if err := checkSecretPath(c.TLS.CertFile); err != nil {
+			errs.add("tls.certFile", "%v", err)
+		}
+		if err := checkSecretPath(c.TLS.KeyFile); err != nil {
+			errs.add("tls.keyFile", "%v", err)
+		}
+	} else if needTLS {
+		errs.add("tls", "a listener uses STARTTLS or Implicit TLS, so a certificate (tls.certFile and tls.keyFile) is required")
+	}
+}
+
+func (c *Config) validateClients(errs *fieldErrors) {
+	for i, n := range c.AllowedNetworks {
+		f := fmt.Sprintf("allowedNetworks[%d]", i)
+		p, err := ParseNetwork(n)
+		if err != nil {
+			errs.add(f, "%v", err)
+			continue
+		}
+		if p.Bits() == 0 {
+			errs.add(f, "%q allows every address and would make an open relay; list the networks of your clients", n)
+		}
+	}
+	users := map[string]bool{}
+	for i, u := range c.Users {
+		f := fmt.Sprintf("users[%d]", i)
+		if u.Username == "" || strings.ContainsAny(u.Username, "\x00\r\n") {
+			errs.add(f+".username", "is required and may not contain NUL, CR or LF")
+		} else if users[u.Username] {
+			errs.add(f+".username", "%q is used by another user", u.Username)
+		}
+		users[u.Username] = true
+		if err := checkSecretPath(u.PasswordHashFile); err != nil {
+			errs.add(f+".passwordHashFile", "%v", err)
+		}
+		for j, s := range u.AllowedSenders {
+			if err := checkSenderPattern(s); err != nil {
+				errs.add(fmt.Sprintf("%s.allowedSenders[%d]", f, j), "%v", err)
+			}
+		}
+	}
+	switch c.NullSender {
+	case NullSenderReject:
+	case NullSenderAllow:
+		if c.DefaultUpstream == "" {
+			errs.add("nullSender", "Allow needs defaultUpstream to deliver through")
+		}
+	default:
+		errs.add("nullSender", "%q is not one of Reject, Allow", c.NullSender)
+	}
+}
+
+func (c *Config) validateUpstreams(errs *fieldErrors) map[string]bool {
+	names := map[string]bool{}
+	for i, u := range c.Upstreams {
+		f := fmt.Sprintf("upstreams[%d]", i)
+		if !nameRE.MatchString(u.Name) {
+			errs.add(f+".name", "%q must be lowercase letters, digits and dashes", u.Name)
+		} else if names[u.Name] {
+			errs.add(f+".name", "%q is used by another upstream", u.Name)
+		}
+		names[u.Name] = true
+		if len(u.Endpoints) == 0 {
+			errs.add(f+".endpoints", "at least one endpoint is required")
+		}
+		for j, e := range u.Endpoints {
+			ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
+			if !isHostname(e.Host) {
+				errs.add(ef+".host", "%q is not a host name or IP address", e.Host)
+			}
+			if e.Port < 1 || e.Port > 65535 {
+				errs.add(ef+".port", "%d is not a port between 1 and 65535", e.Port)
+			}
+		}
+		switch u.TLS.Mode {
+		case TLSStartTLS, TLSImplicit:
+		case TLSNone:
+			if u.Auth != nil {
+				errs.add(f+".auth", "would send the password in clear text: set tls.mode to STARTTLS or Implicit")
+			}
+			if u.TLS.CAFile != "" || u.TLS.InsecureSkipVerify || u.TLS.ServerName != "" {
+				errs.add(f+".tls", "serverName, caFile and insecureSkipVerify need mode STARTTLS or Implicit")
+			}
+		default:
+			errs.add(f+".tls.mode", "%q is not one of STARTTLS, Implicit, None", u.TLS.Mode)
+		}
+		if u.TLS.ServerName != "" && !isHostname(u.TLS.ServerName) {
+			errs.add(f+".tls.serverName", "%q is not a host name", u.TLS.ServerName)
+		}
+		if u.TLS.CAFile != "" {
+			if err := checkSecretPath(u.TLS.CAFile); err != nil {
+				errs.add(f+".tls.caFile", "%v", err)
+			}
+		}
+		if a := u.Auth; a != nil {
+			if a.Mechanism != "PLAIN" && a.Mechanism != "LOGIN" {
+				errs.add(f+".auth.mechanism", "%q is not one of PLAIN, LOGIN", a.Mechanism)
+			}
+			if err := checkSecretPath(a.UsernameFile); err != nil {
+				errs.add(f+".auth.usernameFile", "%v", err)
+			}
+			if err := checkSecretPath(a.PasswordFile); err != nil {
+				errs.add(f+".auth.passwordFile", "%v", err)
+			}
+		}
+		if u.MaxConnections < 1 || u.MaxConnections > 10000 {
+			errs.add(f+".maxConnections", "%d must be between 1 and 10000", u.MaxConnections)
+		}
+		if u.MaxMessagesPerConnection < 0 {
+			errs.add(f+".maxMessagesPerConnection", "%d must not be negative", u.MaxMessagesPerConnection)
+		}
+		for name, d := range map[string]Duration{"connect": u.Timeouts.Connect, "command": u.Timeouts.Command,
+			"data": u.Timeouts.Data, "idle": u.Timeouts.Idle, "acquire": u.Timeouts.Acquire} {
+			if d.Duration <= 0 {
+				errs.add(f+".timeouts."+name, "%s must be positive", d.Duration)
+			}
+		}
+	}
+	if c.DefaultUpstream != "" && !names[c.DefaultUpstream] {
+		errs.add("defaultUpstream", "%q names no upstream in upstreams", c.DefaultUpstream)
+	}
+	return names
+}
+
+func (c *Config) validateDomains(errs *fieldErrors, upstreams map[string]bool) {
+	seen := map[string]bool{}
+	for i, d := range c.Domains {
+		f := fmt.Sprintf("domains[%d]", i)
+		if !IsDomain(d.Domain) {
+			errs.add(f+".domain", "%q is not a domain name such as example.com", d.Domain)
+		} else if seen[d.Domain] {
+			errs.add(f+".domain", "%q is listed twice", d.Domain)
+		}
+		seen[d.Domain] = true
+		switch {
+		case d.Upstream == "" && c.DefaultUpstream == "":
+			errs.add(f+".upstream", "is empty and there is no defaultUpstream: name the upstream that delivers mail from %s", d.Domain)
+		case d.Upstream != "" && !upstreams[d.Upstream]:
+			errs.add(f+".upstream", "%q names no upstream in upstreams", d.Upstream)
+		}
+		for j, s := range d.AllowedSenders {
+			if !localPartRE.MatchString(s) {
+				errs.add(fmt.Sprintf("%s.allowedSenders[%d]", f, j), "%q is not a local part (the part before @), e.g. \"noreply\" or \"alerts-*\"", s)
+			}
+		}
+		if k := d.DKIM; k != nil {
+			if !selectorRE.MatchString(k.Selector) {
+				errs.add(f+".dkim.selector", "%q is not a DNS label such as \"s1\" or \"2024\"", k.Selector)
+			}
+			if err := checkSecretPath(k.PrivateKeyFile); err != nil {
+				errs.add(f+".dkim.privateKeyFile", "%v", err)
+			}
+			from := false
+			for j, h := range k.Headers {
+				if !headerRE.MatchString(h) {
+					errs.add(fmt.Sprintf("%s.dkim.headers[%d]", f, j), "%q is not a header field name", h)
+				}
+				from = from || strings.EqualFold(h, "From")
+			}
+			if !from {
+				errs.add(f+".dkim.headers", "must include From (RFC 6376 section 5.4)")
+			}
+		}
+	}
+}
+
+func (c *Config) validateLimits(errs *fieldErrors) {
+	l := c.Limits
+	if l.MaxMessageBytes < 1024 {
+		errs.add("limits.maxMessageBytes", "%d is below the minimum of 1024", l.MaxMessageBytes)
+	}
+	if l.MaxRecipients < 1 || l.MaxRecipients > 100000 {
+		errs.add("limits.maxRecipients", "%d must be between 1 and 100000 (RFC 5321 section 4.5.3.1.8 asks for at least 100)", l.MaxRecipients)
+	}
+	if l.MaxLineLength < 1000 || l.MaxLineLength > 1<<20 {
+		errs.add("limits.maxLineLength", "%d must be between 1000 (RFC 5321 section 4.5.3.1.6) and 1048576", l.MaxLineLength)
+	}
+	if l.MaxConnections < 1 {
+		errs.add("limits.maxConnections", "%d must be at least 1", l.MaxConnections)
+	}
+	if l.MaxErrors < 1 {
+		errs.add("limits.maxErrors", "%d must be at least 1", l.MaxErrors)
+	}
+	if l.CommandTimeout.Duration <= 0 {
+		errs.add("limits.commandTimeout", "must be positive")
+	}
+	if l.DataTimeout.Duration <= 0 {
+		errs.add("limits.dataTimeout", "must be positive")
+	}
+}
+
+// ParseNetwork reads a CIDR ("10.0.0.0/8") or a single address ("10.1.2.3"). The
+// prefix is masked, so "10.1.2.3/8" means 10.0.0.0/8.
+func ParseNetwork(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8 or fd00::/8", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+func checkSenderPattern(s string) error {
+	local, domain, ok := strings.Cut(s, "@")
+	if !ok {
+		domain, local = s, ""
+	} else if !localPartRE.MatchString(local) {
+		return fmt.Errorf("%q: the local part must be a dot-atom, with * as a wildcard", s)
+	}
+	if !IsDomain(strings.ToLower(domain)) {
+		return fmt.Errorf("%q is neither an address (noreply@example.com) nor a domain (example.com)", s)
+	}
+	return nil
+}
+
+func checkSecretPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("is required")
+	case path.IsAbs(p) || strings.HasPrefix(p, "\\"):
+		return fmt.Errorf("%q must be relative to the secrets directory", p)
+	case path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../"):
+		return fmt.Errorf("%q must be a clean path inside the secrets directory (no \"..\", no \"./\")", p)
+	}
+	return nil
+}
+
+func isHostname(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(strings.ToLower(strings.TrimSuffix(s, ".")), ".") {
+		if !labelRE.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
