@@ -47,7 +47,9 @@ type Credentials struct {
 }
 
 // String never shows the password, so credentials cannot leak through a log line.
-func (c Credentials) String() string { return fmt.Sprintf("{Username:%s Password:<redacted>}", c.Username) }
+func (c Credentials) String() string {
+	return fmt.Sprintf("{Username:%s Password:<redacted>}", c.Username)
+}
 
 // GoString hides the password from %#v as well.
 func (c Credentials) GoString() string { return c.String() }

@@ -1,0 +1,106 @@
+// Package metrics holds the relay's Prometheus metrics. They live in their own
+// registry, served on the relay's HTTP port, never on an SMTP port.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const namespace = "kuberelay_relay"
+
+// Message outcomes, the values of the "outcome" label.
+const (
+	// OutcomeRelayed: the upstream accepted the message and the client got 250.
+	OutcomeRelayed = "relayed"
+	// OutcomeRejected: the client got a 5xx for the message.
+	OutcomeRejected = "rejected"
+	// OutcomeDeferred: the client got a 4xx and keeps the message to retry.
+	OutcomeDeferred = "deferred"
+)
+
+// Metrics are the relay's collectors.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Sessions           *prometheus.CounterVec
+	ConnectionsOpen    *prometheus.GaugeVec
+	ConnectionsRefused *prometheus.CounterVec
+	Messages           *prometheus.CounterVec
+	Recipients         *prometheus.CounterVec
+	MessageBytes       prometheus.Histogram
+	UpstreamLatency    *prometheus.HistogramVec
+	AuthFailures       *prometheus.CounterVec
+	ConfigReloads      *prometheus.CounterVec
+	ConfigInfo         *prometheus.GaugeVec
+	ConfigLastSuccess  prometheus.Gauge
+}
+
+// New creates and registers every metric, with Go runtime and process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sessions_total",
+			Help: "SMTP connections accepted, by listener.",
+		}, []string{"listener"}),
+		ConnectionsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "connections_open",
+			Help: "SMTP connections open now, by listener.",
+		}, []string{"listener"}),
+		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "connections_refused_total",
+			Help: "SMTP connections answered 421 and closed, by listener and reason (limit, shutdown).",
+		}, []string{"listener", "reason"}),
+		Messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "messages_total",
+			Help: "Messages by outcome (relayed, rejected, deferred), reason and upstream.",
+		}, []string{"outcome", "reason", "upstream"}),
+		Recipients: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "recipients_total",
+			Help: "RCPT TO commands by outcome (accepted, rejected, deferred) and upstream.",
+		}, []string{"outcome", "upstream"}),
+		MessageBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "message_size_bytes",
+			Help:    "Size of relayed messages as received from the client.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 9),
+		}),
+		UpstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "upstream_data_seconds",
+			Help:    "Time from the client's final dot to the upstream's reply, by upstream.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"upstream"}),
+		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "auth_failures_total",
+			Help: "Failed AUTH attempts, by listener.",
+		}, []string{"listener"}),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "config_reloads_total",
+			Help: "Configuration loads by result (success, failure). A failure keeps the last good config.",
+		}, []string{"result"}),
+		ConfigInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "config_info",
+			Help: "Always 1, labelled with the hash of the configuration in use.",
+		}, []string{"hash"}),
+		ConfigLastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration in use was loaded, in Unix seconds.",
+		}),
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
+		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.ConfigReloads, m.ConfigInfo,
+		m.ConfigLastSuccess,
+	)
+	m.ConfigReloads.WithLabelValues("success")
+	m.ConfigReloads.WithLabelValues("failure")
+	return m
+}
+
+// SetConfigHash makes hash the only value of the config_info metric.
+func (m *Metrics) SetConfigHash(hash string) {
+	m.ConfigInfo.Reset()
+	m.ConfigInfo.WithLabelValues(hash).Set(1)
+}

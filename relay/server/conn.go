@@ -1,0 +1,139 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// trackedConn is the relay's view of one client connection, under any TLS layer. It
+// lets the relay close a connection right after its next reply (too many errors, a
+// data timeout) and drain it on shutdown, without reaching into the SMTP library.
+type trackedConn struct {
+	net.Conn
+	srv      *Server
+	listener string
+
+	closeAfterWrite atomic.Bool
+	// draining makes every read deadline "now": the next command read times out, so the
+	// SMTP server answers 421 and closes, with correct TLS framing.
+	draining atomic.Bool
+
+	mu      sync.Mutex
+	gen     *generation
+	sess    *session
+	closed  bool
+	release func()
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeAfterWrite.Load() {
+		c.Close()
+	}
+	return n, err
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	if c.draining.Load() {
+		t = time.Unix(1, 0)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.SetReadDeadline(t)
+}
+
+// drain makes the session end at its next command read.
+func (c *trackedConn) drain() {
+	c.draining.Store(true)
+	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+func (c *trackedConn) setSession(s *session) {
+	c.mu.Lock()
+	c.sess = s
+	c.mu.Unlock()
+}
+
+// idle reports whether the connection is between transactions, where ending it loses
+// nothing.
+func (c *trackedConn) idle() bool {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	return s == nil || !s.inTransaction()
+}
+
+func (c *trackedConn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	release := c.release
+	c.mu.Unlock()
+	err := c.Conn.Close()
+	if release != nil {
+		release()
+	}
+	return err
+}
+
+// chanListener hands accepted connections to one generation's SMTP server. Each
+// configuration generation has its own SMTP server, so the limits a session starts
+// with never change under it.
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// offer hands c to the server; false when this listener has been retired.
+func (l *chanListener) offer(c net.Conn) bool {
+	l.mu.Lock()
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
+		return false
+	}
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.closed = true
+		close(l.done)
+	}
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,168 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// errAmbiguousLineEnding refuses data that two SMTP implementations could split into
+// messages differently (SMTP smuggling): RFC 5321 section 2.3.8 allows CR and LF only
+// together as CRLF, and NUL is never valid text.
+var errAmbiguousLineEnding = &smtp.SMTPError{
+	Code:         550,
+	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	Message:      "Message contains a bare CR, a bare LF or a NUL byte: end every line with CRLF (RFC 5321 section 2.3.8)",
+}
+
+// errDataTimeout ends a session whose client stopped sending message data.
+var errDataTimeout = &smtp.SMTPError{
+	Code:         421,
+	EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+	Message:      "Timeout waiting for message data, closing connection",
+}
+
+// errClientRead ends a session whose connection failed while reading message data.
+var errClientRead = &smtp.SMTPError{
+	Code:         421,
+	EnhancedCode: smtp.EnhancedCode{4, 4, 0},
+	Message:      "Connection error while reading message data, closing connection",
+}
+
+// dataReader checks message data as it streams past: it refuses ambiguous line
+// endings and NUL bytes, and keeps the read deadline dataTimeout ahead while data
+// keeps arriving. It records when the client's data ended (the final dot).
+type dataReader struct {
+	r       io.Reader
+	conn    net.Conn
+	timeout time.Duration
+	prevCR  bool
+	n       int64
+	eofAt   time.Time
+	err     error
+}
+
+func (d *dataReader) Read(p []byte) (int, error) {
+	if d.err != nil {
+		return 0, d.err
+	}
+	if d.conn != nil && d.timeout > 0 {
+		_ = d.conn.SetReadDeadline(time.Now().Add(d.timeout))
+	}
+	n, err := d.r.Read(p)
+	for i := 0; i < n; i++ {
+		c := p[i]
+		switch {
+		case c == 0, c == '\n' && !d.prevCR, d.prevCR && c != '\n':
+			d.err = errAmbiguousLineEnding
+			return 0, d.err
+		}
+		d.prevCR = c == '\r'
+	}
+	d.n += int64(n)
+	if err == io.EOF {
+		if d.prevCR {
+			d.err = errAmbiguousLineEnding
+			return 0, d.err
+		}
+		d.eofAt = time.Now()
+	} else if err != nil {
+		d.err = classifyReadError(err)
+		return n, d.err
+	}
+	return n, err
+}
+
+func classifyReadError(err error) error {
+	var smtpErr *smtp.SMTPError
+	if errors.As(err, &smtpErr) {
+		return smtpErr // e.g. go-smtp's ErrDataTooLarge
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return errDataTimeout
+	}
+	return errClientRead
+}
+
+// receivedHeader is the trace field of RFC 5321 section 4.4. Client-supplied text (the
+// HELO name) is reduced to characters that cannot change the header's structure.
+func receivedHeader(helo string, ip string, by, protocol, id string, now time.Time) string {
+	return fmt.Sprintf("Received: from %s ([%s])\r\n\tby %s with %s id %s;\r\n\t%s\r\n",
+		sanitizeToken(helo, 64), ip, sanitizeToken(by, 253), protocol, id,
+		now.UTC().Format(time.RFC1123Z))
+}
+
+// sanitizeToken keeps only characters valid in a host name or address literal and
+// bounds the length, so nothing a client sends is reflected raw.
+func sanitizeToken(s string, max int) string {
+	var b strings.Builder
+	for _, c := range s {
+		if b.Len() >= max {
+			break
+		}
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
+			c == '.', c == '-', c == '_', c == ':', c == '[', c == ']':
+			b.WriteRune(c)
+		}
+	}
+	if b.Len() == 0 {
+		return "unknown"
+	}
+	return b.String()
+}
+
+// spool holds one message while it is signed: in memory up to limit bytes, then in an
+// unlinked temporary file, so memory does not grow with message size.
+type spool struct {
+	dir   string
+	limit int
+	mem   bytes.Buffer
+	f     *os.File
+}
+
+func (s *spool) Write(p []byte) (int, error) {
+	if s.f == nil && s.mem.Len()+len(p) > s.limit {
+		f, err := os.CreateTemp(s.dir, "kuberelay-spool-*")
+		if err != nil {
+			return 0, fmt.Errorf("creating spool file: %w", err)
+		}
+		// Unlinked at once: nothing is left behind whatever happens to the process.
+		_ = os.Remove(f.Name())
+		if _, err := f.Write(s.mem.Bytes()); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("writing spool file: %w", err)
+		}
+		s.mem = bytes.Buffer{}
+		s.f = f
+	}
+	if s.f != nil {
+		return s.f.Write(p)
+	}
+	return s.mem.Write(p)
+}
+
+// reader returns the spooled message from its start.
+func (s *spool) reader() (io.Reader, error) {
+	if s.f == nil {
+		return bytes.NewReader(s.mem.Bytes()), nil
+	}
+	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return s.f, nil
+}
+
+func (s *spool) Close() {
+	if s.f != nil {
+		s.f.Close()
+	}
+}

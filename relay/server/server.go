@@ -1,0 +1,499 @@
+// Package server is the relay's SMTP side: it accepts client connections on the
+// configured listeners, applies the relay policy, and passes each message through to
+// its upstream, answering the client only once the upstream has answered.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/go-logr/logr"
+
+	"github.com/kuberelay/kuberelay/relay/config"
+	"github.com/kuberelay/kuberelay/relay/dkim"
+	"github.com/kuberelay/kuberelay/relay/metrics"
+	"github.com/kuberelay/kuberelay/relay/policy"
+	"github.com/kuberelay/kuberelay/relay/upstream"
+)
+
+// Options are what the server needs besides its configuration.
+type Options struct {
+	Log     logr.Logger
+	Metrics *metrics.Metrics
+	// SpoolDir holds messages being DKIM-signed that outgrow memory. Default: the
+	// system temporary directory.
+	SpoolDir string
+	// SpoolMemory is how many bytes of a message being signed are kept in memory before
+	// spilling to SpoolDir. Default 256 KiB.
+	SpoolMemory int
+	// Dial, if set, is how upstream connections are made (tests).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Server runs the relay's listeners.
+type Server struct {
+	opts      Options
+	log       logr.Logger
+	metrics   *metrics.Metrics
+	tlsConfig *tls.Config
+	pools     *poolRegistry
+	authCache *policy.AuthCache
+
+	mu        sync.Mutex
+	gen       *generation
+	listeners []*listener
+	conns     map[*trackedConn]struct{}
+
+	open         atomic.Int64
+	shuttingDown atomic.Bool
+	wg           sync.WaitGroup
+	drained      chan struct{}
+}
+
+// generation is everything derived from one loaded configuration. Sessions keep the
+// generation they started with; it is released when it is no longer current and its
+// last connection has closed.
+type generation struct {
+	loaded  *config.Loaded
+	since   time.Time
+	policy  *policy.Policy
+	pools   map[string]*upstream.Pool
+	dkim    map[string]*dkim.Key
+	servers map[string]*chanListener
+
+	mu      sync.Mutex
+	conns   int
+	retired bool
+}
+
+type listener struct {
+	cfg config.Listener
+	ln  net.Listener
+}
+
+// New prepares a server for a loaded configuration. Call Listen, then Serve.
+func New(l *config.Loaded, opts Options) *Server {
+	if opts.Log.GetSink() == nil {
+		opts.Log = logr.Discard()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	if opts.SpoolMemory == 0 {
+		opts.SpoolMemory = 256 << 10
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = os.TempDir()
+	}
+	s := &Server{
+		opts:      opts,
+		log:       opts.Log,
+		metrics:   opts.Metrics,
+		pools:     &poolRegistry{},
+		authCache: policy.NewAuthCache(),
+		conns:     map[*trackedConn]struct{}{},
+		drained:   make(chan struct{}),
+	}
+	// The certificate is looked up at every handshake, so a renewed one is served at
+	// once, to sessions of every generation.
+	s.tlsConfig = &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// TLS 1.2 suites limited to forward-secret AEAD ones; TLS 1.3 suites are all
+		// modern and not configurable.
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			g := s.current()
+			if g == nil || g.loaded.Certificate == nil {
+				return nil, errors.New("no certificate configured")
+			}
+			return g.loaded.Certificate, nil
+		},
+	}
+	s.apply(l)
+	return s
+}
+
+// Listen binds every configured listener. Listeners are fixed for the life of the
+// process; Apply reports listener changes instead of re-binding.
+func (s *Server) Listen() error {
+	g := s.current()
+	for _, lc := range g.loaded.Config.Listeners {
+		ln, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln})
+	}
+	return nil
+}
+
+// Addr returns the bound address of the named listener, or nil.
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == name {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Serve starts accepting on every listener and returns at once.
+func (s *Server) Serve() {
+	for _, l := range s.listeners {
+		s.wg.Add(1)
+		go s.acceptLoop(l)
+	}
+}
+
+// Current returns the hash of the configuration in use and when it was loaded.
+func (s *Server) Current() (hash string, since time.Time) {
+	g := s.current()
+	return g.loaded.Hash, g.since
+}
+
+func (s *Server) current() *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// Apply makes l the configuration for new connections. Sessions already open finish
+// on the configuration they started with. It returns an error describing what could
+// not be applied without a restart (listener changes); everything else is applied.
+func (s *Server) Apply(l *config.Loaded) error {
+	old := s.current()
+	s.apply(l)
+	if !listenersEqual(old.loaded.Config.Listeners, l.Config.Listeners) {
+		return errors.New("listeners changed: the new listeners take effect when the relay restarts; the old ones keep serving with the new configuration")
+	}
+	return nil
+}
+
+func listenersEqual(a, b []config.Listener) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+func (s *Server) apply(l *config.Loaded) {
+	g := &generation{
+		loaded:  l,
+		since:   time.Now(),
+		policy:  policy.New(l, s.authCache),
+		pools:   map[string]*upstream.Pool{},
+		dkim:    map[string]*dkim.Key{},
+		servers: map[string]*chanListener{},
+	}
+	hostname := hostnameOf(l.Config)
+	for _, u := range l.Config.Upstreams {
+		var creds *config.Credentials
+		if c, ok := l.UpstreamCredentials[u.Name]; ok {
+			creds = &c
+		}
+		g.pools[u.Name] = s.pools.acquire(u, l.UpstreamCAs[u.Name], creds, upstream.Options{
+			LocalName: hostname,
+			Log:       s.log.WithValues("upstream", u.Name),
+			Dial:      s.opts.Dial,
+		})
+	}
+	for _, d := range l.Config.Domains {
+		if d.DKIM != nil {
+			g.dkim[d.Domain] = &dkim.Key{Domain: d.Domain, Selector: d.DKIM.Selector,
+				Signer: l.DKIMKeys[d.Domain], Headers: d.DKIM.Headers}
+		}
+	}
+	for _, lc := range l.Config.Listeners {
+		cl := newChanListener(nil)
+		srv := smtp.NewServer(&backend{srv: s, gen: g, listener: lc})
+		srv.Domain = hostname
+		srv.MaxMessageBytes = l.Config.Limits.MaxMessageBytes
+		srv.MaxRecipients = l.Config.Limits.MaxRecipients
+		srv.MaxLineLength = l.Config.Limits.MaxLineLength
+		srv.ReadTimeout = l.Config.Limits.CommandTimeout.Duration
+		srv.WriteTimeout = l.Config.Limits.CommandTimeout.Duration
+		srv.ErrorLog = errorLog{s.log.WithValues("listener", lc.Name)}
+		if lc.TLS == config.TLSStartTLS {
+			srv.TLSConfig = s.tlsConfig
+		}
+		g.servers[lc.Name] = cl
+		go func() { _ = srv.Serve(cl) }()
+	}
+
+	s.mu.Lock()
+	old := s.gen
+	s.gen = g
+	s.mu.Unlock()
+	s.metrics.SetConfigHash(l.Hash)
+	s.metrics.ConfigLastSuccess.Set(float64(g.since.Unix()))
+	if old != nil {
+		s.retire(old)
+	}
+}
+
+func hostnameOf(c *config.Config) string {
+	if c.Hostname != "" {
+		return c.Hostname
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+}
+
+// retire stops old from taking new connections and releases it once its last
+// connection has closed.
+func (s *Server) retire(g *generation) {
+	for _, cl := range g.servers {
+		cl.Close()
+	}
+	g.mu.Lock()
+	g.retired = true
+	done := g.conns == 0
+	g.mu.Unlock()
+	if done {
+		s.release(g)
+	}
+}
+
+func (s *Server) release(g *generation) {
+	for _, p := range g.pools {
+		s.pools.release(p)
+	}
+}
+
+func (s *Server) acceptLoop(l *listener) {
+	defer s.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Error(err, "accepting connection", "listener", l.cfg.Name)
+			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: back off, do not spin
+			continue
+		}
+		s.handoff(l, c)
+	}
+}
+
+func (s *Server) handoff(l *listener, c net.Conn) {
+	name := l.cfg.Name
+	for {
+		g := s.current()
+		if s.shuttingDown.Load() {
+			s.refuse(l, c, "shutdown", "421 4.3.2 Service shutting down, try again later\r\n")
+			return
+		}
+		if s.open.Load() >= int64(g.loaded.Config.Limits.MaxConnections) {
+			s.refuse(l, c, "limit", "421 4.3.2 Too many connections, try again later\r\n")
+			return
+		}
+		tc := &trackedConn{Conn: c, srv: s, listener: name, gen: g}
+		g.mu.Lock()
+		if g.retired {
+			g.mu.Unlock()
+			continue
+		}
+		g.conns++
+		g.mu.Unlock()
+		s.open.Add(1)
+		s.mu.Lock()
+		s.conns[tc] = struct{}{}
+		s.mu.Unlock()
+		s.metrics.Sessions.WithLabelValues(name).Inc()
+		s.metrics.ConnectionsOpen.WithLabelValues(name).Inc()
+		tc.release = func() { s.connClosed(tc) }
+
+		var conn net.Conn = tc
+		if l.cfg.TLS == config.TLSImplicit {
+			conn = tls.Server(tc, s.tlsConfig)
+		}
+		if g.servers[name].offer(conn) {
+			return
+		}
+		// The generation was retired between the check and the offer: undo and retry
+		// on the new one.
+		tc.release = nil
+		s.connClosed(tc)
+	}
+}
+
+func (s *Server) refuse(l *listener, c net.Conn, reason, reply string) {
+	s.metrics.ConnectionsRefused.WithLabelValues(l.cfg.Name, reason).Inc()
+	if l.cfg.TLS != config.TLSImplicit {
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte(reply))
+	}
+	c.Close()
+}
+
+func (s *Server) connClosed(tc *trackedConn) {
+	s.metrics.ConnectionsOpen.WithLabelValues(tc.listener).Dec()
+	s.mu.Lock()
+	delete(s.conns, tc)
+	left := len(s.conns)
+	s.mu.Unlock()
+	s.open.Add(-1)
+	g := tc.gen
+	g.mu.Lock()
+	g.conns--
+	done := g.retired && g.conns == 0
+	g.mu.Unlock()
+	if done {
+		s.release(g)
+	}
+	if left == 0 && s.shuttingDown.Load() {
+		s.signalDrained()
+	}
+}
+
+func (s *Server) signalDrained() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.drained:
+	default:
+		close(s.drained)
+	}
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.ln.Close()
+	}
+}
+
+// Shutdown stops accepting connections, ends idle sessions with 421, lets sessions in
+// the middle of a transaction finish it, and when ctx ends closes whatever is left
+// (those clients got no 250, so they still hold their messages).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shuttingDown.Store(true)
+	s.closeListeners()
+	s.wg.Wait()
+	s.mu.Lock()
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	empty := len(s.conns) == 0
+	s.mu.Unlock()
+	if empty {
+		s.signalDrained()
+	}
+	for _, c := range conns {
+		if c.idle() {
+			c.drain()
+		}
+	}
+	var err error
+	select {
+	case <-s.drained:
+	case <-ctx.Done():
+		err = fmt.Errorf("grace period over with sessions still open: %w", ctx.Err())
+		s.mu.Lock()
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	g := s.current()
+	s.retire(g)
+	return err
+}
+
+// poolRegistry shares upstream pools between generations, so a reload that leaves an
+// upstream unchanged keeps its warm connections.
+type poolRegistry struct {
+	mu      sync.Mutex
+	entries []*poolEntry
+}
+
+type poolEntry struct {
+	cfg   string
+	ca    *x509.CertPool
+	creds *config.Credentials
+	pool  *upstream.Pool
+	refs  int
+}
+
+func (r *poolRegistry) acquire(u config.Upstream, ca *x509.CertPool, creds *config.Credentials, opts upstream.Options) *upstream.Pool {
+	cfg, _ := json.Marshal(struct {
+		U    config.Upstream
+		Name string
+	}{u, opts.LocalName})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.entries {
+		if e.cfg == string(cfg) && sameCreds(e.creds, creds) && sameCA(e.ca, ca) {
+			e.refs++
+			return e.pool
+		}
+	}
+	e := &poolEntry{cfg: string(cfg), ca: ca, creds: creds, refs: 1, pool: upstream.New(u, ca, creds, opts)}
+	r.entries = append(r.entries, e)
+	return e.pool
+}
+
+func (r *poolRegistry) release(p *upstream.Pool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, e := range r.entries {
+		if e.pool != p {
+			continue
+		}
+		e.refs--
+		if e.refs == 0 {
+			r.entries = append(r.entries[:i], r.entries[i+1:]...)
+			go p.Close()
+		}
+		return
+	}
+}
+
+func sameCreds(a, b *config.Credentials) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+func sameCA(a, b *x509.CertPool) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(b)
+}
+
+// errorLog passes the SMTP library's internal errors to the structured log.
+type errorLog struct{ log logr.Logger }
+
+func (e errorLog) Printf(format string, v ...any) {
+	e.log.V(1).Info("smtp server", "detail", fmt.Sprintf(format, v...))
+}
+
+func (e errorLog) Println(v ...any) {
+	e.log.V(1).Info("smtp server", "detail", fmt.Sprint(v...))
+}

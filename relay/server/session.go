@@ -1,0 +1,418 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/go-logr/logr"
+
+	"github.com/kuberelay/kuberelay/relay/config"
+	"github.com/kuberelay/kuberelay/relay/metrics"
+	"github.com/kuberelay/kuberelay/relay/policy"
+	"github.com/kuberelay/kuberelay/relay/upstream"
+)
+
+var (
+	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many errors, closing connection"}
+	errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+		Message: "Service shutting down, try again later"}
+	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
+		Message: "Upstream temporarily unavailable, try again later"}
+	errLocal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "Local error, try again later"}
+)
+
+type backend struct {
+	srv      *Server
+	gen      *generation
+	listener config.Listener
+}
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	tc := findTracked(c.Conn())
+	if tc == nil {
+		return nil, errLocal
+	}
+	var ip netip.Addr
+	if a, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ = netip.AddrFromSlice(a.IP)
+		ip = ip.Unmap()
+	}
+	id := newID()
+	ctx, cancel := context.WithCancel(context.Background())
+	_, isTLS := c.TLSConnectionState()
+	s := &session{
+		b:      b,
+		conn:   c,
+		tc:     tc,
+		id:     id,
+		ip:     ip,
+		helo:   c.Hostname(),
+		tls:    isTLS,
+		ctx:    ctx,
+		cancel: cancel,
+		log:    b.srv.log.WithValues("session", id, "listener", b.listener.Name, "client", ip.String()),
+	}
+	tc.setSession(s)
+	return s, nil
+}
+
+// findTracked finds the relay's connection under a TLS layer, if any.
+func findTracked(c net.Conn) *trackedConn {
+	for {
+		switch v := c.(type) {
+		case *trackedConn:
+			return v
+		case *tls.Conn:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// session is one client connection's SMTP conversation (from EHLO, or from the EHLO
+// after STARTTLS, to the end).
+type session struct {
+	b      *backend
+	conn   *smtp.Conn
+	tc     *trackedConn
+	id     string
+	ip     netip.Addr
+	helo   string
+	tls    bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    logr.Logger
+
+	user   string // authenticated user name, "" when not authenticated
+	errors int
+	seq    int
+
+	mu       sync.Mutex
+	inTx     bool
+	from     string
+	domain   string
+	route    string
+	queueID  string
+	tx       *upstream.Tx
+	rcptOK   int
+	rcptSeen int
+}
+
+func (s *session) inTransaction() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inTx
+}
+
+// fail counts a rejected command and turns the rejection into a 421 and a closed
+// connection once the session has had too many.
+func (s *session) fail(err *smtp.SMTPError) error {
+	s.errors++
+	if s.errors >= s.b.gen.loaded.Config.Limits.MaxErrors {
+		s.log.Info("closing session after too many errors", "errors", s.errors)
+		s.tc.closeAfterWrite.Store(true)
+		return errTooManyErrors
+	}
+	return err
+}
+
+func (s *session) AuthMechanisms() []string {
+	if !s.b.gen.policy.HasUsers() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	check := func(identity, username, password string) error {
+		if identity != "" && identity != username {
+			return s.authFailed(username)
+		}
+		if !s.b.gen.policy.Authenticate(username, password) {
+			return s.authFailed(username)
+		}
+		s.user = username
+		s.log.Info("authenticated", "user", sanitizeToken(username, 64))
+		return nil
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(check), nil
+	case sasl.Login:
+		return &loginServer{check: check}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (s *session) authFailed(username string) error {
+	s.b.srv.metrics.AuthFailures.WithLabelValues(s.b.listener.Name).Inc()
+	// Only a sanitised user name is logged; the password never is.
+	s.log.Info("authentication failed", "user", sanitizeToken(username, 64))
+	return s.fail(smtp.ErrAuthFailed)
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.b.srv.shuttingDown.Load() {
+		s.tc.closeAfterWrite.Store(true)
+		return errShuttingDown
+	}
+	g := s.b.gen
+	if s.b.listener.RequireAuth && s.user == "" {
+		return s.fail(policy.ErrAuthRequired)
+	}
+	if s.user == "" && !g.policy.NetworkAllowed(s.ip) {
+		return s.fail(policy.ErrRelayDenied)
+	}
+	route, perr := g.policy.CheckSender(from, s.user)
+	if perr != nil {
+		s.log.Info("sender refused", "from", from, "user", sanitizeToken(s.user, 64), "reason", perr.Message)
+		s.b.srv.metrics.Messages.WithLabelValues(metrics.OutcomeRejected, "sender", "").Inc()
+		return s.fail(perr)
+	}
+	pool := g.pools[route]
+	s.seq++
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inTx = true
+	s.from = from
+	s.route = route
+	if at := strings.LastIndexByte(from, '@'); at >= 0 {
+		s.domain = strings.ToLower(strings.TrimSuffix(from[at+1:], "."))
+	}
+	s.queueID = fmt.Sprintf("%s.%d", s.id, s.seq)
+	s.tx = pool.Begin(s.ctx, from, &smtp.MailOptions{Body: opts.Body})
+	s.rcptOK, s.rcptSeen = 0, 0
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	s.mu.Lock()
+	tx := s.tx
+	s.mu.Unlock()
+	if tx == nil {
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	}
+	s.rcptSeen++
+	err := tx.Rcpt(s.ctx, to, &smtp.RcptOptions{})
+	if err == nil {
+		s.rcptOK++
+		s.b.srv.metrics.Recipients.WithLabelValues("accepted", s.route).Inc()
+		return nil
+	}
+	reply := s.upstreamReply(err)
+	outcome := "rejected"
+	if reply.Code/100 == 4 {
+		outcome = "deferred"
+	}
+	s.b.srv.metrics.Recipients.WithLabelValues(outcome, s.route).Inc()
+	s.log.Info("recipient not accepted", "queue", s.queueID, "code", reply.Code, "upstream", s.route)
+	return s.fail(reply)
+}
+
+func (s *session) Data(r io.Reader) error {
+	s.mu.Lock()
+	tx := s.tx
+	s.mu.Unlock()
+	if tx == nil || s.rcptOK == 0 {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+	}
+	g := s.b.gen
+	m := s.b.srv.metrics
+	dr := &dataReader{r: r, conn: s.conn.Conn(), timeout: g.loaded.Config.Limits.DataTimeout.Duration}
+
+	proto := "ESMTP"
+	if s.tls {
+		proto += "S"
+	}
+	if s.user != "" {
+		proto += "A"
+	}
+	header := receivedHeader(s.helo, s.ip.String(), hostnameOf(g.loaded.Config), proto, s.queueID, time.Now())
+
+	var msg io.Reader
+	if key := g.dkim[s.domain]; key != nil {
+		// A DKIM signature covers the whole body and must precede it, so the message is
+		// spooled (memory, then an unlinked file) while it is hashed.
+		sp := &spool{dir: s.b.srv.opts.SpoolDir, limit: s.b.srv.opts.SpoolMemory}
+		defer sp.Close()
+		sig, err := key.Sign(io.TeeReader(dr, sp))
+		if err != nil {
+			return s.dataFailed(dr, err)
+		}
+		body, err := sp.reader()
+		if err != nil {
+			return s.dataFailed(dr, err)
+		}
+		msg = io.MultiReader(strings.NewReader(header+sig), body)
+	} else {
+		msg = io.MultiReader(strings.NewReader(header), dr)
+	}
+
+	reply, err := tx.Data(s.ctx, msg)
+	if err != nil {
+		return s.dataFailed(dr, err)
+	}
+	latency := time.Since(dr.eofAt)
+	m.UpstreamLatency.WithLabelValues(s.route).Observe(latency.Seconds())
+	m.MessageBytes.Observe(float64(dr.n))
+	m.Messages.WithLabelValues(metrics.OutcomeRelayed, "", s.route).Inc()
+	s.log.Info("message relayed", "queue", s.queueID, "from", s.from, "recipients", s.rcptOK,
+		"size", dr.n, "upstream", s.route, "endpoint", tx.Endpoint(), "upstreamReply", sanitizeReply(reply),
+		"latency", latency.String())
+	return nil
+}
+
+// dataFailed turns a failure during DATA into the reply for the client, counts it and
+// logs it.
+func (s *session) dataFailed(dr *dataReader, err error) error {
+	m := s.b.srv.metrics
+	var reply *smtp.SMTPError
+	reason := "upstream"
+	switch {
+	case dr.err != nil:
+		// The client's data was at fault (or its connection); the upstream never got a
+		// final dot.
+		reply, _ = dr.err.(*smtp.SMTPError)
+		switch dr.err {
+		case errAmbiguousLineEnding:
+			reason = "line-ending"
+		case errDataTimeout, errClientRead:
+			reason = "client"
+			s.tc.closeAfterWrite.Store(true)
+		default:
+			reason = "size"
+		}
+		if reply == nil {
+			reply = errLocal
+		}
+	default:
+		var ue *upstream.Error
+		if errors.As(err, &ue) {
+			reply = s.upstreamReply(err)
+		} else {
+			reason = "local"
+			reply = errLocal
+			s.log.Error(err, "relaying message", "queue", s.queueID)
+		}
+	}
+	outcome := metrics.OutcomeRejected
+	if reply.Code/100 == 4 {
+		outcome = metrics.OutcomeDeferred
+	}
+	m.Messages.WithLabelValues(outcome, reason, s.route).Inc()
+	s.log.Info("message not relayed", "queue", s.queueID, "from", s.from, "code", reply.Code,
+		"reason", reason, "upstream", s.route, "detail", sanitizeReply(err.Error()))
+	if reply.Code == 421 {
+		return reply
+	}
+	return s.fail(reply)
+}
+
+// upstreamReply maps an upstream failure to the client's reply: upstream 4xx and 5xx
+// pass through (sanitised), every local failure is a 4xx so the client retries.
+func (s *session) upstreamReply(err error) *smtp.SMTPError {
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		return errLocal
+	}
+	if ue.Code == 0 {
+		return errUpstreamUnavailable
+	}
+	code := ue.Code
+	if code == 421 {
+		// The upstream closing its connection is not a reason to close the client's.
+		code = 451
+	}
+	enh := smtp.EnhancedCode(ue.Enhanced)
+	if enh == (smtp.EnhancedCode{}) || enh[0] != code/100 {
+		enh = smtp.EnhancedCodeNotSet
+	}
+	msg := "Upstream: " + sanitizeReply(ue.Message)
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+// sanitizeReply bounds a reply text and keeps only printable ASCII.
+func sanitizeReply(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if b.Len() >= 200 {
+			break
+		}
+		if c >= 0x20 && c < 0x7f {
+			b.WriteRune(c)
+		} else {
+			b.WriteByte(' ')
+		}
+	}
+	return b.String()
+}
+
+func (s *session) Reset() {
+	s.mu.Lock()
+	tx := s.tx
+	s.tx = nil
+	s.inTx = false
+	s.mu.Unlock()
+	if tx != nil {
+		tx.Close()
+	}
+	if s.b.srv.shuttingDown.Load() {
+		s.tc.drain()
+	}
+}
+
+func (s *session) Logout() error {
+	s.Reset()
+	s.cancel()
+	return nil
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login): prompt for the user name, then the password.
+type loginServer struct {
+	check    func(identity, username, password string) error
+	username string
+	step     int
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step++
+		if response != nil {
+			l.username = string(response)
+			l.step++
+			return []byte("Password:"), false, nil
+		}
+		return []byte("Username:"), false, nil
+	case 1:
+		l.username = string(response)
+		l.step++
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step++
+		return nil, true, l.check("", l.username, string(response))
+	}
+	return nil, false, errors.New("unexpected LOGIN response")
+}
