@@ -17,7 +17,6 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"math/big"
 	"net"
@@ -25,17 +24,16 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/dkim"
 	"github.com/kuberelay/kuberelay/relay/kubeletdir"
+	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
 const (
@@ -92,7 +90,7 @@ func run(dir string, smtpPort, subPort, capturePort, httpPort int) error {
 		return err
 	}
 
-	capture, err := startCapture(fmt.Sprintf("127.0.0.1:%d", capturePort), mailDir)
+	capture, err := mailcapture.Start(fmt.Sprintf("127.0.0.1:%d", capturePort), mailDir)
 	if err != nil {
 		return err
 	}
@@ -261,58 +259,3 @@ func watchSource(ctx context.Context, src string, publish func() error) {
 		}
 	}
 }
-
-// startCapture runs the capture smarthost: every message becomes an .eml file.
-func startCapture(addr, dir string) (*smtp.Server, error) {
-	var n atomic.Int64
-	s := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &captureSession{dir: dir, n: &n}, nil
-	}))
-	s.Domain = "capture.localhost"
-	s.ErrorLog = log.New(io.Discard, "", 0)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("capture smarthost: %w", err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	return s, nil
-}
-
-type captureSession struct {
-	dir  string
-	n    *atomic.Int64
-	from string
-	to   []string
-}
-
-func (c *captureSession) Mail(from string, _ *smtp.MailOptions) error {
-	c.from = from
-	return nil
-}
-
-func (c *captureSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	c.to = append(c.to, to)
-	return nil
-}
-
-func (c *captureSession) Data(r io.Reader) error {
-	name := filepath.Join(c.dir, fmt.Sprintf("%s-%04d.eml", time.Now().Format("20060102-150405"), c.n.Add(1)))
-	f, err := os.Create(name)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	// The envelope goes first, as headers a mail reader shows but that were not sent.
-	fmt.Fprintf(f, "X-Envelope-From: <%s>\r\n", c.from)
-	for _, t := range c.to {
-		fmt.Fprintf(f, "X-Envelope-To: <%s>\r\n", t)
-	}
-	if _, err := io.Copy(f, r); err != nil {
-		return err
-	}
-	log.Printf("captured %s", name)
-	return nil
-}
-
-func (c *captureSession) Reset()        { c.from, c.to = "", nil }
-func (c *captureSession) Logout() error { return nil }

@@ -112,7 +112,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"version", func(c *Config) { c.APIVersion = "v2" }, "apiVersion: must be"},
 		{"no listeners", func(c *Config) { c.Listeners = nil }, "listeners: at least one"},
 		{"duplicate listener name", func(c *Config) { c.Listeners[1].Name = "smtp" }, `listeners[1].name: "smtp" is used`},
-		{"duplicate address", func(c *Config) { c.Listeners[1].Address = ":2525" }, `listeners[1].address: ":2525" is used`},
+		{"duplicate address", func(c *Config) { c.Listeners[1].Address = ":2525" }, `listeners[1].address: port 2525 is used`},
 		{"bad address", func(c *Config) { c.Listeners[0].Address = "2525" }, "listeners[0].address"},
 		{"bad tls mode", func(c *Config) { c.Listeners[0].TLS = "SSL" }, `listeners[0].tls: "SSL" is not one of`},
 		{"auth without tls", func(c *Config) { c.Listeners[0].RequireAuth = true }, "listeners[0].requireAuth: AUTH is only offered over TLS"},

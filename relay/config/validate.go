@@ -200,10 +200,12 @@ func (c *Config) validateListeners(errs *fieldErrors) {
 			errs.add(f+".address", "%q is not host:port (for all interfaces write \":2525\")", l.Address)
 		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 			errs.add(f+".address", "%q has an invalid port", l.Address)
-		} else if addrs[l.Address] {
-			errs.add(f+".address", "%q is used by another listener", l.Address)
+		} else if p > 0 && addrs[port] {
+			errs.add(f+".address", "port %d is used by another listener", p)
+		} else {
+			// Port 0 asks the system for a free port (tests, local runs): never a clash.
+			addrs[port] = p > 0
 		}
-		addrs[l.Address] = true
 		switch l.TLS {
 		case TLSNone:
 			if l.RequireAuth {

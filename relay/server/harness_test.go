@@ -1,0 +1,318 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/funcr"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/kuberelay/kuberelay/relay/config"
+	"github.com/kuberelay/kuberelay/relay/kubeletdir"
+	"github.com/kuberelay/kuberelay/relay/mailcapture"
+	"github.com/kuberelay/kuberelay/relay/metrics"
+	"github.com/kuberelay/kuberelay/relay/reload"
+	"github.com/kuberelay/kuberelay/relay/server"
+)
+
+const (
+	testUser     = "app"
+	testPassword = "correct horse battery staple"
+	// wait bounds every wait on a condition in these tests; reaching it is a failure.
+	wait = 15 * time.Second
+)
+
+// relayEnv is a relay running in-process on 127.0.0.1 from config and secrets
+// directories laid out as the kubelet mounts them.
+type relayEnv struct {
+	t          *testing.T
+	configDir  string
+	secretsDir string
+	secrets    map[string][]byte
+	srv        *server.Server
+	watcher    *reload.Watcher
+	metrics    *metrics.Metrics
+	clientTLS  *tls.Config
+	cancel     context.CancelFunc
+	logs       *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) WriteString(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.WriteString(v)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// baseConfig is a relay with a plain listener for allowed networks, a STARTTLS
+// submission listener that requires AUTH, and an Implicit TLS one. upstream is the
+// default upstream's host:port.
+func baseConfig(upstream string, extra string) string {
+	host, port, _ := net.SplitHostPort(upstream)
+	return fmt.Sprintf(`apiVersion: relay.kuberelay.io/v1alpha1
+kind: RelayConfig
+hostname: relay.test
+listeners:
+- {name: smtp, address: "127.0.0.1:0", tls: STARTTLS}
+- {name: plain, address: "127.0.0.1:0", tls: None}
+- {name: submission, address: "127.0.0.1:0", tls: STARTTLS, requireAuth: true}
+- {name: smtps, address: "127.0.0.1:0", tls: Implicit}
+tls: {certFile: tls.crt, keyFile: tls.key}
+allowedNetworks: [127.0.0.1/32]
+users:
+- username: %s
+  passwordHashFile: users/app
+  allowedSenders: [example.com]
+domains:
+- domain: example.com
+  allowedSenders: [noreply, "alerts-*"]
+- domain: example.org
+defaultUpstream: main
+upstreams:
+- name: main
+  endpoints: [{host: "%s", port: %s}]
+  tls: {mode: None}
+  timeouts: {acquire: 2s}
+%s`, testUser, host, port, extra)
+}
+
+func testSecrets(t *testing.T, certName string) map[string][]byte {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(testPassword), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM := selfSigned(t, certName)
+	return map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM, "users/app": hash}
+}
+
+func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		DNSNames: []string{"relay.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+func startRelay(t *testing.T, yaml string, secrets map[string][]byte) *relayEnv {
+	t.Helper()
+	dir := t.TempDir()
+	e := &relayEnv{t: t, configDir: filepath.Join(dir, "config"), secretsDir: filepath.Join(dir, "secrets"),
+		secrets: secrets, metrics: metrics.New()}
+	if err := kubeletdir.Write(e.secretsDir, secrets); err != nil {
+		t.Fatal(err)
+	}
+	if err := kubeletdir.Write(e.configDir, map[string][]byte{config.FileName: []byte(yaml)}); err != nil {
+		t.Fatal(err)
+	}
+	// Logs go to the test output and to a buffer that tests search for leaked secrets.
+	e.logs = &syncBuffer{}
+	log := funcr.NewJSON(func(obj string) { t.Log(obj); e.logs.WriteString(obj + "\n") }, funcr.Options{})
+	e.watcher = &reload.Watcher{ConfigDir: e.configDir, SecretsDir: e.secretsDir, Log: log, Metrics: e.metrics,
+		Interval: time.Hour, Apply: func(l *config.Loaded) { _ = e.srv.Apply(l) }}
+	l, err := e.watcher.Load()
+	if err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	e.srv = server.New(l, server.Options{Log: log, Metrics: e.metrics, SpoolDir: dir, SpoolMemory: 1024})
+	if err := e.srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.Serve()
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	done := make(chan struct{})
+	go func() { defer close(done); _ = e.watcher.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		ctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = e.srv.Shutdown(ctx)
+	})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(secrets["tls.crt"])
+	e.clientTLS = &tls.Config{RootCAs: pool, ServerName: "relay.test"}
+	return e
+}
+
+func (e *relayEnv) addr(listener string) string {
+	return e.srv.Addr(listener).String()
+}
+
+// publish swaps the config (and, if given, secrets) exactly as the kubelet does and
+// waits until the relay runs the new configuration.
+func (e *relayEnv) publish(yaml string, secrets map[string][]byte) {
+	e.t.Helper()
+	before, _ := e.srv.Current()
+	if secrets != nil {
+		e.secrets = secrets
+		if err := kubeletdir.Write(e.secretsDir, secrets); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	if err := kubeletdir.Write(e.configDir, map[string][]byte{config.FileName: []byte(yaml)}); err != nil {
+		e.t.Fatal(err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		h, _ := e.srv.Current()
+		if h != before {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("relay did not load the new configuration within %s (last error: %v)", wait, e.watcher.Status().LastError)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func startCapture(t *testing.T) *mailcapture.Server {
+	t.Helper()
+	c, err := mailcapture.Start("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// smtpConn is a raw SMTP client conversation, for the cases a well-behaved client
+// library would refuse to produce.
+type smtpConn struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *smtpConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s := &smtpConn{t: t, conn: c, r: bufio.NewReader(c)}
+	s.expect(220)
+	return s
+}
+
+// reply reads one (possibly multi-line) reply.
+func (s *smtpConn) reply() (int, string, error) {
+	_ = s.conn.SetReadDeadline(time.Now().Add(wait))
+	var text []string
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			return 0, strings.Join(text, "\n"), err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 3 {
+			return 0, line, fmt.Errorf("short reply %q", line)
+		}
+		code, err := strconv.Atoi(line[:3])
+		if err != nil {
+			return 0, line, fmt.Errorf("bad reply %q", line)
+		}
+		text = append(text, line[min(4, len(line)):])
+		if len(line) == 3 || line[3] == ' ' {
+			return code, strings.Join(text, "\n"), nil
+		}
+	}
+}
+
+func (s *smtpConn) expect(code int) string {
+	s.t.Helper()
+	got, text, err := s.reply()
+	if err != nil {
+		s.t.Fatalf("waiting for %d: %v (got %q)", code, err, text)
+	}
+	if got != code {
+		s.t.Fatalf("want %d, got %d %s", code, got, text)
+	}
+	return text
+}
+
+func (s *smtpConn) send(raw string) {
+	s.t.Helper()
+	if _, err := s.conn.Write([]byte(raw)); err != nil {
+		s.t.Fatalf("writing: %v", err)
+	}
+}
+
+func (s *smtpConn) cmd(line string, code int) string {
+	s.t.Helper()
+	s.send(line + "\r\n")
+	return s.expect(code)
+}
+
+// closed reports whether the server closed the connection (EOF or reset) within wait.
+func (s *smtpConn) closed() bool {
+	_ = s.conn.SetReadDeadline(time.Now().Add(wait))
+	for {
+		_, err := s.r.ReadString('\n')
+		if err != nil {
+			ne, ok := err.(net.Error)
+			return !(ok && ne.Timeout())
+		}
+	}
+}
+
+func (s *smtpConn) startTLS(cfg *tls.Config) {
+	s.t.Helper()
+	s.cmd("STARTTLS", 220)
+	tc := tls.Client(s.conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		s.t.Fatalf("TLS handshake: %v", err)
+	}
+	s.conn = tc
+	s.r = bufio.NewReader(tc)
+}
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// writeConfig publishes relay.yaml without waiting for it to load.
+func writeConfig(e *relayEnv, yaml string) error {
+	return kubeletdir.Write(e.configDir, map[string][]byte{config.FileName: []byte(yaml)})
+}

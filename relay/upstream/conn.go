@@ -1,0 +1,327 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/kuberelay/kuberelay/relay/config"
+)
+
+// quitTimeout bounds the polite QUIT sent before closing a connection, so retiring a
+// connection to an unresponsive upstream does not hold anything up for long.
+const quitTimeout = 5 * time.Second
+
+// conn is one SMTP connection to one endpoint.
+type conn struct {
+	p    *Pool
+	ep   int
+	addr string
+	// raw is the TCP connection under any TLS layer: deadlines and forced closes act on
+	// it, which also works while a TLS read or write is blocked.
+	raw net.Conn
+	c   *smtp.Client
+
+	messages  int       // MAIL transactions started on this connection
+	idleSince time.Time // when it was put back into the pool
+	reused    bool      // taken from the pool rather than freshly dialled
+	broken    bool      // must not be used again: I/O error, 421, timeout, mid-DATA abort
+}
+
+// dial opens, secures, greets and authenticates a new connection to endpoint ep, all
+// within the connect timeout.
+func (p *Pool) dial(ctx context.Context, ep int) (*conn, *Error) {
+	addr := p.addrs[ep]
+	cctx, cancel := context.WithTimeout(ctx, p.u.Timeouts.Connect.Duration)
+	defer cancel()
+	raw, err := p.dialFn(cctx, "tcp", addr)
+	if err != nil {
+		return nil, &Error{Endpoint: addr, Err: fmt.Errorf("connecting: %w", err)}
+	}
+	// go-smtp sets and clears per-command deadlines itself, so the connect phase as a
+	// whole is bounded by closing the connection when cctx ends.
+	stop := context.AfterFunc(cctx, func() { raw.Close() })
+	cn := &conn{p: p, ep: ep, addr: addr, raw: raw}
+	e := cn.setup(cctx)
+	if !stop() {
+		raw.Close()
+		cause := cctx.Err()
+		if ctx.Err() == nil {
+			cause = fmt.Errorf("connect timeout of %s exceeded: %w", p.u.Timeouts.Connect.Duration, cause)
+		}
+		return nil, &Error{Endpoint: addr, Err: fmt.Errorf("connecting: %w", cause)}
+	}
+	if e != nil {
+		raw.Close()
+		return nil, e
+	}
+	p.log.V(1).Info("connected to upstream", "upstream", p.u.Name, "endpoint", addr, "tls", p.u.TLS.Mode)
+	return cn, nil
+}
+
+// setup runs TLS, EHLO and AUTH on a fresh connection.
+func (cn *conn) setup(ctx context.Context) *Error {
+	p := cn.p
+	host := p.u.Endpoints[cn.ep].Host
+	var nc net.Conn
+	switch p.u.TLS.Mode {
+	case config.TLSImplicit:
+		tc := tls.Client(cn.raw, p.tlsConfig(host))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("TLS handshake: %w", err)}
+		}
+		nc = tc
+	case config.TLSNone:
+		nc = cn.raw
+	default: // STARTTLS, the default mode
+		if e := cn.startTLS(); e != nil {
+			return e
+		}
+		tc := tls.Client(cn.raw, p.tlsConfig(host))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("TLS handshake after STARTTLS: %w", err)}
+		}
+		// go-smtp starts every client by reading a greeting, but a session resumed
+		// after STARTTLS has none: hand it a synthetic one.
+		nc = &greetedConn{Conn: tc, pending: []byte("220 resumed after STARTTLS\r\n")}
+	}
+	cn.c = smtp.NewClient(nc)
+	cn.c.CommandTimeout = p.u.Timeouts.Command.Duration
+	cn.c.SubmissionTimeout = p.u.Timeouts.Data.Duration
+	if err := cn.c.Hello(p.opts.LocalName); err != nil {
+		return cn.setupError("greeting/EHLO", err)
+	}
+	if p.creds != nil {
+		return cn.auth()
+	}
+	return nil
+}
+
+// startTLS speaks the plain-text part of a STARTTLS session (greeting, EHLO, STARTTLS)
+// itself: go-smtp's own STARTTLS helper would greet with "localhost" instead of the
+// relay's name.
+func (cn *conn) startTLS() *Error {
+	cmdTimeout := cn.p.u.Timeouts.Command.Duration
+	br := bufio.NewReader(cn.raw)
+	tr := textproto.NewReader(br)
+	step := func(cmd string, expect int) (string, *Error) {
+		cn.raw.SetDeadline(time.Now().Add(cmdTimeout))
+		if cmd != "" {
+			if _, err := io.WriteString(cn.raw, cmd+"\r\n"); err != nil {
+				return "", &Error{Endpoint: cn.addr, Err: fmt.Errorf("sending %s: %w", strings.Fields(cmd)[0], err)}
+			}
+		}
+		_, msg, err := tr.ReadResponse(expect)
+		if err != nil {
+			var te *textproto.Error
+			if errors.As(err, &te) {
+				return "", textprotoReplyError(cn.addr, te)
+			}
+			what := "greeting"
+			if cmd != "" {
+				what = "reply to " + strings.Fields(cmd)[0]
+			}
+			return "", &Error{Endpoint: cn.addr, Err: fmt.Errorf("reading %s: %w", what, err)}
+		}
+		return msg, nil
+	}
+	if _, e := step("", 220); e != nil {
+		return e
+	}
+	ehlo, e := step("EHLO "+cn.p.opts.LocalName, 250)
+	if e != nil {
+		return e
+	}
+	offered := false
+	for i, line := range strings.Split(ehlo, "\n") {
+		if f := strings.Fields(line); i > 0 && len(f) > 0 && strings.EqualFold(f[0], "STARTTLS") {
+			offered = true
+		}
+	}
+	if !offered {
+		return &Error{Endpoint: cn.addr, Err: errors.New("upstream does not offer STARTTLS, which this upstream's TLS mode requires; refusing to continue in plain text")}
+	}
+	if _, e := step("STARTTLS", 220); e != nil {
+		return e
+	}
+	// Anything already buffered arrived before TLS and could be injected by a man in
+	// the middle (the reverse of CVE-2011-0411): refuse it.
+	if br.Buffered() > 0 {
+		return &Error{Endpoint: cn.addr, Err: errors.New("upstream sent data after its reply to STARTTLS")}
+	}
+	cn.raw.SetDeadline(time.Time{})
+	return nil
+}
+
+// auth authenticates with the configured mechanism; the password never appears in
+// errors or logs.
+func (cn *conn) auth() *Error {
+	p := cn.p
+	if p.u.TLS.Mode == config.TLSNone {
+		return &Error{Endpoint: cn.addr, Err: errors.New("refusing to send credentials without TLS (tls.mode is None)")}
+	}
+	mech := "PLAIN"
+	if p.u.Auth != nil && p.u.Auth.Mechanism != "" {
+		mech = strings.ToUpper(p.u.Auth.Mechanism)
+	}
+	if !cn.c.SupportsAuth(mech) {
+		_, offered := cn.c.Extension("AUTH")
+		if offered == "" {
+			offered = "none"
+		}
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("upstream does not offer AUTH %s (it offers: %s)", mech, sanitize(offered))}
+	}
+	var sc sasl.Client
+	switch mech {
+	case "LOGIN":
+		sc = sasl.NewLoginClient(p.creds.Username, p.creds.Password)
+	case "PLAIN":
+		sc = sasl.NewPlainClient("", p.creds.Username, p.creds.Password)
+	default:
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("unsupported AUTH mechanism %q: use PLAIN or LOGIN", mech)}
+	}
+	if err := cn.c.Auth(sc); err != nil {
+		// Code stays 0: a refused login is the relay's problem, not a verdict on the
+		// message, and must never turn into a 5xx for the client.
+		e := &Error{Endpoint: cn.addr}
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			e.Message = sanitize(se.Message)
+			e.Err = fmt.Errorf("AUTH %s as %q refused with %d", mech, sanitize(p.creds.Username), se.Code)
+		} else {
+			e.Err = fmt.Errorf("AUTH %s as %q: %w", mech, sanitize(p.creds.Username), err)
+		}
+		return e
+	}
+	return nil
+}
+
+// setupError reports a failure while greeting: any reply code is kept only when it is a
+// 4xx, since a failed endpoint must never produce a permanent verdict on the message.
+func (cn *conn) setupError(stage string, err error) *Error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		e := replyError(cn.addr, se.Code, se.EnhancedCode, se.Message)
+		if e.Temporary() {
+			return e
+		}
+		return &Error{Endpoint: cn.addr, Message: e.Message, Err: fmt.Errorf("%s refused with %d", stage, se.Code)}
+	}
+	return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}
+}
+
+// do runs one exchange, closing the connection if ctx ends meanwhile. ok is false when
+// the connection can no longer be used.
+func (cn *conn) do(ctx context.Context, stage string, f func() error) (e *Error, ok bool) {
+	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	err := f()
+	if !stop() {
+		cn.broken = true
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, ctx.Err())}, false
+	}
+	if err == nil {
+		return nil, true
+	}
+	e, ok = cn.classify(stage, err)
+	if !ok {
+		cn.broken = true
+	}
+	return e, ok
+}
+
+// classify turns what a go-smtp call returned into an *Error and says whether the
+// connection is still usable.
+func (cn *conn) classify(stage string, err error) (*Error, bool) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		// 421 means the upstream is closing the connection (RFC 5321 3.8).
+		return replyError(cn.addr, se.Code, se.EnhancedCode, se.Message), se.Code != 421
+	}
+	if isNetworkError(err) {
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}, false
+	}
+	// A local refusal by go-smtp (e.g. an option the upstream does not support): nothing
+	// was sent, the connection is fine.
+	return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}, true
+}
+
+func (cn *conn) mail(ctx context.Context, from string, opts *smtp.MailOptions) (*Error, bool) {
+	return cn.do(ctx, "MAIL FROM", func() error { return cn.c.Mail(from, opts) })
+}
+
+func (cn *conn) rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) (*Error, bool) {
+	return cn.do(ctx, "RCPT TO", func() error { return cn.c.Rcpt(to, opts) })
+}
+
+// reset prepares a connection for its next transaction (RFC 5321 4.1.1.5).
+func (cn *conn) reset() error {
+	if cn.broken {
+		return errors.New("connection is broken")
+	}
+	if err := cn.c.Reset(); err != nil {
+		cn.broken = true
+		return err
+	}
+	return nil
+}
+
+// close ends the connection: politely with QUIT when it is still usable.
+func (cn *conn) close() {
+	if !cn.broken && cn.c != nil {
+		cn.c.CommandTimeout = min(cn.p.u.Timeouts.Command.Duration, quitTimeout)
+		_ = cn.c.Quit()
+	}
+	cn.broken = true
+	cn.raw.Close()
+}
+
+// greetedConn serves a fixed greeting before the real stream.
+type greetedConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (g *greetedConn) Read(b []byte) (int, error) {
+	if len(g.pending) > 0 {
+		n := copy(b, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	return g.Conn.Read(b)
+}
+
+// lineEndingReader fails on a CR or LF that is not part of a CRLF pair.
+type lineEndingReader struct {
+	r  io.Reader
+	cr bool // the previous byte was CR
+}
+
+func (l *lineEndingReader) Read(b []byte) (int, error) {
+	n, err := l.r.Read(b)
+	for i := 0; i < n; i++ {
+		switch c := b[i]; {
+		case l.cr && c != '\n':
+			return 0, ErrBareLineEnding
+		case c == '\r':
+			l.cr = true
+		case c == '\n' && !l.cr:
+			return 0, ErrBareLineEnding
+		default:
+			l.cr = false
+		}
+	}
+	if err == io.EOF && l.cr {
+		return 0, ErrBareLineEnding
+	}
+	return n, err
+}
