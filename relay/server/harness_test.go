@@ -42,7 +42,7 @@ const (
 // relayEnv is a relay running in-process on 127.0.0.1 from config and secrets
 // directories laid out as the kubelet mounts them.
 type relayEnv struct {
-	t          *testing.T
+	t          testing.TB
 	configDir  string
 	secretsDir string
 	secrets    map[string][]byte
@@ -52,6 +52,8 @@ type relayEnv struct {
 	clientTLS  *tls.Config
 	cancel     context.CancelFunc
 	logs       *syncBuffer
+	// applied receives the hash of every configuration the watcher applies.
+	applied chan string
 }
 
 type syncBuffer struct {
@@ -103,7 +105,7 @@ upstreams:
 %s`, testUser, host, port, extra)
 }
 
-func testSecrets(t *testing.T, certName string) map[string][]byte {
+func testSecrets(t testing.TB, certName string) map[string][]byte {
 	t.Helper()
 	hash, err := bcrypt.GenerateFromPassword([]byte(testPassword), bcrypt.MinCost)
 	if err != nil {
@@ -113,7 +115,7 @@ func testSecrets(t *testing.T, certName string) map[string][]byte {
 	return map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM, "users/app": hash}
 }
 
-func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
+func selfSigned(t testing.TB, cn string) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -131,11 +133,11 @@ func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
 }
 
-func startRelay(t *testing.T, yaml string, secrets map[string][]byte) *relayEnv {
+func startRelay(t testing.TB, yaml string, secrets map[string][]byte) *relayEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &relayEnv{t: t, configDir: filepath.Join(dir, "config"), secretsDir: filepath.Join(dir, "secrets"),
-		secrets: secrets, metrics: metrics.New()}
+		secrets: secrets, metrics: metrics.New(), applied: make(chan string, 64)}
 	if err := kubeletdir.Write(e.secretsDir, secrets); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +148,10 @@ func startRelay(t *testing.T, yaml string, secrets map[string][]byte) *relayEnv 
 	e.logs = &syncBuffer{}
 	log := funcr.NewJSON(func(obj string) { t.Log(obj); e.logs.WriteString(obj + "\n") }, funcr.Options{})
 	e.watcher = &reload.Watcher{ConfigDir: e.configDir, SecretsDir: e.secretsDir, Log: log, Metrics: e.metrics,
-		Interval: time.Hour, Apply: func(l *config.Loaded) { _ = e.srv.Apply(l) }}
+		Interval: time.Hour, Apply: func(l *config.Loaded) {
+			_ = e.srv.Apply(l)
+			e.applied <- l.Hash
+		}}
 	l, err := e.watcher.Load()
 	if err != nil {
 		t.Fatalf("loading config: %v", err)
@@ -191,20 +196,20 @@ func (e *relayEnv) publish(yaml string, secrets map[string][]byte) {
 	if err := kubeletdir.Write(e.configDir, map[string][]byte{config.FileName: []byte(yaml)}); err != nil {
 		e.t.Fatal(err)
 	}
-	deadline := time.Now().Add(wait)
+	timeout := time.After(wait)
 	for {
-		h, _ := e.srv.Current()
-		if h != before {
-			return
-		}
-		if time.Now().After(deadline) {
+		select {
+		case h := <-e.applied:
+			if h != before {
+				return
+			}
+		case <-timeout:
 			e.t.Fatalf("relay did not load the new configuration within %s (last error: %v)", wait, e.watcher.Status().LastError)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-func startCapture(t *testing.T) *mailcapture.Server {
+func startCapture(t testing.TB) *mailcapture.Server {
 	t.Helper()
 	c, err := mailcapture.Start("127.0.0.1:0", "")
 	if err != nil {
@@ -315,4 +320,21 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 // writeConfig publishes relay.yaml without waiting for it to load.
 func writeConfig(e *relayEnv, yaml string) error {
 	return kubeletdir.Write(e.configDir, map[string][]byte{config.FileName: []byte(yaml)})
+}
+
+// BenchmarkReloadLatency measures the time from a kubelet-style "..data" swap of the
+// config directory to the relay serving the new configuration.
+func BenchmarkReloadLatency(b *testing.B) {
+	up := startCapture(b)
+	cfgA := baseConfig(up.Addr(), "")
+	cfgB := strings.Replace(cfgA, "hostname: relay.test", "hostname: relay2.test", 1)
+	e := startRelay(b, cfgA, testSecrets(b, "one"))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			e.publish(cfgB, nil)
+		} else {
+			e.publish(cfgA, nil)
+		}
+	}
 }
