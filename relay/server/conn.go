@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,18 @@ type trackedConn struct {
 	sess    *session
 	closed  bool
 	release func()
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		// After a read timeout the client's remaining bytes are unknown (the rest of a
+		// message, perhaps): whatever the SMTP library replies next is the last thing this
+		// connection carries, so nothing the client sent late is read as a command.
+		c.closeAfterWrite.Store(true)
+	}
+	return n, err
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {

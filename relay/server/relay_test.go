@@ -638,3 +638,33 @@ func TestReceivedHeaderDoesNotReflectClientText(t *testing.T) {
 		t.Fatalf("Received header: %q", hdr)
 	}
 }
+
+func TestNestedMailRefused(t *testing.T) {
+	up := startCapture(t)
+	e := startRelay(t, baseConfig(up.Addr(), ""), testSecrets(t, "one"))
+	c := dialRaw(t, e.addr("plain"))
+	c.cmd("EHLO client.test", 250)
+	c.cmd("MAIL FROM:<noreply@example.com>", 250)
+	c.cmd("MAIL FROM:<noreply@example.com>", 503)
+	c.cmd("RSET", 250)
+	if code := c.transaction("noreply@example.com", "x@example.net", message("after-rset")); code != 250 {
+		t.Fatalf("got %d", code)
+	}
+}
+
+func TestListenerChangesWaitForRestart(t *testing.T) {
+	up := startCapture(t)
+	cfg := baseConfig(up.Addr(), "")
+	e := startRelay(t, cfg, testSecrets(t, "one"))
+	// A new configuration without the plain listener: the bound listener keeps serving,
+	// with the new policy.
+	newCfg := strings.Replace(cfg, "- {name: plain, address: \"127.0.0.1:0\", tls: None}\n", "", 1)
+	newCfg = strings.Replace(newCfg, "- domain: example.org\n", "", 1)
+	e.publish(newCfg, nil)
+	c := dialRaw(t, e.addr("plain"))
+	c.cmd("EHLO client.test", 250)
+	c.cmd("MAIL FROM:<x@example.org>", 550)
+	if code := c.transaction("noreply@example.com", "x@example.net", message("kept")); code != 250 {
+		t.Fatalf("got %d", code)
+	}
+}

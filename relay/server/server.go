@@ -52,7 +52,10 @@ type Server struct {
 	mu        sync.Mutex
 	gen       *generation
 	listeners []*listener
-	conns     map[*trackedConn]struct{}
+	// boundListeners are the listeners of the first configuration: they stay bound for
+	// the life of the process.
+	boundListeners []config.Listener
+	conns          map[*trackedConn]struct{}
 
 	open         atomic.Int64
 	shuttingDown atomic.Bool
@@ -176,9 +179,11 @@ func (s *Server) current() *generation {
 // on the configuration they started with. It returns an error describing what could
 // not be applied without a restart (listener changes); everything else is applied.
 func (s *Server) Apply(l *config.Loaded) error {
-	old := s.current()
 	s.apply(l)
-	if !listenersEqual(old.loaded.Config.Listeners, l.Config.Listeners) {
+	s.mu.Lock()
+	bound := s.boundListeners
+	s.mu.Unlock()
+	if !listenersEqual(bound, l.Config.Listeners) {
 		return errors.New("listeners changed: the new listeners take effect when the relay restarts; the old ones keep serving with the new configuration")
 	}
 	return nil
@@ -217,7 +222,14 @@ func (s *Server) apply(l *config.Loaded) {
 				Signer: l.DKIMKeys[d.Domain], Headers: d.DKIM.Headers}
 		}
 	}
-	for _, lc := range l.Config.Listeners {
+	s.mu.Lock()
+	if s.boundListeners == nil {
+		s.boundListeners = l.Config.Listeners
+	}
+	bound := s.boundListeners
+	s.mu.Unlock()
+	// Listeners are bound once; every generation serves those same listeners.
+	for _, lc := range bound {
 		cl := newChanListener(nil)
 		srv := smtp.NewServer(&backend{srv: s, gen: g, listener: lc})
 		srv.Domain = hostname

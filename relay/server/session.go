@@ -31,6 +31,8 @@ var (
 		Message: "Service shutting down, try again later"}
 	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
 		Message: "Upstream temporarily unavailable, try again later"}
+	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message: "Nested MAIL command: send RSET first"}
 	errLocal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Local error, try again later"}
 )
@@ -191,9 +193,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.fail(perr)
 	}
 	pool := g.pools[route]
-	s.seq++
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.tx != nil {
+		// RFC 5321 section 4.1.4: MAIL may not start a transaction inside another.
+		return s.fail(errNestedMail)
+	}
+	s.seq++
 	s.inTx = true
 	s.from = from
 	s.route = route
