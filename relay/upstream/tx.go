@@ -275,7 +275,7 @@ func (tx *Tx) exhausted() *Error {
 		return &Error{Err: fmt.Errorf("upstream %q has no endpoints", tx.p.u.Name)}
 	}
 	e := &Error{Message: last.Message, Endpoint: last.Endpoint,
-		Err: fmt.Errorf("no endpoint of upstream %q could take the message (%d tried); the last one failed with: %w", tx.p.u.Name, len(tx.p.addrs), last)}
+		Err: &exhaustedError{upstream: tx.p.u.Name, tried: len(tx.p.addrs), last: last}}
 	if last.Code >= 400 && last.Code < 500 {
 		e.Code, e.Enhanced = last.Code, last.Enhanced
 	}
@@ -347,3 +347,22 @@ func tempCode(code int) int {
 	}
 	return 0
 }
+
+// exhaustedError explains an *Error returned after every endpoint failed; it unwraps to
+// the last endpoint's *Error.
+type exhaustedError struct {
+	upstream string
+	tried    int
+	last     *Error
+}
+
+func (x *exhaustedError) Error() string {
+	s := fmt.Sprintf("no endpoint of upstream %q could take the message (%d tried)", x.upstream, x.tried)
+	if x.last.Err != nil {
+		// The reply code and text are already in the outer error; the cause is not.
+		s += ": " + x.last.Err.Error()
+	}
+	return s
+}
+
+func (x *exhaustedError) Unwrap() error { return x.last }

@@ -1,0 +1,67 @@
+package upstream
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+func TestSanitize(t *testing.T) {
+	for in, want := range map[string]string{
+		"2.0.0 Ok: queued as ABC":      "2.0.0 Ok: queued as ABC",
+		"first line\nsecond line":      "first line second line",
+		"evil\r\n250 fake\x00\x1b[31m": "evil 250 fake??[31m",
+		"caf\xc3\xa9":                  "caf??",
+		"  spaced\t\tout  ":            "spaced out",
+		strings.Repeat("x", 500):       strings.Repeat("x", maxMessageLen-3) + "...",
+		strings.Repeat("y", 200):       strings.Repeat("y", 200),
+	} {
+		got := sanitize(in)
+		if got != want {
+			t.Errorf("sanitize(%q) = %q, want %q", in, got, want)
+		}
+		if len(got) > maxMessageLen {
+			t.Errorf("sanitize(%q) is %d bytes long", in, len(got))
+		}
+	}
+}
+
+func TestLineEndingReader(t *testing.T) {
+	for in, wantErr := range map[string]bool{
+		"a\r\nb\r\n": false,
+		"a\r\nb":     false,
+		"":           false,
+		"a\nb\r\n":   true,
+		"a\rb\r\n":   true,
+		"a\r\n\r":    true,
+		"a\r\r\n":    true,
+		"\n":         true,
+		"a\r\n.\r\n": false,
+	} {
+		// One byte at a time, so a CRLF split across reads is exercised.
+		_, err := io.ReadAll(&lineEndingReader{r: iotest.OneByteReader(strings.NewReader(in))})
+		if got := errors.Is(err, ErrBareLineEnding); got != wantErr {
+			t.Errorf("%q: error %v, want bare line ending %v", in, err, wantErr)
+		}
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	e := &Error{Code: 451, Enhanced: [3]int{4, 3, 0}, Message: "try later", Endpoint: "mx:25"}
+	if got, want := e.Error(), "upstream mx:25: 451 4.3.0 try later"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	if !e.Temporary() {
+		t.Error("451 not temporary")
+	}
+	if (&Error{Code: 550}).Temporary() {
+		t.Error("550 temporary")
+	}
+	cause := errors.New("connection refused")
+	e = &Error{Endpoint: "mx:25", Err: cause}
+	if !errors.Is(e, cause) || !e.Temporary() || e.Error() != "upstream mx:25: connection refused" {
+		t.Errorf("local error %q", e.Error())
+	}
+}
