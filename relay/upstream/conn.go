@@ -36,6 +36,11 @@ type conn struct {
 	idleSince time.Time // when it was put back into the pool
 	reused    bool      // taken from the pool rather than freshly dialled
 	broken    bool      // must not be used again: I/O error, 421, timeout, mid-DATA abort
+	// ended is set when the reply to the final dot closed the transaction: the server
+	// has already cleared its state (RFC 5321 section 4.1.1.4), so no RSET is needed
+	// before the next MAIL. Other transactions (aborted before or during DATA) are
+	// RSET (section 4.1.1.5) before the connection is reused.
+	ended bool
 }
 
 // dial opens, secures, greets and authenticates a new connection to endpoint ep, all

@@ -284,11 +284,13 @@ func (p *Pool) retireLocked(cs []*conn) {
 }
 
 // release gives back a transaction's permit, and its connection if it has one: the
-// connection is reused after a successful RSET, otherwise closed.
+// connection is reused when its transaction ended cleanly or a RSET succeeded, otherwise
+// closed.
 func (p *Pool) release(cn *conn) {
 	if cn != nil {
 		limit := p.u.MaxMessagesPerConnection
-		if !cn.broken && (limit <= 0 || cn.messages < limit) && !p.isClosed() && cn.reset() == nil {
+		if !cn.broken && (limit <= 0 || cn.messages < limit) && !p.isClosed() && (cn.ended || cn.reset() == nil) {
+			cn.ended = false
 			p.mu.Lock()
 			if !p.closed {
 				cn.idleSince = time.Now()

@@ -178,10 +178,12 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 			cn.broken = true
 		} else {
 			tx.midData = false
+			cn.ended = true
 		}
 		return "", tx.fail(e)
 	}
 	tx.midData = false
+	cn.ended = true
 	return sanitize(resp.StatusText), nil
 }
 
