@@ -384,6 +384,12 @@ func TestLimits(t *testing.T) {
 		}
 	})
 	t.Run("connections", func(t *testing.T) {
+		// Earlier subtests' connections may still be closing on the server side.
+		if !testpeers.Eventually(func() bool {
+			return testutil.ToFloat64(e.metrics.ConnectionsOpen.WithLabelValues("plain")) == 0
+		}) {
+			t.Fatal("connections of earlier subtests never closed")
+		}
 		var held []*smtpConn
 		for i := 0; i < 8; i++ {
 			c := dialRaw(t, e.addr("plain"))

@@ -100,7 +100,7 @@ func (cn *conn) setup(ctx context.Context) *Error {
 		// after STARTTLS has none: hand it a synthetic one.
 		nc = &greetedConn{Conn: tc, pending: []byte("220 resumed after STARTTLS\r\n")}
 	}
-	cn.c = smtp.NewClient(nc)
+	cn.c = smtp.NewClient(&coalescingConn{Conn: nc})
 	cn.c.CommandTimeout = p.u.Timeouts.Command.Duration
 	cn.c.SubmissionTimeout = p.u.Timeouts.Data.Duration
 	if err := cn.c.Hello(p.opts.LocalName); err != nil {
@@ -329,4 +329,50 @@ func (l *lineEndingReader) Read(b []byte) (int, error) {
 		return 0, ErrBareLineEnding
 	}
 	return n, err
+}
+
+// coalescingConn holds writes until the next read, so everything sent before waiting
+// for a reply leaves in one write: the body of a message and its final dot, for
+// instance, instead of a write per 4 KiB buffer of the SMTP library. Every reply is
+// awaited with a read, so nothing waits longer than it would have.
+type coalescingConn struct {
+	net.Conn
+	buf []byte
+}
+
+// coalesceLimit bounds the held bytes, and so the memory, per connection.
+const coalesceLimit = 64 << 10
+
+func (c *coalescingConn) Write(b []byte) (int, error) {
+	if len(c.buf)+len(b) > coalesceLimit {
+		if err := c.flush(); err != nil {
+			return 0, err
+		}
+		if len(b) > coalesceLimit {
+			return c.Conn.Write(b)
+		}
+	}
+	c.buf = append(c.buf, b...)
+	return len(b), nil
+}
+
+func (c *coalescingConn) Read(b []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *coalescingConn) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
+func (c *coalescingConn) Close() error {
+	_ = c.flush()
+	return c.Conn.Close()
 }
