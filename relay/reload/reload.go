@@ -91,6 +91,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	// A change made between Load and the watches being set up raised no event: look once
+	// now that they are.
+	w.reload("start")
 	tick := time.NewTicker(w.Interval)
 	defer tick.Stop()
 	debounce := time.NewTimer(time.Hour)
