@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -31,6 +32,8 @@ type conn struct {
 	// it, which also works while a TLS read or write is blocked.
 	raw net.Conn
 	c   *smtp.Client
+	// wire is what the SMTP client writes to; message bodies are written to it directly.
+	wire *coalescingConn
 
 	messages  int       // MAIL transactions started on this connection
 	idleSince time.Time // when it was put back into the pool
@@ -100,7 +103,8 @@ func (cn *conn) setup(ctx context.Context) *Error {
 		// after STARTTLS has none: hand it a synthetic one.
 		nc = &greetedConn{Conn: tc, pending: []byte("220 resumed after STARTTLS\r\n")}
 	}
-	cn.c = smtp.NewClient(&coalescingConn{Conn: nc})
+	cn.wire = &coalescingConn{Conn: nc}
+	cn.c = smtp.NewClient(cn.wire)
 	cn.c.CommandTimeout = p.u.Timeouts.Command.Duration
 	cn.c.SubmissionTimeout = p.u.Timeouts.Data.Duration
 	if err := cn.c.Hello(p.opts.LocalName); err != nil {
@@ -338,12 +342,18 @@ func (l *lineEndingReader) Read(b []byte) (int, error) {
 type coalescingConn struct {
 	net.Conn
 	buf []byte
+	// mute discards writes until the next read: the SMTP library's own end-of-data
+	// marker, when the body and its marker were already written directly.
+	mute bool
 }
 
 // coalesceLimit bounds the held bytes, and so the memory, per connection.
 const coalesceLimit = 64 << 10
 
 func (c *coalescingConn) Write(b []byte) (int, error) {
+	if c.mute {
+		return len(b), nil
+	}
 	if len(c.buf)+len(b) > coalesceLimit {
 		if err := c.flush(); err != nil {
 			return 0, err
@@ -357,6 +367,7 @@ func (c *coalescingConn) Write(b []byte) (int, error) {
 }
 
 func (c *coalescingConn) Read(b []byte) (int, error) {
+	c.mute = false
 	if err := c.flush(); err != nil {
 		return 0, err
 	}
@@ -375,4 +386,54 @@ func (c *coalescingConn) flush() error {
 func (c *coalescingConn) Close() error {
 	_ = c.flush()
 	return c.Conn.Close()
+}
+
+// dotStuffer writes message data with RFC 5321 section 4.5.2 transparency: a line that
+// starts with "." gets another. It works on whole chunks, not byte by byte, and expects
+// CRLF line endings (lineEndingReader has checked them).
+type dotStuffer struct {
+	w   io.Writer
+	bol bool // the last byte written ended a line (or nothing was written yet)
+}
+
+var dotBytes = []byte(".")
+
+func (d *dotStuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	if n == 0 {
+		return 0, nil
+	}
+	if d.bol && p[0] == '.' {
+		if _, err := d.w.Write(dotBytes); err != nil {
+			return 0, err
+		}
+	}
+	for {
+		i := bytes.Index(p, []byte("\n."))
+		if i < 0 {
+			break
+		}
+		if _, err := d.w.Write(p[:i+1]); err != nil {
+			return 0, err
+		}
+		if _, err := d.w.Write(dotBytes); err != nil {
+			return 0, err
+		}
+		p = p[i+1:]
+	}
+	if _, err := d.w.Write(p); err != nil {
+		return 0, err
+	}
+	d.bol = p[len(p)-1] == '\n'
+	return n, nil
+}
+
+// end writes the end-of-data marker, completing a last line that lacks its CRLF.
+func (d *dotStuffer) end() error {
+	marker := ".\r\n"
+	if !d.bol {
+		marker = "\r\n.\r\n"
+	}
+	_, err := io.WriteString(d.w, marker)
+	return err
 }

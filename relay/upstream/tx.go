@@ -144,11 +144,14 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 		return "", tx.fail(e)
 	}
 	lr := &lineEndingReader{r: r}
+	// The body bypasses the SMTP library's byte-by-byte dot writer: it is dot-stuffed in
+	// chunks straight onto the wire, which holds it until the reply is read.
+	ds := &dotStuffer{w: cn.wire, bol: true}
 	buf := make([]byte, 32*1024)
 	for {
 		n, rerr := lr.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			if _, werr := ds.Write(buf[:n]); werr != nil {
 				if ctx.Err() != nil {
 					werr = ctx.Err()
 				}
@@ -162,7 +165,12 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 			return abort(&Error{Endpoint: cn.addr, Err: fmt.Errorf("reading the message: %w", rerr)})
 		}
 	}
+	if err := ds.end(); err != nil {
+		return abort(&Error{Endpoint: cn.addr, Err: fmt.Errorf("sending the message: %w", err)})
+	}
 	cn.c.SubmissionTimeout = max(time.Until(deadline), time.Nanosecond)
+	// The library's own end-of-data marker is discarded: ours is already written.
+	cn.wire.mute = true
 	resp, err := w.CloseWithResponse()
 	if !stop() {
 		cn.broken = true
