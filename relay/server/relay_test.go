@@ -17,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-sasl"
@@ -503,12 +502,8 @@ func TestReloadWhileSessionInFlight(t *testing.T) {
 	if err := writeConfig(e, "apiVersion: relay.kuberelay.io/v1alpha1\nkind: RelayConfig\nlisteners: []\n"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(wait)
-	for e.watcher.Status().LastError == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("bad configuration never reported")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testpeers.Eventually(func() bool { return e.watcher.Status().LastError != nil }) {
+		t.Fatal("bad configuration never reported")
 	}
 	if h, _ := e.srv.Current(); h != good {
 		t.Fatal("a bad configuration replaced the good one")
@@ -602,17 +597,15 @@ func TestShutdownFinishesTransactions(t *testing.T) {
 	// The idle session is told to go away.
 	idle.expect(421)
 	// New connections are refused.
-	deadline := time.Now().Add(wait)
-	for {
+	if !testpeers.Eventually(func() bool {
 		c, err := netDial(e.addr("plain"))
 		if err != nil {
-			break
+			return true
 		}
 		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("still accepting connections during shutdown")
-		}
-		time.Sleep(10 * time.Millisecond)
+		return false
+	}) {
+		t.Fatal("still accepting connections during shutdown")
 	}
 	// The transaction in progress completes.
 	busy.send("body\r\n.\r\n")

@@ -67,12 +67,13 @@ type Server struct {
 // generation they started with; it is released when it is no longer current and its
 // last connection has closed.
 type generation struct {
-	loaded  *config.Loaded
-	since   time.Time
-	policy  *policy.Policy
-	pools   map[string]*upstream.Pool
-	dkim    map[string]*dkim.Key
-	servers map[string]*chanListener
+	loaded   *config.Loaded
+	hostname string
+	since    time.Time
+	policy   *policy.Policy
+	pools    map[string]*upstream.Pool
+	dkim     map[string]*dkim.Key
+	servers  map[string]*chanListener
 
 	mu      sync.Mutex
 	conns   int
@@ -205,6 +206,7 @@ func (s *Server) apply(l *config.Loaded) {
 		servers: map[string]*chanListener{},
 	}
 	hostname := hostnameOf(l.Config)
+	g.hostname = hostname
 	for _, u := range l.Config.Upstreams {
 		var creds *config.Credentials
 		if c, ok := l.UpstreamCredentials[u.Name]; ok {

@@ -254,7 +254,7 @@ func (s *session) Data(r io.Reader) error {
 	if s.user != "" {
 		proto += "A"
 	}
-	header := receivedHeader(s.helo, s.ip.String(), hostnameOf(g.loaded.Config), proto, s.queueID, time.Now())
+	header := receivedHeader(s.helo, s.ip.String(), g.hostname, proto, s.queueID, time.Now())
 
 	var msg io.Reader
 	if key := g.dkim[s.domain]; key != nil {
@@ -284,7 +284,7 @@ func (s *session) Data(r io.Reader) error {
 	m.MessageBytes.Observe(float64(dr.n))
 	m.Messages.WithLabelValues(metrics.OutcomeRelayed, "", s.route).Inc()
 	s.log.Info("message relayed", "queue", s.queueID, "from", s.from, "recipients", s.rcptOK,
-		"size", dr.n, "upstream", s.route, "endpoint", tx.Endpoint(), "upstreamReply", sanitizeReply(reply),
+		"size", dr.n, "upstream", s.route, "endpoint", tx.Endpoint(), "upstreamReply", reply,
 		"latency", latency.String())
 	return nil
 }
@@ -328,7 +328,7 @@ func (s *session) dataFailed(dr *dataReader, err error) error {
 	}
 	m.Messages.WithLabelValues(outcome, reason, s.route).Inc()
 	s.log.Info("message not relayed", "queue", s.queueID, "from", s.from, "code", reply.Code,
-		"reason", reason, "upstream", s.route, "detail", sanitizeReply(err.Error()))
+		"reason", reason, "upstream", s.route, "detail", err.Error())
 	if reply.Code == 421 {
 		return reply
 	}
@@ -354,24 +354,9 @@ func (s *session) upstreamReply(err error) *smtp.SMTPError {
 	if enh == (smtp.EnhancedCode{}) || enh[0] != code/100 {
 		enh = smtp.EnhancedCodeNotSet
 	}
-	msg := "Upstream: " + sanitizeReply(ue.Message)
+	// The upstream package has already reduced the text to bounded printable ASCII.
+	msg := "Upstream: " + ue.Message
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
-}
-
-// sanitizeReply bounds a reply text and keeps only printable ASCII.
-func sanitizeReply(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if b.Len() >= 200 {
-			break
-		}
-		if c >= 0x20 && c < 0x7f {
-			b.WriteRune(c)
-		} else {
-			b.WriteByte(' ')
-		}
-	}
-	return b.String()
 }
 
 func (s *session) Reset() {
