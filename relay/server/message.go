@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/kuberelay/kuberelay/relay/internal/crlf"
 )
 
 // errAmbiguousLineEnding refuses data that two SMTP implementations could split into
@@ -57,15 +59,12 @@ func (d *dataReader) Read(p []byte) (int, error) {
 		_ = d.conn.SetReadDeadline(time.Now().Add(d.timeout))
 	}
 	n, err := d.r.Read(p)
-	for i := 0; i < n; i++ {
-		c := p[i]
-		switch {
-		case c == 0, c == '\n' && !d.prevCR, d.prevCR && c != '\n':
-			d.err = errAmbiguousLineEnding
-			return 0, d.err
-		}
-		d.prevCR = c == '\r'
+	ok, cr := crlf.Check(p[:n], d.prevCR)
+	if !ok {
+		d.err = errAmbiguousLineEnding
+		return 0, d.err
 	}
+	d.prevCR = cr
 	d.n += int64(n)
 	if err == io.EOF {
 		if d.prevCR {

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/kuberelay/kuberelay/relay/config"
+	"github.com/kuberelay/kuberelay/relay/internal/crlf"
 )
 
 // quitTimeout bounds the polite QUIT sent before closing a connection, so retiring a
@@ -38,7 +39,10 @@ type conn struct {
 	messages  int       // MAIL transactions started on this connection
 	idleSince time.Time // when it was put back into the pool
 	reused    bool      // taken from the pool rather than freshly dialled
-	broken    bool      // must not be used again: I/O error, 421, timeout, mid-DATA abort
+	// pipelining: the upstream offers PIPELINING (RFC 2920), so MAIL FROM is sent with
+	// the first RCPT TO, saving a round trip per message.
+	pipelining bool
+	broken     bool // must not be used again: I/O error, 421, timeout, mid-DATA abort
 	// ended is set when the reply to the final dot closed the transaction: the server
 	// has already cleared its state (RFC 5321 section 4.1.1.4), so no RSET is needed
 	// before the next MAIL. Other transactions (aborted before or during DATA) are
@@ -103,13 +107,14 @@ func (cn *conn) setup(ctx context.Context) *Error {
 		// after STARTTLS has none: hand it a synthetic one.
 		nc = &greetedConn{Conn: tc, pending: []byte("220 resumed after STARTTLS\r\n")}
 	}
-	cn.wire = &coalescingConn{Conn: nc}
+	cn.wire = &coalescingConn{Conn: nc, addr: cn.addr}
 	cn.c = smtp.NewClient(cn.wire)
 	cn.c.CommandTimeout = p.u.Timeouts.Command.Duration
 	cn.c.SubmissionTimeout = p.u.Timeouts.Data.Duration
 	if err := cn.c.Hello(p.opts.LocalName); err != nil {
 		return cn.setupError("greeting/EHLO", err)
 	}
+	cn.pipelining, _ = cn.c.Extension("PIPELINING")
 	if p.creds != nil {
 		return cn.auth()
 	}
@@ -281,6 +286,13 @@ func (cn *conn) reset() error {
 		cn.broken = true
 		return err
 	}
+	// go-smtp forgets the EHLO after RSET; greeting again now keeps the next MAIL FROM
+	// free to be pipelined and the extensions current.
+	if err := cn.c.Hello(cn.p.opts.LocalName); err != nil {
+		cn.broken = true
+		return err
+	}
+	cn.pipelining, _ = cn.c.Extension("PIPELINING")
 	return nil
 }
 
@@ -317,18 +329,11 @@ type lineEndingReader struct {
 
 func (l *lineEndingReader) Read(b []byte) (int, error) {
 	n, err := l.r.Read(b)
-	for i := 0; i < n; i++ {
-		switch c := b[i]; {
-		case l.cr && c != '\n':
-			return 0, ErrBareLineEnding
-		case c == '\r':
-			l.cr = true
-		case c == '\n' && !l.cr:
-			return 0, ErrBareLineEnding
-		default:
-			l.cr = false
-		}
+	ok, cr := crlf.Check(b[:n], l.cr)
+	if !ok {
+		return 0, ErrBareLineEnding
 	}
+	l.cr = cr
 	if err == io.EOF && l.cr {
 		return 0, ErrBareLineEnding
 	}
@@ -339,16 +344,30 @@ func (l *lineEndingReader) Read(b []byte) (int, error) {
 // for a reply leaves in one write: the body of a message and its final dot, for
 // instance, instead of a write per 4 KiB buffer of the SMTP library. Every reply is
 // awaited with a read, so nothing waits longer than it would have.
+//
+// It can also defer one reply (RFC 2920 pipelining): the SMTP library is handed a
+// stand-in "250" for the deferred command, which stays held with its successor, and
+// the real reply is read off the wire, before the successor's, on the next read.
 type coalescingConn struct {
 	net.Conn
-	buf []byte
+	addr string // the endpoint, for errors
+	buf  []byte
 	// mute discards writes until the next read: the SMTP library's own end-of-data
 	// marker, when the body and its marker were already written directly.
 	mute bool
+
+	deferNext bool          // the next read gets the stand-in reply
+	awaiting  bool          // the stand-in was handed out; the real reply is unread
+	br        *bufio.Reader // reads through here once a reply has been deferred
+	held      *Error        // the deferred reply when it was not a 2xx
+	heldDone  bool          // the deferred reply was read
 }
 
 // coalesceLimit bounds the held bytes, and so the memory, per connection.
 const coalesceLimit = 64 << 10
+
+// standIn is what the SMTP library reads in place of a deferred reply.
+var standIn = []byte("250 deferred\r\n")
 
 func (c *coalescingConn) Write(b []byte) (int, error) {
 	if c.mute {
@@ -368,10 +387,48 @@ func (c *coalescingConn) Write(b []byte) (int, error) {
 
 func (c *coalescingConn) Read(b []byte) (int, error) {
 	c.mute = false
+	if c.deferNext && len(b) >= len(standIn) {
+		c.deferNext, c.awaiting, c.heldDone, c.held = false, true, false, nil
+		return copy(b, standIn), nil
+	}
 	if err := c.flush(); err != nil {
 		return 0, err
 	}
+	if c.awaiting {
+		c.awaiting = false
+		_, _, err := textproto.NewReader(c.br).ReadResponse(2)
+		var te *textproto.Error
+		switch {
+		case errors.As(err, &te):
+			c.held = textprotoReplyError(c.addr, te)
+		case err != nil:
+			return 0, err
+		}
+		c.heldDone = true
+	}
+	if c.br != nil {
+		return c.br.Read(b)
+	}
 	return c.Conn.Read(b)
+}
+
+// deferReply makes the reply to the next command wait for the one after it.
+func (c *coalescingConn) deferReply() {
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(c.Conn, 1024)
+	}
+	c.deferNext, c.heldDone = true, false
+}
+
+// deferred returns the deferred reply's verdict once the next command's reply has been
+// read: got is false when it never arrived (or the SMTP library did not read the
+// stand-in, which would misalign replies: the connection must then be dropped).
+func (c *coalescingConn) deferred() (e *Error, got bool) {
+	if c.deferNext || c.awaiting {
+		c.deferNext, c.awaiting = false, false
+		return nil, false
+	}
+	return c.held, c.heldDone
 }
 
 func (c *coalescingConn) flush() error {

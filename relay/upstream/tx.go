@@ -29,7 +29,19 @@ type Tx struct {
 	midData  bool   // the body is being streamed: the connection cannot be reused
 	dataUsed bool   // Data was called
 	closed   bool
+
+	// The verdict on the recipient that open sent together with MAIL FROM.
+	firstSent bool
+	firstErr  *Error
+	firstOK   bool
 }
+
+// bodyBuffers recycles the buffers message bodies are copied through, which would
+// otherwise be a 32 KiB allocation per message.
+var bodyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 32*1024)
+	return &b
+}}
 
 type rcpt struct {
 	to   string
@@ -44,7 +56,7 @@ func (tx *Tx) Open(ctx context.Context) error {
 	if tx.closed {
 		return &Error{Err: ErrTxDone}
 	}
-	return tx.ensure(ctx)
+	return tx.ensure(ctx, nil)
 }
 
 // Rcpt forwards one RCPT TO and returns the upstream's verdict on that recipient: nil
@@ -60,11 +72,20 @@ func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
 	if !validAddress(to) {
 		return &Error{Err: fmt.Errorf("invalid recipient address %q", sanitize(to))}
 	}
+	r := &rcpt{to: to, opts: opts}
 	for {
-		if err := tx.ensure(ctx); err != nil {
+		if err := tx.ensure(ctx, r); err != nil {
 			return err
 		}
-		e, ok := tx.cn.rcpt(ctx, to, opts)
+		var e *Error
+		ok := true
+		if tx.firstSent {
+			// A fresh connection took this recipient along with MAIL FROM.
+			e, ok = tx.firstErr, tx.firstOK
+			tx.firstSent, tx.firstErr = false, nil
+		} else {
+			e, ok = tx.cn.rcpt(ctx, to, opts)
+		}
 		if e == nil {
 			tx.rcpts = append(tx.rcpts, rcpt{to: to, opts: opts})
 			return nil
@@ -102,7 +123,7 @@ func (tx *Tx) Data(ctx context.Context, r io.Reader) (string, error) {
 	}
 	var w *smtp.DataCommand
 	for {
-		if err := tx.ensure(ctx); err != nil {
+		if err := tx.ensure(ctx, nil); err != nil {
 			return "", err
 		}
 		var dc *smtp.DataCommand
@@ -147,7 +168,9 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 	// The body bypasses the SMTP library's byte-by-byte dot writer: it is dot-stuffed in
 	// chunks straight onto the wire, which holds it until the reply is read.
 	ds := &dotStuffer{w: cn.wire, bol: true}
-	buf := make([]byte, 32*1024)
+	bp := bodyBuffers.Get().(*[]byte)
+	defer bodyBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, rerr := lr.Read(buf)
 		if n > 0 {
@@ -254,8 +277,9 @@ func (tx *Tx) logFailover(e *Error) {
 }
 
 // ensure makes sure the transaction has a connection with MAIL FROM and every accepted
-// recipient sent, trying endpoints in order from tx.next.
-func (tx *Tx) ensure(ctx context.Context) error {
+// recipient sent, trying endpoints in order from tx.next. A new connection also takes
+// first, when not nil, and leaves its verdict in tx.firstSent/firstErr/firstOK.
+func (tx *Tx) ensure(ctx context.Context, first *rcpt) error {
 	if tx.err != nil {
 		return tx.err
 	}
@@ -263,7 +287,7 @@ func (tx *Tx) ensure(ctx context.Context) error {
 		return nil
 	}
 	for tx.next < len(tx.p.addrs) {
-		e, failover := tx.open(ctx, tx.next)
+		e, failover := tx.open(ctx, tx.next, first)
 		if e == nil {
 			return nil
 		}
@@ -292,9 +316,14 @@ func (tx *Tx) exhausted() *Error {
 	return e
 }
 
-// open gets a connection to endpoint ep and sends MAIL FROM and the recipients accepted
-// so far. failover says whether the next endpoint may be tried.
-func (tx *Tx) open(ctx context.Context, ep int) (e *Error, failover bool) {
+// open gets a connection to endpoint ep and sends MAIL FROM, the recipients accepted
+// so far and then first, if not nil. failover says whether the next endpoint may be
+// tried.
+func (tx *Tx) open(ctx context.Context, ep int, first *rcpt) (e *Error, failover bool) {
+	todo := tx.rcpts
+	if first != nil {
+		todo = append(todo[:len(todo):len(todo)], *first)
+	}
 	allowIdle := true
 	for {
 		cn, err := tx.p.acquire(ctx, ep, tx.permit, allowIdle)
@@ -310,7 +339,40 @@ func (tx *Tx) open(ctx context.Context, ep int) (e *Error, failover bool) {
 			}
 		}
 		tx.endpoint = cn.addr
-		if e, ok := cn.mail(ctx, tx.from, tx.mailOpts); e != nil {
+		// With PIPELINING, MAIL FROM waits to leave with the first RCPT TO, and its
+		// reply is read just before that recipient's.
+		pipelined := cn.pipelining && len(todo) > 0
+		if pipelined {
+			cn.wire.deferReply()
+		}
+		e, ok := cn.mail(ctx, tx.from, tx.mailOpts)
+		if e == nil && pipelined && !cn.wire.awaiting {
+			// The stand-in reply went to some other read: replies would be out of step.
+			cn.broken = true
+			e, ok = &Error{Endpoint: cn.addr, Err: errors.New("MAIL FROM: pipelined reply out of step")}, false
+		}
+		var re *Error
+		rok := true
+		if e == nil && pipelined {
+			re, rok = cn.rcpt(ctx, todo[0].to, todo[0].opts)
+			switch me, got := cn.wire.deferred(); {
+			case !got:
+				// The reply to MAIL FROM never arrived: the connection failed (or
+				// the replies would be out of step).
+				e, ok = re, false
+				if e == nil {
+					e = &Error{Endpoint: cn.addr, Err: errors.New("MAIL FROM: no reply before the reply to RCPT TO")}
+				}
+				cn.broken = true
+			case me != nil:
+				// The recipient's reply (a 503, most likely) says nothing more.
+				e, ok = me, me.Code != 421
+				if !ok {
+					cn.broken = true
+				}
+			}
+		}
+		if e != nil {
 			if cn.reused && (!ok || e.Code == 421) && ctx.Err() == nil {
 				// A pooled connection that died while idle says nothing about the
 				// endpoint: try a fresh one.
@@ -330,20 +392,27 @@ func (tx *Tx) open(ctx context.Context, ep int) (e *Error, failover bool) {
 		}
 		cn.messages++
 		tx.cn = cn
-		for _, r := range tx.rcpts {
-			e, ok := cn.rcpt(ctx, r.to, r.opts)
-			if e == nil {
+		for i, r := range todo {
+			if !pipelined || i > 0 {
+				re, rok = cn.rcpt(ctx, r.to, r.opts)
+			}
+			if first != nil && i == len(todo)-1 {
+				// The new recipient's verdict is the caller's to act on.
+				tx.firstSent, tx.firstErr, tx.firstOK = true, re, rok
+				return nil, false
+			}
+			if re == nil {
 				continue
 			}
-			if !ok {
+			if !rok {
 				tx.p.drop(cn)
 				tx.cn = nil
-				return e, true
+				return re, true
 			}
 			// A recipient the previous endpoint accepted is refused here: the
 			// client was already told it is accepted, so the message can only be
 			// tried again later as a whole.
-			return &Error{Code: tempCode(e.Code), Enhanced: e.Enhanced, Message: e.Message, Endpoint: e.Endpoint,
+			return &Error{Code: tempCode(re.Code), Enhanced: re.Enhanced, Message: re.Message, Endpoint: re.Endpoint,
 				Err: errors.New("a recipient accepted before failover was refused by the next endpoint")}, false
 		}
 		return nil, false
