@@ -7,10 +7,24 @@ GO      ?= go
 # Test peers (smtp-sink, smtp-source from postfix; swaks) live in /usr/sbin on Debian.
 export PATH := $(PATH):/usr/sbin:/usr/lib/postfix/sbin
 
+# Tools are pinned and installed into ./bin from the Go module proxy.
+LOCALBIN ?= $(CURDIR)/bin
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+
 .PHONY: all
 all: build
 
 ##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/..." paths="./controllers/..." \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: controller-gen ## Generate DeepCopy methods for the API types.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
 
 .PHONY: fmt
 fmt: ## Format the code.
@@ -21,8 +35,8 @@ vet: ## Run go vet.
 	$(GO) vet ./...
 
 .PHONY: test
-test: fmt-check vet ## Run every test (needs postfix and swaks: see .ci/run).
-	$(GO) test -race -count=1 ./...
+test: manifests generate fmt-check vet envtest ## Run every test (needs postfix and swaks: see .ci/run).
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(GO) test -race -count=1 ./...
 
 .PHONY: fmt-check
 fmt-check:
@@ -44,6 +58,19 @@ run: ## Run a relay locally on an embedded default configuration, delivering to 
 .PHONY: bench-relay
 bench-relay: build ## Compare relayed and direct delivery rates with smtp-source and smtp-sink.
 	$(GO) run ./hack/bench-relay -relay bin/relay
+
+##@ Tools
+
+.PHONY: envtest
+envtest: ## Build kube-apiserver, etcd and kubectl for envtest from the Go module proxy (cached in ~/.cache/kuberelay).
+	@hack/envtest-assets >/dev/null
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into ./bin.
+$(CONTROLLER_GEN):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(LOCALBIN)/controller-gen $@
 
 .PHONY: help
 help: ## Show this help.

@@ -1,0 +1,79 @@
+package v1alpha1
+
+// TLSMode says how a connection is protected.
+// +kubebuilder:validation:Enum=None;STARTTLS;Implicit
+type TLSMode string
+
+const (
+	// TLSNone is plain SMTP with no encryption.
+	TLSNone TLSMode = "None"
+	// TLSStartTLS upgrades a plain connection with STARTTLS (RFC 3207). An upstream in
+	// this mode must offer it: the relay never falls back to plain text.
+	TLSStartTLS TLSMode = "STARTTLS"
+	// TLSImplicit starts TLS as soon as the connection opens ("SMTPS", port 465).
+	TLSImplicit TLSMode = "Implicit"
+)
+
+// LocalObjectReference names an object in the referencing object's namespace.
+type LocalObjectReference struct {
+	// name of the object.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// SecretKeyReference names one key of a Secret in the referencing object's namespace.
+type SecretKeyReference struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key in the Secret's data. Each reference documents its default.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
+}
+
+// Condition types shared by the kinds. Ready, Reconciling and Stalled follow kstatus,
+// so tools such as kubectl wait, Flux and Argo CD understand them.
+const (
+	// ReadyCondition is True when the object is fully working.
+	ReadyCondition = "Ready"
+	// ReconcilingCondition is True while the operator is still making changes or
+	// waiting for them to converge.
+	ReconcilingCondition = "Reconciling"
+	// StalledCondition is True when progress needs a change from the user.
+	StalledCondition = "Stalled"
+	// ConfigAppliedCondition (SmtpRelay) is True when every ready pod runs the
+	// configuration the operator last rendered.
+	ConfigAppliedCondition = "ConfigApplied"
+	// AcceptedCondition (RelayDomain) is True when the domain is attached to its relay.
+	AcceptedCondition = "Accepted"
+)
+
+// Condition reasons. They say, in one word, what happened or what is missing; the
+// condition's message says what to do about it.
+const (
+	ReasonSucceeded             = "Succeeded"
+	ReasonProgressing           = "Progressing"
+	ReasonSecretNotFound        = "SecretNotFound"
+	ReasonSecretKeyMissing      = "SecretKeyMissing"
+	ReasonInvalidSecret         = "InvalidSecret"
+	ReasonSmarthostNotFound     = "SmarthostNotFound"
+	ReasonSmarthostNotReady     = "SmarthostNotReady"
+	ReasonRelayNotFound         = "RelayNotFound"
+	ReasonNamespaceNotAllowed   = "NamespaceNotAllowed"
+	ReasonDomainConflict        = "DomainConflict"
+	ReasonInvalidDKIMKey        = "InvalidDKIMKey"
+	ReasonNoSmarthost           = "NoSmarthost"
+	ReasonRenderFailed          = "RenderFailed"
+	ReasonRolloutInProgress     = "RolloutInProgress"
+	ReasonConfigPending         = "ConfigPending"
+	ReasonConfigApplied         = "ConfigApplied"
+	ReasonNoReadyPods           = "NoReadyPods"
+	ReasonEndpointsNotReachable = "EndpointsNotReachable"
+)

@@ -1,0 +1,173 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// SmarthostSpec describes an upstream SMTP server (SES, SendGrid, Mailgun, Microsoft
+// 365, a corporate MTA) that relays deliver through.
+// +kubebuilder:validation:XValidation:rule="!has(self.auth) || self.tls.mode != 'None'",message="auth needs TLS: with tls.mode None the password would cross the network in plain text; use STARTTLS or Implicit"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls.caSecretRef) || !self.tls.insecureSkipVerify",message="tls.caSecretRef and tls.insecureSkipVerify contradict each other: set one"
+type SmarthostSpec struct {
+	// endpoints are tried in order: the next one only when the previous one cannot
+	// take the message (connection, TLS or AUTH failure, a 421, or a 4xx before DATA).
+	// A message is never sent to more than one endpoint.
+	// +required
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	Endpoints []SmarthostEndpoint `json:"endpoints"`
+
+	// tls says how connections to the endpoints are protected. Default: STARTTLS,
+	// required and verified against the system roots.
+	// +optional
+	// +kubebuilder:default={}
+	TLS SmarthostTLS `json:"tls,omitzero"`
+
+	// auth logs in to the smarthost with a user name and password.
+	// +optional
+	Auth *SmarthostAuth `json:"auth,omitempty"`
+
+	// maxConnections bounds the connections each relay replica keeps open to this
+	// smarthost (its connection pool). Messages beyond it wait briefly, then get a
+	// 4xx so the client retries. Default: 10.
+	// +optional
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	MaxConnections int32 `json:"maxConnections,omitempty"`
+
+	// maxMessagesPerConnection retires a pooled connection after this many messages.
+	// Default: 100.
+	// +optional
+	// +kubebuilder:default=100
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxMessagesPerConnection int32 `json:"maxMessagesPerConnection,omitempty"`
+
+	// timeouts for talking to the smarthost. Each has a default.
+	// +optional
+	Timeouts *SmarthostTimeouts `json:"timeouts,omitempty"`
+}
+
+// SmarthostEndpoint is one address of a smarthost.
+type SmarthostEndpoint struct {
+	// host is the smarthost's DNS name or IP address, e.g. email-smtp.eu-west-1.amazonaws.com.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\\\\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\\\\.?$') || isIP(self)",message="host must be a DNS name or an IP address, without port or scheme"
+	Host string `json:"host"`
+
+	// port on the host. Default: 587 (submission with STARTTLS); use 465 for Implicit
+	// TLS and 25 for a plain MTA.
+	// +optional
+	// +kubebuilder:default=587
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
+}
+
+// SmarthostTLS says how connections to a smarthost are protected.
+type SmarthostTLS struct {
+	// mode is STARTTLS (default), Implicit (TLS from the first byte, port 465) or None
+	// (plain text: only for a trusted network).
+	// +optional
+	// +kubebuilder:default=STARTTLS
+	Mode TLSMode `json:"mode,omitempty"`
+
+	// serverName is the name the smarthost's certificate must carry. Default: the
+	// endpoint's host.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	ServerName string `json:"serverName,omitempty"`
+
+	// caSecretRef names a Secret key holding the PEM CA certificates that verify the
+	// smarthost (key default: ca.crt). Default: the system roots.
+	// +optional
+	CASecretRef *SecretKeyReference `json:"caSecretRef,omitempty"`
+
+	// insecureSkipVerify accepts any certificate. Only for tests: it lets anyone in
+	// the path read the mail and the password.
+	// +optional
+	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
+}
+
+// SmarthostAuth logs in to a smarthost.
+type SmarthostAuth struct {
+	// secretRef names a Secret of type kubernetes.io/basic-auth (keys username and
+	// password) in the Smarthost's namespace.
+	// +required
+	SecretRef LocalObjectReference `json:"secretRef"`
+
+	// mechanism is the SASL mechanism: PLAIN (default) or LOGIN.
+	// +optional
+	// +kubebuilder:default=PLAIN
+	// +kubebuilder:validation:Enum=PLAIN;LOGIN
+	Mechanism string `json:"mechanism,omitempty"`
+}
+
+// SmarthostTimeouts bound each step of talking to a smarthost.
+type SmarthostTimeouts struct {
+	// connect bounds connecting, TLS, greeting and AUTH. Default: 30s.
+	// +optional
+	Connect *metav1.Duration `json:"connect,omitempty"`
+	// command bounds the wait for the reply to each command. Default: 5m (RFC 5321 4.5.3.2).
+	// +optional
+	Command *metav1.Duration `json:"command,omitempty"`
+	// data bounds sending a message and the wait for the reply to its final dot.
+	// Default: 10m.
+	// +optional
+	Data *metav1.Duration `json:"data,omitempty"`
+	// idle closes a pooled connection unused for this long. Default: 1m.
+	// +optional
+	Idle *metav1.Duration `json:"idle,omitempty"`
+}
+
+// SmarthostStatus is what the operator last saw of a Smarthost.
+type SmarthostStatus struct {
+	// observedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready (its referenced Secrets exist and hold what they must),
+	// Reconciling and Stalled.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Smarthost is an upstream SMTP server that relays deliver through.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=smarthost;sh,categories=kuberelay
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="TLS",type=string,JSONPath=`.spec.tls.mode`
+// +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.spec.endpoints[0].host`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Smarthost struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec describes the smarthost.
+	// +required
+	Spec SmarthostSpec `json:"spec"`
+
+	// status is what the operator last saw.
+	// +optional
+	Status SmarthostStatus `json:"status,omitzero"`
+}
+
+// SmarthostList is a list of Smarthosts.
+// +kubebuilder:object:root=true
+type SmarthostList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Smarthost `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Smarthost{}, &SmarthostList{})
+}

@@ -1,0 +1,341 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// SmtpRelaySpec declares a fleet of relay pods, how clients reach it and who may relay
+// through it.
+// +kubebuilder:validation:XValidation:rule="!has(self.listeners) || self.listeners.all(l, !has(l.requireAuth) || !l.requireAuth || (has(l.tls) && l.tls != 'None') || (!has(l.tls) && has(self.tls)))",message="a listener with requireAuth needs TLS: set its tls to STARTTLS or Implicit (and spec.tls.secretRef), since AUTH is only offered over TLS"
+// +kubebuilder:validation:XValidation:rule="!has(self.listeners) || has(self.tls) || self.listeners.all(l, !has(l.tls) || l.tls == 'None')",message="a listener with tls STARTTLS or Implicit needs a certificate: set spec.tls.secretRef"
+// +kubebuilder:validation:XValidation:rule="!has(self.listeners) || (has(self.auth) && size(self.auth.users) > 0) || self.listeners.all(l, !has(l.requireAuth) || !l.requireAuth)",message="a listener with requireAuth is unusable without users: add spec.auth.users or set requireAuth to false"
+type SmtpRelaySpec struct {
+	// replicas is the number of relay pods. Default: 2.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// listeners are the SMTP ports the relay serves. Default: smtp on port 25 (STARTTLS
+	// offered when spec.tls is set), and, when spec.tls is set, submission on port 587
+	// (STARTTLS, AUTH required) if spec.auth has users.
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:XValidation:rule="self.all(l, self.exists_one(m, m.port == l.port))",message="listener ports must be unique"
+	// +kubebuilder:validation:XValidation:rule="self.all(l, !has(l.containerPort) || self.exists_one(m, has(m.containerPort) && m.containerPort == l.containerPort))",message="listener containerPorts must be unique"
+	Listeners []Listener `json:"listeners,omitempty"`
+
+	// tls is the relay's server certificate, for STARTTLS and Implicit listeners.
+	// +optional
+	TLS *RelayTLS `json:"tls,omitempty"`
+
+	// auth lists the users that may log in (AUTH PLAIN or LOGIN, over TLS only) and
+	// relay.
+	// +optional
+	Auth *RelayAuth `json:"auth,omitempty"`
+
+	// allowedNetworks are client networks (CIDRs, e.g. 10.0.0.0/8) that may relay
+	// without logging in, on listeners that do not require AUTH. Empty means none:
+	// the relay is closed by default and never an open relay, so 0.0.0.0/0 and ::/0
+	// are refused.
+	// +optional
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=64
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="allowedNetworks entries must be CIDRs such as 10.0.0.0/8 or fd00::/8"
+	// +kubebuilder:validation:items:XValidation:rule="!isCIDR(self) || cidr(self).prefixLength() > 0",message="0.0.0.0/0 and ::/0 would make an open relay that anyone can abuse: list the client networks instead, or use spec.auth"
+	// +listType=set
+	AllowedNetworks []string `json:"allowedNetworks,omitempty"`
+
+	// smarthostRef names the Smarthost (in this namespace) that mail is delivered
+	// through unless its RelayDomain names another. Without it, only domains with
+	// their own smarthostRef are relayed.
+	// +optional
+	SmarthostRef *LocalObjectReference `json:"smarthostRef,omitempty"`
+
+	// domains says which namespaces' RelayDomains may attach to this relay.
+	// +optional
+	// +kubebuilder:default={namespaces:{from:Same}}
+	Domains DomainAttachment `json:"domains,omitzero"`
+
+	// nullSender is what happens to mail with the null sender (MAIL FROM:<>, used by
+	// bounces): Reject (default) or Allow (relayed through spec.smarthostRef).
+	// +optional
+	// +kubebuilder:default=Reject
+	// +kubebuilder:validation:Enum=Reject;Allow
+	NullSender string `json:"nullSender,omitempty"`
+
+	// limits bound what a client can make the relay do. Each has a default.
+	// +optional
+	Limits *RelayLimits `json:"limits,omitempty"`
+
+	// image runs the relay pods on another image than the operator's own.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Image string `json:"image,omitempty"`
+
+	// resources of the relay container. Default: requests of 50m CPU and 64Mi memory,
+	// a 256Mi memory limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// nodeSelector, tolerations, affinity, topologySpreadConstraints and
+	// priorityClassName place the relay pods as on any pod. Default: pods spread
+	// across nodes (preferred).
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// +optional
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// podDisruptionBudget keeps relay pods available during voluntary disruptions.
+	// Default: maxUnavailable 1 when replicas > 1; none with a single replica.
+	// +optional
+	PodDisruptionBudget *PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitempty"`
+
+	// service is how clients reach the relay.
+	// +optional
+	Service *ServiceSpec `json:"service,omitempty"`
+}
+
+// Listener is one SMTP port of the relay.
+type Listener struct {
+	// name of the listener (a DNS label, e.g. smtp, submission, smtps); also the
+	// name of its Service and container port.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// port is the Service port clients connect to, e.g. 25, 587 or 465.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port"`
+
+	// containerPort is the port the relay listens on inside the pod, which runs
+	// without privileges. Default: port + 10000 when port is below 1024 (25 -> 10025),
+	// port otherwise.
+	// +optional
+	// +kubebuilder:validation:Minimum=1024
+	// +kubebuilder:validation:Maximum=65535
+	ContainerPort *int32 `json:"containerPort,omitempty"`
+
+	// tls is None (plain SMTP), STARTTLS (offered, and required before AUTH) or
+	// Implicit (TLS from the first byte). Default: STARTTLS when spec.tls is set, None
+	// otherwise.
+	// +optional
+	TLS TLSMode `json:"tls,omitempty"`
+
+	// requireAuth refuses mail from clients that have not logged in, even from
+	// allowedNetworks. Default: false.
+	// +optional
+	RequireAuth bool `json:"requireAuth,omitempty"`
+}
+
+// RelayTLS is the relay's server certificate.
+type RelayTLS struct {
+	// secretRef names a Secret of type kubernetes.io/tls (keys tls.crt and tls.key)
+	// in the relay's namespace, e.g. one cert-manager keeps renewed. A renewed
+	// certificate is used without restarting the pods.
+	// +required
+	SecretRef LocalObjectReference `json:"secretRef"`
+}
+
+// RelayAuth lists the users that may log in.
+type RelayAuth struct {
+	// users that may log in. Their passwords reach the pods only as bcrypt hashes.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:XValidation:rule="self.all(u, self.exists_one(v, v.secretRef.name == u.secretRef.name))",message="each user's secretRef must name a different Secret"
+	// +listType=atomic
+	Users []RelayUser `json:"users,omitempty"`
+}
+
+// RelayUser is one client that may log in.
+type RelayUser struct {
+	// secretRef names a Secret of type kubernetes.io/basic-auth (keys username and
+	// password) in the relay's namespace.
+	// +required
+	SecretRef LocalObjectReference `json:"secretRef"`
+
+	// allowedSenders restricts the envelope senders this user may use: addresses
+	// (noreply@example.com; "*" in the local part matches any run of characters) or
+	// domains (example.com). Default: any sender the relay's domains allow.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=320
+	// +listType=set
+	AllowedSenders []string `json:"allowedSenders,omitempty"`
+}
+
+// DomainAttachment says which RelayDomains may attach to a relay.
+type DomainAttachment struct {
+	// namespaces whose RelayDomains may attach.
+	// +optional
+	// +kubebuilder:default={from:Same}
+	Namespaces DomainNamespaces `json:"namespaces,omitzero"`
+}
+
+// DomainNamespaces selects namespaces, as Gateway API's allowedRoutes does.
+// +kubebuilder:validation:XValidation:rule="self.from != 'Selector' || has(self.selector)",message="namespaces.selector is required when namespaces.from is Selector"
+type DomainNamespaces struct {
+	// from is Same (only the relay's namespace; default), All, or Selector
+	// (namespaces whose labels match selector).
+	// +optional
+	// +kubebuilder:default=Same
+	// +kubebuilder:validation:Enum=Same;All;Selector
+	From string `json:"from,omitempty"`
+
+	// selector picks namespaces by label when from is Selector.
+	// +optional
+	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+}
+
+// RelayLimits bound what a client can make the relay do.
+type RelayLimits struct {
+	// maxMessageBytes is the largest message accepted (advertised with SIZE).
+	// Default: 26214400 (25 MiB).
+	// +optional
+	// +kubebuilder:validation:Minimum=1024
+	// +kubebuilder:validation:Maximum=1073741824
+	MaxMessageBytes *int64 `json:"maxMessageBytes,omitempty"`
+	// maxRecipients per message. Default: 100.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxRecipients *int32 `json:"maxRecipients,omitempty"`
+	// maxConnections per relay pod; the next client is answered 421. Default: 1000.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxConnections *int32 `json:"maxConnections,omitempty"`
+	// maxErrors a session may collect before the relay closes it. Default: 10.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	MaxErrors *int32 `json:"maxErrors,omitempty"`
+	// commandTimeout is how long the relay waits for a client's next command.
+	// Default: 5m.
+	// +optional
+	CommandTimeout *metav1.Duration `json:"commandTimeout,omitempty"`
+	// dataTimeout is how long the relay waits for more message data. Default: 3m.
+	// +optional
+	DataTimeout *metav1.Duration `json:"dataTimeout,omitempty"`
+}
+
+// PodDisruptionBudgetSpec sets the relay's PodDisruptionBudget.
+// +kubebuilder:validation:XValidation:rule="!(has(self.minAvailable) && has(self.maxUnavailable))",message="set minAvailable or maxUnavailable, not both"
+type PodDisruptionBudgetSpec struct {
+	// enabled creates the PodDisruptionBudget. Default: true when replicas > 1.
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+	// minAvailable pods (a number or a percentage).
+	// +optional
+	MinAvailable *intstr.IntOrString `json:"minAvailable,omitempty"`
+	// maxUnavailable pods (a number or a percentage). Default: 1.
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+}
+
+// ServiceSpec shapes the relay's Service.
+type ServiceSpec struct {
+	// type of the Service: ClusterIP (default), NodePort or LoadBalancer.
+	// +optional
+	// +kubebuilder:default=ClusterIP
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	Type corev1.ServiceType `json:"type,omitempty"`
+	// annotations added to the Service (e.g. for a cloud load balancer).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// externalTrafficPolicy of a NodePort or LoadBalancer Service; Local keeps the
+	// client's address, which allowedNetworks needs.
+	// +optional
+	// +kubebuilder:validation:Enum=Cluster;Local
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy,omitempty"`
+}
+
+// SmtpRelayStatus is what the operator last saw of a relay fleet.
+type SmtpRelayStatus struct {
+	// observedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready, Reconciling, Stalled (kstatus) and ConfigApplied.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// replicas is the number of relay pods.
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+	// readyReplicas is the number of relay pods ready to take mail.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// selector is the label selector of the relay pods (for the scale subresource).
+	// +optional
+	Selector string `json:"selector,omitempty"`
+
+	// configHash identifies the configuration the operator last rendered; each pod
+	// reports the hash it runs.
+	// +optional
+	ConfigHash string `json:"configHash,omitempty"`
+	// configAppliedReplicas is the number of ready pods running configHash.
+	// +optional
+	ConfigAppliedReplicas int32 `json:"configAppliedReplicas,omitempty"`
+	// attachedDomains is the number of RelayDomains attached to this relay.
+	// +optional
+	AttachedDomains int32 `json:"attachedDomains,omitempty"`
+}
+
+// SmtpRelay is a fleet of SMTP relay pods behind one Service.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=smtprelay;sr,categories=kuberelay
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Domains",type=integer,JSONPath=`.status.attachedDomains`
+// +kubebuilder:printcolumn:name="Config",type=string,JSONPath=`.status.conditions[?(@.type=="ConfigApplied")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type SmtpRelay struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec declares the fleet. Every field has a default.
+	// +optional
+	// +kubebuilder:default={}
+	Spec SmtpRelaySpec `json:"spec,omitzero"`
+
+	// status is what the operator last saw.
+	// +optional
+	Status SmtpRelayStatus `json:"status,omitzero"`
+}
+
+// SmtpRelayList is a list of SmtpRelays.
+// +kubebuilder:object:root=true
+type SmtpRelayList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []SmtpRelay `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&SmtpRelay{}, &SmtpRelayList{})
+}

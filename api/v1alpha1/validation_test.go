@@ -1,0 +1,215 @@
+package v1alpha1_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
+
+func ctxFor(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func namespace(t *testing.T, name string) {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := env.Client.Create(ctxFor(t), ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+}
+
+// The samples describe a realistic setup and must apply as they are.
+func TestSamplesApply(t *testing.T) {
+	namespace(t, "mail")
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join(root, "config", "samples", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no samples found: %v", err)
+	}
+	kinds := map[string]int{}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
+		for {
+			var u unstructured.Unstructured
+			if err := dec.Decode(&u.Object); err != nil {
+				if err.Error() == "EOF" {
+					break
+				}
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := env.Client.Create(ctxFor(t), &u); err != nil {
+				t.Errorf("%s: %s %s: %v", filepath.Base(f), u.GetKind(), u.GetName(), err)
+			}
+			kinds[u.GetKind()]++
+		}
+	}
+	if kinds["SmtpRelay"] != 1 || kinds["Smarthost"] != 1 || kinds["RelayDomain"] != 2 {
+		t.Fatalf("samples hold %v, want one SmtpRelay, one Smarthost and two RelayDomains", kinds)
+	}
+}
+
+// Defaults are filled in by the API server, so every client sees the same values.
+func TestDefaults(t *testing.T) {
+	namespace(t, "defaults")
+	ctx := ctxFor(t)
+	sh := &v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "sh", Namespace: "defaults"},
+		Spec: v1.SmarthostSpec{Endpoints: []v1.SmarthostEndpoint{{Host: "smtp.example.net"}}}}
+	if err := env.Client.Create(ctx, sh); err != nil {
+		t.Fatal(err)
+	}
+	if sh.Spec.TLS.Mode != v1.TLSStartTLS || sh.Spec.Endpoints[0].Port != 587 || sh.Spec.MaxConnections != 10 {
+		t.Errorf("smarthost defaults: tls %q, port %d, maxConnections %d", sh.Spec.TLS.Mode, sh.Spec.Endpoints[0].Port, sh.Spec.MaxConnections)
+	}
+	r := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "r", Namespace: "defaults"}}
+	if err := env.Client.Create(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Spec.Replicas == nil || *r.Spec.Replicas != 2 || r.Spec.Domains.Namespaces.From != "Same" || r.Spec.NullSender != "Reject" {
+		t.Errorf("relay defaults: %+v", r.Spec)
+	}
+}
+
+func TestRejected(t *testing.T) {
+	namespace(t, "bad")
+	meta := metav1.ObjectMeta{Namespace: "bad", GenerateName: "bad-"}
+	relay := func(mut func(*v1.SmtpRelaySpec)) client.Object {
+		r := &v1.SmtpRelay{ObjectMeta: meta}
+		mut(&r.Spec)
+		return r
+	}
+	smarthost := func(mut func(*v1.SmarthostSpec)) client.Object {
+		s := &v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{
+			Endpoints: []v1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 587}}}}
+		mut(&s.Spec)
+		return s
+	}
+	domain := func(mut func(*v1.RelayDomainSpec)) client.Object {
+		d := &v1.RelayDomain{ObjectMeta: meta, Spec: v1.RelayDomainSpec{Domain: "example.com", RelayRef: v1.RelayReference{Name: "r"}}}
+		mut(&d.Spec)
+		return d
+	}
+	tlsRef := &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: "tls"}}
+	users := &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "u"}}}}
+	cases := []struct {
+		name string
+		obj  client.Object
+		want string
+	}{
+		{"open relay IPv4", relay(func(s *v1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.0/8", "0.0.0.0/0"} }), "open relay"},
+		{"open relay IPv6", relay(func(s *v1.SmtpRelaySpec) { s.AllowedNetworks = []string{"::/0"} }), "open relay"},
+		{"network not a CIDR", relay(func(s *v1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.1"} }), "must be CIDRs"},
+		{"AUTH on a listener without TLS", relay(func(s *v1.SmtpRelaySpec) {
+			s.Auth = users
+			s.Listeners = []v1.Listener{{Name: "submission", Port: 587, TLS: v1.TLSNone, RequireAuth: true}}
+		}), "requireAuth needs TLS"},
+		{"AUTH listener, TLS by default but no certificate", relay(func(s *v1.SmtpRelaySpec) {
+			s.Auth = users
+			s.Listeners = []v1.Listener{{Name: "submission", Port: 587, RequireAuth: true}}
+		}), "requireAuth needs TLS"},
+		{"TLS listener without certificate", relay(func(s *v1.SmtpRelaySpec) {
+			s.Listeners = []v1.Listener{{Name: "smtps", Port: 465, TLS: v1.TLSImplicit}}
+		}), "needs a certificate"},
+		{"AUTH listener without users", relay(func(s *v1.SmtpRelaySpec) {
+			s.TLS = tlsRef
+			s.Listeners = []v1.Listener{{Name: "submission", Port: 587, TLS: v1.TLSStartTLS, RequireAuth: true}}
+		}), "unusable without users"},
+		{"duplicate listener ports", relay(func(s *v1.SmtpRelaySpec) {
+			s.Listeners = []v1.Listener{{Name: "a", Port: 25}, {Name: "b", Port: 25}}
+		}), "ports must be unique"},
+		{"duplicate listener names", relay(func(s *v1.SmtpRelaySpec) {
+			s.Listeners = []v1.Listener{{Name: "a", Port: 25}, {Name: "a", Port: 26}}
+		}), "Duplicate value"},
+		{"unknown listener TLS mode", relay(func(s *v1.SmtpRelaySpec) {
+			s.Listeners = []v1.Listener{{Name: "a", Port: 25, TLS: "Opportunistic"}}
+		}), "Unsupported value"},
+		{"privileged container port", relay(func(s *v1.SmtpRelaySpec) {
+			p := int32(25)
+			s.Listeners = []v1.Listener{{Name: "a", Port: 25, ContainerPort: &p}}
+		}), "containerPort"},
+		{"duplicate user secrets", relay(func(s *v1.SmtpRelaySpec) {
+			s.Auth = &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "u"}}, {SecretRef: v1.LocalObjectReference{Name: "u"}}}}
+		}), "different Secret"},
+		{"endpoint without host", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = []v1.SmarthostEndpoint{{Port: 587}} }), "host"},
+		{"endpoint with a port in the host", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = []v1.SmarthostEndpoint{{Host: "smtp.example.net:587"}} }), "without port or scheme"},
+		{"impossible port", smarthost(func(s *v1.SmarthostSpec) {
+			s.Endpoints = []v1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 70000}}
+		}), "65535"},
+		{"no endpoints", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = nil }), "endpoints"},
+		{"unknown TLS mode", smarthost(func(s *v1.SmarthostSpec) { s.TLS.Mode = "SSL" }), "Unsupported value"},
+		{"auth without TLS", smarthost(func(s *v1.SmarthostSpec) {
+			s.TLS.Mode = v1.TLSNone
+			s.Auth = &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}
+		}), "auth needs TLS"},
+		{"unknown AUTH mechanism", smarthost(func(s *v1.SmarthostSpec) {
+			s.Auth = &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}, Mechanism: "CRAM-MD5"}
+		}), "Unsupported value"},
+		{"invalid domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "exa mple.com" }), "DNS domain name"},
+		{"wildcard domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "*.example.com" }), "DNS domain name"},
+		{"single-label domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "localhost" }), "DNS domain name"},
+		{"upper-case domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "Example.com" }), "lower-case"},
+		{"bad DKIM selector", domain(func(s *v1.RelayDomainSpec) {
+			s.DKIM = &v1.DKIMSigning{Selector: "a b", PrivateKeySecretRef: v1.SecretKeyReference{Name: "k"}}
+		}), "selector"},
+		{"bad allowed sender", domain(func(s *v1.RelayDomainSpec) { s.AllowedSenders = []string{"a@b"} }), "allowedSenders"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := env.Client.Create(ctxFor(t), c.obj)
+			if err == nil {
+				t.Fatalf("accepted; want an error mentioning %q", c.want)
+			}
+			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v; want Invalid mentioning %q", err, c.want)
+			}
+		})
+	}
+}
+
+// A domain name cannot change after creation: the DKIM record and attachment follow it.
+func TestDomainImmutable(t *testing.T) {
+	namespace(t, "immutable")
+	ctx := ctxFor(t)
+	d := &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "d", Namespace: "immutable"},
+		Spec: v1.RelayDomainSpec{Domain: "example.com", RelayRef: v1.RelayReference{Name: "r"}}}
+	if err := env.Client.Create(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	d.Spec.Domain = "example.org"
+	err := env.Client.Update(ctx, d)
+	if err == nil || !strings.Contains(err.Error(), "cannot be changed") {
+		t.Fatalf("update: %v; want the immutability message", err)
+	}
+}

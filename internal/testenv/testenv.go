@@ -1,0 +1,138 @@
+// Package testenv starts a real kube-apiserver and etcd (controller-runtime's envtest)
+// with kuberelay's CRDs installed, for tests. The binaries are built from the Go module
+// proxy by hack/envtest-assets and cached outside the repository; a test that cannot
+// get them fails and says why, it never skips.
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+)
+
+// Scheme knows the built-in kinds and kuberelay's.
+var Scheme = func() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := relayv1alpha1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}()
+
+// Env is a running control plane.
+type Env struct {
+	Config *rest.Config
+	Client client.Client
+	env    *envtest.Environment
+}
+
+// Start starts a control plane for the calling test package. Call it from TestMain
+// (pass nil for t) or from a test; Stop it when done.
+func Start() (*Env, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	assets, err := Assets(root)
+	if err != nil {
+		return nil, err
+	}
+	e := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                Scheme,
+	}
+	cfg, err := e.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: Scheme})
+	if err != nil {
+		_ = e.Stop()
+		return nil, err
+	}
+	return &Env{Config: cfg, Client: c, env: e}, nil
+}
+
+// Stop stops the control plane.
+func (e *Env) Stop() error { return e.env.Stop() }
+
+// Main runs a test package's tests against one control plane, started before and
+// stopped after them, and exits with their result.
+func Main(m *testing.M, env **Env) {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		os.Exit(1)
+	}
+	*env = e
+	code := m.Run()
+	if err := e.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: stopping the control plane: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+var (
+	assetsOnce sync.Once
+	assetsDir  string
+	assetsErr  error
+)
+
+// Assets returns the directory holding kube-apiserver, etcd and kubectl: the
+// KUBEBUILDER_ASSETS environment variable when set, otherwise what hack/envtest-assets
+// prints (it builds the binaries on first use, which takes several minutes).
+func Assets(root string) (string, error) {
+	assetsOnce.Do(func() {
+		if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
+			assetsDir = d
+			return
+		}
+		var stderr bytes.Buffer
+		cmd := exec.Command(filepath.Join(root, "hack", "envtest-assets"))
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			assetsErr = fmt.Errorf("hack/envtest-assets could not provide kube-apiserver and etcd (%v); it builds them with go from the module proxy:\n%s", err, stderr.String())
+			return
+		}
+		assetsDir = strings.TrimSpace(string(out))
+	})
+	return assetsDir, assetsErr
+}
+
+// RepoRoot finds the repository root (the directory with go.mod) above the working
+// directory, which go test sets to the package's directory.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
