@@ -1,0 +1,450 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/controllers/render"
+)
+
+// SmtpRelayReconciler turns an SmtpRelay, its attached RelayDomains, the Smarthosts
+// they route through and the Secrets they all name into a running relay fleet.
+type SmtpRelayReconciler struct {
+	client.Client
+	// APIReader reads referenced Secrets straight from the API server, so the cache
+	// never holds Secret data.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	// Image is the relay image used when an SmtpRelay names none.
+	Image string
+	// Hasher bcrypt-hashes client passwords, re-hashing only changed ones.
+	Hasher render.PasswordHasher
+}
+
+// relayScope carries one reconcile's state between its phases.
+type relayScope struct {
+	relay   *v1.SmtpRelay
+	domains []v1.RelayDomain
+	result  *render.Result
+}
+
+// phase is one step of a reconcile.
+type phase func(ctx context.Context, s *relayScope) (ctrl.Result, error)
+
+func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+	relay := &v1.SmtpRelay{}
+	if err := r.Get(ctx, req.NamespacedName, relay); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !relay.DeletionTimestamp.IsZero() {
+		// Owner references remove everything the relay owns.
+		return ctrl.Result{}, nil
+	}
+	s := &relayScope{relay: relay}
+	base := relay.DeepCopy()
+	defer func() {
+		if err := r.patchStatus(ctx, base, s, retErr); err != nil {
+			retErr = kerrors.NewAggregate([]error{retErr, err})
+		}
+	}()
+	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains} {
+		res, err := p(ctx, s)
+		if err != nil || !res.IsZero() {
+			return res, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileConfig gathers the inputs, renders the relay's configuration and writes
+// its ConfigMap and Secret.
+func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope) (ctrl.Result, error) {
+	in, domains, err := r.inputs(ctx, s.relay)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	s.domains = domains
+	result, err := render.Config(in)
+	if err != nil {
+		var re *render.Error
+		if errors.As(err, &re) {
+			// The user must fix something: the last good configuration stays live.
+			r.Recorder.Eventf(s.relay, nil, corev1.EventTypeWarning, re.Reason, "Render", "%s", re.Message)
+			setCondition(s.relay, v1.StalledCondition, metav1.ConditionTrue, re.Reason, re.Message)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	s.result = result
+	apimeta.RemoveStatusCondition(&s.relay.Status.Conditions, v1.StalledCondition)
+	for _, obj := range []client.Object{render.ConfigMap(s.relay, result), render.Secret(s.relay, result)} {
+		if _, err := applyOwned(ctx, r.Client, obj); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileWorkload writes the ServiceAccount, Service, Deployment and
+// PodDisruptionBudget. Their content does not depend on the configuration, so a
+// configuration change never restarts pods.
+func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relayScope) (ctrl.Result, error) {
+	if s.result == nil {
+		return ctrl.Result{}, nil
+	}
+	objs := []client.Object{
+		render.ServiceAccount(s.relay),
+		render.Service(s.relay),
+		render.Deployment(s.relay, r.Image),
+	}
+	for _, obj := range objs {
+		if _, err := applyOwned(ctx, r.Client, obj); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if pdb := render.PodDisruptionBudget(s.relay); pdb != nil {
+		if _, err := applyOwned(ctx, r.Client, pdb); err != nil {
+			return ctrl.Result{}, err
+		}
+	} else {
+		stale := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: s.relay.Name, Namespace: s.relay.Namespace}}
+		if err := deleteIfExists(ctx, r.Client, stale); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileDomains writes the status of every RelayDomain attached to the relay: it is
+// the only writer of an attached domain's status (RelayDomainReconciler writes the
+// status of the others).
+func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScope) (ctrl.Result, error) {
+	if s.result == nil {
+		return ctrl.Result{}, nil
+	}
+	var errs []error
+	for i := range s.domains {
+		d := &s.domains[i]
+		dr, ok := s.result.DomainResults[types.NamespacedName{Namespace: d.Namespace, Name: d.Name}]
+		if !ok {
+			continue
+		}
+		base := d.DeepCopy()
+		d.Status.ObservedGeneration = d.Generation
+		setDomainCondition(d, v1.AcceptedCondition, metav1.ConditionTrue, v1.ReasonSucceeded,
+			fmt.Sprintf("Attached to SmtpRelay %s/%s", s.relay.Namespace, s.relay.Name))
+		if dr.Included {
+			setDomainCondition(d, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded, "Relayed by "+s.relay.Name)
+			apimeta.RemoveStatusCondition(&d.Status.Conditions, v1.StalledCondition)
+		} else {
+			setDomainCondition(d, v1.ReadyCondition, metav1.ConditionFalse, dr.Reason, dr.Message)
+			setDomainCondition(d, v1.StalledCondition, metav1.ConditionTrue, dr.Reason, dr.Message)
+		}
+		apimeta.RemoveStatusCondition(&d.Status.Conditions, v1.ReconcilingCondition)
+		d.Status.DKIMRecord = dr.DKIMRecord
+		if err := patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return ctrl.Result{}, kerrors.NewAggregate(errs)
+}
+
+// inputs fetches everything the relay's rendering depends on.
+func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (render.Inputs, []v1.RelayDomain, error) {
+	in := render.Inputs{
+		Relay:      relay,
+		Smarthosts: map[types.NamespacedName]*v1.Smarthost{},
+		Secrets:    map[types.NamespacedName]*corev1.Secret{},
+		Hasher:     r.Hasher,
+		Image:      r.Image,
+	}
+	var list v1.RelayDomainList
+	if err := r.List(ctx, &list, client.MatchingFields{indexDomainRelay: key(relay.Namespace, relay.Name)}); err != nil {
+		return in, nil, err
+	}
+	var attached []v1.RelayDomain
+	for _, d := range list.Items {
+		ok, _, err := attachmentAllowed(ctx, r.Client, relay, d.Namespace)
+		if err != nil {
+			return in, nil, err
+		}
+		if ok {
+			attached = append(attached, d)
+		}
+	}
+	sort.Slice(attached, func(i, j int) bool {
+		return key(attached[i].Namespace, attached[i].Name) < key(attached[j].Namespace, attached[j].Name)
+	})
+	in.Domains = attached
+
+	var secretKeys []types.NamespacedName
+	addSecret := func(ns, name string) {
+		secretKeys = append(secretKeys, types.NamespacedName{Namespace: ns, Name: name})
+	}
+	smarthost := func(ns, name string) error {
+		k := types.NamespacedName{Namespace: ns, Name: name}
+		if _, seen := in.Smarthosts[k]; seen {
+			return nil
+		}
+		sh := &v1.Smarthost{}
+		switch err := r.Get(ctx, k, sh); {
+		case apierrors.IsNotFound(err):
+			return nil
+		case err != nil:
+			return err
+		}
+		in.Smarthosts[k] = sh
+		if sh.Spec.Auth != nil {
+			addSecret(ns, sh.Spec.Auth.SecretRef.Name)
+		}
+		if sh.Spec.TLS.CASecretRef != nil {
+			addSecret(ns, sh.Spec.TLS.CASecretRef.Name)
+		}
+		return nil
+	}
+	if relay.Spec.SmarthostRef != nil {
+		if err := smarthost(relay.Namespace, relay.Spec.SmarthostRef.Name); err != nil {
+			return in, nil, err
+		}
+	}
+	for _, d := range attached {
+		if d.Spec.SmarthostRef != nil {
+			if err := smarthost(d.Namespace, d.Spec.SmarthostRef.Name); err != nil {
+				return in, nil, err
+			}
+		}
+		if d.Spec.DKIM != nil {
+			addSecret(d.Namespace, d.Spec.DKIM.PrivateKeySecretRef.Name)
+		}
+	}
+	for _, k := range relaySecretNames(relay) {
+		ns, name, _ := cutKey(k)
+		addSecret(ns, name)
+	}
+	for _, k := range secretKeys {
+		if _, seen := in.Secrets[k]; seen {
+			continue
+		}
+		sec := &corev1.Secret{}
+		switch err := r.APIReader.Get(ctx, k, sec); {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return in, nil, err
+		}
+		in.Secrets[k] = sec
+	}
+	// The Secret the operator wrote last time: unchanged passwords keep their hashes.
+	prev := &corev1.Secret{}
+	switch err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: render.SecretName(relay)}, prev); {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return in, nil, err
+	default:
+		in.Previous = prev.Data
+	}
+	return in, attached, nil
+}
+
+func cutKey(k string) (ns, name string, ok bool) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '/' {
+			return k[:i], k[i+1:], true
+		}
+	}
+	return "", k, false
+}
+
+// attachmentAllowed says whether a RelayDomain in namespace ns may attach to relay,
+// and if not, why.
+func attachmentAllowed(ctx context.Context, c client.Client, relay *v1.SmtpRelay, ns string) (bool, string, error) {
+	from := relay.Spec.Domains.Namespaces.From
+	switch {
+	case ns == relay.Namespace:
+		return true, "", nil
+	case from == "All":
+		return true, "", nil
+	case from == "Selector" && relay.Spec.Domains.Namespaces.Selector != nil:
+		sel, err := metav1.LabelSelectorAsSelector(relay.Spec.Domains.Namespaces.Selector)
+		if err != nil {
+			return false, fmt.Sprintf("SmtpRelay %s/%s has an invalid spec.domains.namespaces.selector: %v", relay.Namespace, relay.Name, err), nil
+		}
+		nsObj := &corev1.Namespace{}
+		if err := c.Get(ctx, types.NamespacedName{Name: ns}, nsObj); err != nil {
+			return false, "", client.IgnoreNotFound(err)
+		}
+		if sel.Matches(labels.Set(nsObj.Labels)) {
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("SmtpRelay %s/%s only accepts RelayDomains from namespaces matching its spec.domains.namespaces.selector; label namespace %s to match, or change the relay", relay.Namespace, relay.Name, ns), nil
+	}
+	return false, fmt.Sprintf("SmtpRelay %s/%s only accepts RelayDomains from its own namespace; set its spec.domains.namespaces.from to All or Selector to admit namespace %s", relay.Namespace, relay.Name, ns), nil
+}
+
+// patchStatus writes the relay's status once per reconcile, and only when it changed.
+func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRelay, s *relayScope, reconcileErr error) error {
+	relay := s.relay
+	st := &relay.Status
+	st.ObservedGeneration = relay.Generation
+	if s.result != nil {
+		st.ConfigHash = s.result.Hash
+		n := int32(0)
+		for _, dr := range s.result.DomainResults {
+			if dr.Included {
+				n++
+			}
+		}
+		st.AttachedDomains = n
+	}
+	dep := &appsv1.Deployment{}
+	depErr := r.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: relay.Name}, dep)
+	if depErr == nil {
+		st.Replicas = dep.Status.Replicas
+		st.ReadyReplicas = dep.Status.ReadyReplicas
+		if sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector); err == nil {
+			st.Selector = sel.String()
+		}
+	}
+
+	stalled := apimeta.IsStatusConditionTrue(st.Conditions, v1.StalledCondition)
+	want := int32(2)
+	if relay.Spec.Replicas != nil {
+		want = *relay.Spec.Replicas
+	}
+	rolledOut := depErr == nil && dep.Status.ObservedGeneration >= dep.Generation &&
+		dep.Status.UpdatedReplicas == want && dep.Status.ReadyReplicas == want && dep.Status.Replicas == want
+	switch {
+	case stalled:
+		c := apimeta.FindStatusCondition(st.Conditions, v1.StalledCondition)
+		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, c.Reason, c.Message)
+		apimeta.RemoveStatusCondition(&st.Conditions, v1.ReconcilingCondition)
+	case reconcileErr != nil:
+		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonProgressing, "Reconcile failed: "+reconcileErr.Error())
+		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonProgressing, "Retrying after an error")
+	case !rolledOut:
+		msg := fmt.Sprintf("%d of %d relay pods ready", st.ReadyReplicas, want)
+		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonRolloutInProgress, msg)
+		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonRolloutInProgress, msg)
+	default:
+		setCondition(relay, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded,
+			fmt.Sprintf("%d relay pods ready, %d domains attached", st.ReadyReplicas, st.AttachedDomains))
+		apimeta.RemoveStatusCondition(&st.Conditions, v1.ReconcilingCondition)
+	}
+	return patchStatusIfChanged(ctx, r.Client, base, relay, base.Status, relay.Status)
+}
+
+func setCondition(relay *v1.SmtpRelay, t string, status metav1.ConditionStatus, reason, msg string) {
+	apimeta.SetStatusCondition(&relay.Status.Conditions, metav1.Condition{Type: t, Status: status,
+		Reason: reason, Message: msg, ObservedGeneration: relay.Generation})
+}
+
+func setDomainCondition(d *v1.RelayDomain, t string, status metav1.ConditionStatus, reason, msg string) {
+	apimeta.SetStatusCondition(&d.Status.Conditions, metav1.Condition{Type: t, Status: status,
+		Reason: reason, Message: msg, ObservedGeneration: d.Generation})
+}
+
+// patchStatusIfChanged patches obj's status from base, and makes no request when the
+// statuses are equal.
+func patchStatusIfChanged(ctx context.Context, c client.Client, base, obj client.Object, before, after any) error {
+	if equalJSON(before, after) {
+		return nil
+	}
+	return c.Status().Patch(ctx, obj, client.MergeFrom(base))
+}
+
+// SetupWithManager registers the reconciler, its indexes and its watches.
+func (r *SmtpRelayReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	if err := setupIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
+	relaysFor := func(field string) handler.MapFunc {
+		return func(ctx context.Context, o client.Object) []reconcile.Request {
+			var list v1.SmtpRelayList
+			if err := r.List(ctx, &list, client.MatchingFields{field: key(o.GetNamespace(), o.GetName())}); err != nil {
+				log.FromContext(ctx).Error(err, "listing relays to enqueue", "field", field)
+				return nil
+			}
+			reqs := make([]reconcile.Request, 0, len(list.Items))
+			for _, rl := range list.Items {
+				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rl.Namespace, Name: rl.Name}})
+			}
+			return reqs
+		}
+	}
+	// A domain, a smarthost or a secret enqueues the relays that use it.
+	domainToRelay := func(ctx context.Context, o client.Object) []reconcile.Request {
+		d, ok := o.(*v1.RelayDomain)
+		if !ok {
+			return nil
+		}
+		ns, name, _ := cutKey(domainRelayKey(d))
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}}
+	}
+	viaDomains := func(field string) handler.MapFunc {
+		return func(ctx context.Context, o client.Object) []reconcile.Request {
+			var list v1.RelayDomainList
+			if err := r.List(ctx, &list, client.MatchingFields{field: key(o.GetNamespace(), o.GetName())}); err != nil {
+				log.FromContext(ctx).Error(err, "listing domains to enqueue", "field", field)
+				return nil
+			}
+			var reqs []reconcile.Request
+			for i := range list.Items {
+				reqs = append(reqs, domainToRelay(ctx, &list.Items[i])...)
+			}
+			return reqs
+		}
+	}
+	combine := func(fns ...handler.MapFunc) handler.MapFunc {
+		return func(ctx context.Context, o client.Object) []reconcile.Request {
+			var reqs []reconcile.Request
+			for _, f := range fns {
+				reqs = append(reqs, f(ctx, o)...)
+			}
+			return reqs
+		}
+	}
+	smarthostUsers := combine(relaysFor(indexRelaySmarthost), viaDomains(indexDomainSmarthost))
+	secretUsers := func(ctx context.Context, o client.Object) []reconcile.Request {
+		reqs := combine(relaysFor(indexRelaySecret), viaDomains(indexDomainSecret))(ctx, o)
+		var shs v1.SmarthostList
+		if err := r.List(ctx, &shs, client.MatchingFields{indexSmarthostSecret: key(o.GetNamespace(), o.GetName())}); err == nil {
+			for i := range shs.Items {
+				reqs = append(reqs, smarthostUsers(ctx, &shs.Items[i])...)
+			}
+		}
+		return reqs
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1.SmtpRelay{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}, builder.OnlyMetadata).
+		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
+		Owns(&corev1.Secret{}, builder.OnlyMetadata).
+		Owns(&corev1.ServiceAccount{}, builder.OnlyMetadata).
+		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
+		Watches(&v1.RelayDomain{}, handler.EnqueueRequestsFromMapFunc(domainToRelay)).
+		Watches(&v1.Smarthost{}, handler.EnqueueRequestsFromMapFunc(smarthostUsers)).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(secretUsers), builder.OnlyMetadata).
+		Named("smtprelay").
+		Complete(r)
+}

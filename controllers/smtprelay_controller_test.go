@@ -1,0 +1,296 @@
+package controllers_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/controllers"
+	"github.com/kuberelay/kuberelay/controllers/render"
+	"github.com/kuberelay/kuberelay/internal/testenv"
+	"github.com/kuberelay/kuberelay/relay/config"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
+
+// startManager runs the operator's controllers against the test control plane until
+// the test ends.
+func startManager(t *testing.T) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: testenv.Scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := controllers.Setup(ctx, mgr, controllers.Options{RelayImage: "kuberelay:test", Hasher: render.NewDefaultHasher()}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+}
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("render", "testdata", "fixtures", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func create(t *testing.T, objs ...client.Object) {
+	t.Helper()
+	for _, o := range objs {
+		if err := env.Client.Create(context.Background(), o); err != nil {
+			t.Fatalf("creating %T %s: %v", o, o.GetName(), err)
+		}
+	}
+}
+
+// eventually polls cond until it returns "" or a bound passes, then fails with the
+// last reason it gave.
+func eventually(t *testing.T, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestRelayReconciled(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	ns := "reconcile"
+	create(t,
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
+			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ses-creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
+			StringData: map[string]string{"username": "AKIAEXAMPLE", "password": "upstream-secret-pw"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "billing", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
+			StringData: map[string]string{"username": "billing", "password": "client-secret-pw"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dkim", Namespace: ns},
+			Data: map[string][]byte{"dkim.key": fixture(t, "dkim-ed25519.key")}},
+		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: v1.SmarthostSpec{
+			Endpoints: []v1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
+			Auth:      &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "ses-creds"}}}},
+		&v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: v1.SmtpRelaySpec{
+			TLS:             &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: "tls"}},
+			Auth:            &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "billing"}}}},
+			AllowedNetworks: []string{"10.0.0.0/8"},
+			SmarthostRef:    &v1.LocalObjectReference{Name: "ses"}}},
+		&v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: v1.RelayDomainSpec{
+			Domain: "example.com", RelayRef: v1.RelayReference{Name: "outbound"},
+			DKIM: &v1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: v1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
+		&v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-org", Namespace: ns}, Spec: v1.RelayDomainSpec{
+			Domain: "example.org", RelayRef: v1.RelayReference{Name: "outbound"}}},
+	)
+	relayKey := types.NamespacedName{Namespace: ns, Name: "outbound"}
+
+	// The configuration the relay pods will load holds both domains and no secret.
+	cm := &corev1.ConfigMap{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-config"}, cm); err != nil {
+			return err.Error()
+		}
+		if !strings.Contains(cm.Data[config.FileName], "example.org") || !strings.Contains(cm.Data[config.FileName], "example.com") {
+			return "relay.yaml lacks a domain:\n" + cm.Data[config.FileName]
+		}
+		return ""
+	})
+	for _, secret := range []string{"upstream-secret-pw", "client-secret-pw", "PRIVATE KEY"} {
+		if strings.Contains(cm.Data[config.FileName], secret) {
+			t.Fatalf("relay.yaml holds a secret value (%q)", secret)
+		}
+	}
+	sec := &corev1.Secret{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-secrets"}, sec); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	for k, v := range sec.Data {
+		files[k] = v
+	}
+	if _, err := config.LoadBytes([]byte(cm.Data[config.FileName]), mapFS(files)); err != nil {
+		t.Fatalf("the rendered configuration does not load: %v", err)
+	}
+	for _, v := range sec.Data {
+		if strings.Contains(string(v), "client-secret-pw") {
+			t.Fatal("the client password reached the relay Secret unhashed")
+		}
+	}
+
+	// The workload: a hardened Deployment, a Service, a ServiceAccount without a token.
+	dep := &appsv1.Deployment{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, relayKey, dep); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	pod := dep.Spec.Template.Spec
+	c := pod.Containers[0]
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken ||
+		c.SecurityContext == nil || c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem ||
+		pod.SecurityContext == nil || pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot {
+		t.Fatalf("pod is not hardened: %+v", pod)
+	}
+	for _, o := range []client.Object{&corev1.Service{}, &corev1.ServiceAccount{}} {
+		if err := env.Client.Get(ctx, relayKey, o); err != nil {
+			t.Fatalf("%T: %v", o, err)
+		}
+	}
+
+	// Status: the rendered hash and both domains; the domains say they are attached and
+	// publish the DKIM record.
+	relay := &v1.SmtpRelay{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, relayKey, relay); err != nil {
+			return err.Error()
+		}
+		if relay.Status.ConfigHash == "" || relay.Status.AttachedDomains != 2 || relay.Status.ObservedGeneration != relay.Generation {
+			return "relay status not there yet: " + toString(relay.Status)
+		}
+		return ""
+	})
+	if got := apimeta.FindStatusCondition(relay.Status.Conditions, v1.ReadyCondition); got == nil || got.Status != metav1.ConditionFalse || got.Reason != v1.ReasonRolloutInProgress {
+		// No kubelet runs here, so no pod ever gets ready.
+		t.Fatalf("Ready condition %+v, want False/RolloutInProgress without running pods", got)
+	}
+	d := &v1.RelayDomain{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "example-com"}, d); err != nil {
+			return err.Error()
+		}
+		if !apimeta.IsStatusConditionTrue(d.Status.Conditions, v1.AcceptedCondition) || !apimeta.IsStatusConditionTrue(d.Status.Conditions, v1.ReadyCondition) {
+			return "domain status: " + toString(d.Status)
+		}
+		if d.Status.DKIMRecord == nil || d.Status.DKIMRecord.Name != "k1._domainkey.example.com" || !strings.HasPrefix(d.Status.DKIMRecord.Value, "v=DKIM1;") {
+			return "DKIM record: " + toString(d.Status.DKIMRecord)
+		}
+		return ""
+	})
+
+	// A new domain changes the configuration only: the pod template stays as it was.
+	template := toString(dep.Spec.Template)
+	oldHash := relay.Status.ConfigHash
+	create(t, &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-net", Namespace: ns}, Spec: v1.RelayDomainSpec{
+		Domain: "example.net", RelayRef: v1.RelayReference{Name: "outbound"}}})
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, relayKey, relay); err != nil {
+			return err.Error()
+		}
+		if relay.Status.ConfigHash == oldHash || relay.Status.AttachedDomains != 3 {
+			return "relay not re-rendered: " + toString(relay.Status)
+		}
+		return ""
+	})
+	if err := env.Client.Get(ctx, relayKey, dep); err != nil {
+		t.Fatal(err)
+	}
+	if toString(dep.Spec.Template) != template {
+		t.Fatal("a new domain changed the pod template, which would restart the pods")
+	}
+
+	// A resync that changes nothing writes nothing: touch the relay's labels (a
+	// metadata-only change that triggers a reconcile) and check that no owned object
+	// or status moves.
+	before := resourceVersions(t, ns)
+	reconcilesBefore := reconciles(t)
+	relay.Labels = map[string]string{"touched": "yes"}
+	if err := env.Client.Update(ctx, relay); err != nil {
+		t.Fatal(err)
+	}
+	rvAfterTouch := relay.ResourceVersion
+	// The touch's reconcile has run once the controller counts one more.
+	eventually(t, func() string {
+		if n := reconciles(t); n <= reconcilesBefore {
+			return "the relay was not reconciled after the touch"
+		}
+		return ""
+	})
+	after := resourceVersions(t, ns)
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s was written on a no-op reconcile (resourceVersion %s -> %s)", k, v, after[k])
+		}
+	}
+	if err := env.Client.Get(ctx, relayKey, relay); err != nil {
+		t.Fatal(err)
+	}
+	if relay.ResourceVersion != rvAfterTouch {
+		t.Errorf("relay status was written on a no-op reconcile")
+	}
+}
+
+func resourceVersions(t *testing.T, ns string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	lists := []client.ObjectList{&corev1.ConfigMapList{}, &corev1.SecretList{}, &corev1.ServiceList{},
+		&corev1.ServiceAccountList{}, &appsv1.DeploymentList{}, &v1.RelayDomainList{}}
+	for _, l := range lists {
+		if err := env.Client.List(context.Background(), l, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		items, _ := apimeta.ExtractList(l)
+		for _, it := range items {
+			o := it.(client.Object)
+			out[typeName(l)+"/"+o.GetName()] = o.GetResourceVersion()
+		}
+	}
+	return out
+}
+
+// reconciles is how many reconciles of SmtpRelays have finished, from the
+// controller's own metrics.
+func reconciles(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := crmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "controller_runtime_reconcile_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "controller" && l.GetValue() == "smtprelay" {
+					total += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return total
+}
