@@ -11,6 +11,7 @@ import (
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners) || self.listeners.all(l, !has(l.requireAuth) || !l.requireAuth || (has(l.tls) && l.tls != 'None') || (!has(l.tls) && has(self.tls)))",message="a listener with requireAuth needs TLS: set its tls to STARTTLS or Implicit (and spec.tls.secretRef), since AUTH is only offered over TLS"
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners) || has(self.tls) || self.listeners.all(l, !has(l.tls) || l.tls == 'None')",message="a listener with tls STARTTLS or Implicit needs a certificate: set spec.tls.secretRef"
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners) || (has(self.auth) && size(self.auth.users) > 0) || self.listeners.all(l, !has(l.requireAuth) || !l.requireAuth)",message="a listener with requireAuth is unusable without users: add spec.auth.users or set requireAuth to false"
+// +kubebuilder:validation:XValidation:rule="!has(self.nullSender) || self.nullSender != 'Allow' || has(self.smarthostRef)",message="nullSender Allow relays bounces through spec.smarthostRef: set it, or keep nullSender Reject"
 type SmtpRelaySpec struct {
 	// replicas is the number of relay pods. Default: 2.
 	// +optional
@@ -117,7 +118,8 @@ type Listener struct {
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=15
-	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9]*(-[a-z0-9]+)*$`
+	// +kubebuilder:validation:XValidation:rule="self != 'http'",message="the listener name http is taken by the relay's metrics and health port"
 	Name string `json:"name"`
 
 	// port is the Service port clients connect to, e.g. 25, 587 or 465.
@@ -304,6 +306,7 @@ type SmtpRelayStatus struct {
 }
 
 // SmtpRelay is a fleet of SMTP relay pods behind one Service.
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 53 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="an SmtpRelay name must be a DNS label of at most 53 characters starting with a letter: it names the relay's Service and, with a suffix, its other objects"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector

@@ -159,6 +159,9 @@ func TestRejected(t *testing.T) {
 			p := int32(25)
 			s.Listeners = []v1.Listener{{Name: "a", Port: 25, ContainerPort: &p}}
 		}), "containerPort"},
+		{"null sender allowed without a smarthost", relay(func(s *v1.SmtpRelaySpec) { s.NullSender = "Allow" }), "nullSender Allow"},
+		{"listener named http", relay(func(s *v1.SmtpRelaySpec) { s.Listeners = []v1.Listener{{Name: "http", Port: 25}} }), "taken by the relay's metrics"},
+		{"listener name with a double hyphen", relay(func(s *v1.SmtpRelaySpec) { s.Listeners = []v1.Listener{{Name: "a--b", Port: 25}} }), "listeners[0].name"},
 		{"duplicate user secrets", relay(func(s *v1.SmtpRelaySpec) {
 			s.Auth = &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "u"}}, {SecretRef: v1.LocalObjectReference{Name: "u"}}}}
 		}), "different Secret"},
@@ -195,6 +198,15 @@ func TestRejected(t *testing.T) {
 				t.Fatalf("error %v; want Invalid mentioning %q", err, c.want)
 			}
 		})
+	}
+}
+
+func TestRelayNameTooLong(t *testing.T) {
+	namespace(t, "bad")
+	r := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Namespace: "bad", Name: strings.Repeat("r", 54)}}
+	err := env.Client.Create(ctxFor(t), r)
+	if err == nil || !strings.Contains(err.Error(), "at most 53 characters") {
+		t.Fatalf("create: %v; want the name rule", err)
 	}
 }
 
