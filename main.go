@@ -124,4 +124,3 @@ func run(args []string) int {
 	}
 	return 0
 }
-
