@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
@@ -25,39 +26,52 @@ const (
 	indexSmarthostSecret = "smarthost.secretRefs"
 )
 
-func key(namespace, name string) string { return namespace + "/" + name }
+// key is the index value of an object: its "namespace/name".
+func key(namespace, name string) string {
+	return types.NamespacedName{Namespace: namespace, Name: name}.String()
+}
 
-// domainRelayKey is the relay a RelayDomain names (its own namespace by default).
-func domainRelayKey(d *v1.RelayDomain) string {
+// domainRelay is the relay a RelayDomain names (its own namespace by default).
+func domainRelay(d *v1.RelayDomain) types.NamespacedName {
 	ns := d.Spec.RelayRef.Namespace
 	if ns == "" {
 		ns = d.Namespace
 	}
-	return key(ns, d.Spec.RelayRef.Name)
+	return types.NamespacedName{Namespace: ns, Name: d.Spec.RelayRef.Name}
 }
 
-func relaySecretNames(r *v1.SmtpRelay) []string {
-	var keys []string
+// relaySecrets are the Secrets an SmtpRelay names: its certificate and its users.
+func relaySecrets(r *v1.SmtpRelay) []types.NamespacedName {
+	var refs []types.NamespacedName
 	if r.Spec.TLS != nil {
-		keys = append(keys, key(r.Namespace, r.Spec.TLS.SecretRef.Name))
+		refs = append(refs, types.NamespacedName{Namespace: r.Namespace, Name: r.Spec.TLS.SecretRef.Name})
 	}
 	if r.Spec.Auth != nil {
 		for _, u := range r.Spec.Auth.Users {
-			keys = append(keys, key(r.Namespace, u.SecretRef.Name))
+			refs = append(refs, types.NamespacedName{Namespace: r.Namespace, Name: u.SecretRef.Name})
 		}
 	}
-	return keys
+	return refs
 }
 
-func smarthostSecretNames(s *v1.Smarthost) []string {
-	var keys []string
+// smarthostSecrets are the Secrets a Smarthost names: its credentials and its CA.
+func smarthostSecrets(s *v1.Smarthost) []types.NamespacedName {
+	var refs []types.NamespacedName
 	if s.Spec.Auth != nil {
-		keys = append(keys, key(s.Namespace, s.Spec.Auth.SecretRef.Name))
+		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.Auth.SecretRef.Name})
 	}
 	if s.Spec.TLS.CASecretRef != nil {
-		keys = append(keys, key(s.Namespace, s.Spec.TLS.CASecretRef.Name))
+		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.TLS.CASecretRef.Name})
 	}
-	return keys
+	return refs
+}
+
+func keys(refs []types.NamespacedName) []string {
+	out := make([]string, len(refs))
+	for i, r := range refs {
+		out[i] = r.String()
+	}
+	return out
 }
 
 // setupIndexes registers the field indexes with the manager's cache.
@@ -68,7 +82,7 @@ func setupIndexes(ctx context.Context, idx client.FieldIndexer) error {
 		fn    client.IndexerFunc
 	}{
 		{&v1.RelayDomain{}, indexDomainRelay, func(o client.Object) []string {
-			return []string{domainRelayKey(o.(*v1.RelayDomain))}
+			return []string{domainRelay(o.(*v1.RelayDomain)).String()}
 		}},
 		{&v1.RelayDomain{}, indexDomainSmarthost, func(o client.Object) []string {
 			d := o.(*v1.RelayDomain)
@@ -92,10 +106,10 @@ func setupIndexes(ctx context.Context, idx client.FieldIndexer) error {
 			return []string{key(r.Namespace, r.Spec.SmarthostRef.Name)}
 		}},
 		{&v1.SmtpRelay{}, indexRelaySecret, func(o client.Object) []string {
-			return relaySecretNames(o.(*v1.SmtpRelay))
+			return keys(relaySecrets(o.(*v1.SmtpRelay)))
 		}},
 		{&v1.Smarthost{}, indexSmarthostSecret, func(o client.Object) []string {
-			return smarthostSecretNames(o.(*v1.Smarthost))
+			return keys(smarthostSecrets(o.(*v1.Smarthost)))
 		}},
 	}
 	for _, i := range indexes {

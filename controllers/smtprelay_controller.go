@@ -176,7 +176,6 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 		Smarthosts: map[types.NamespacedName]*v1.Smarthost{},
 		Secrets:    map[types.NamespacedName]*corev1.Secret{},
 		Hasher:     r.Hasher,
-		Image:      r.Image,
 	}
 	var list v1.RelayDomainList
 	if err := r.List(ctx, &list, client.MatchingFields{indexDomainRelay: key(relay.Namespace, relay.Name)}); err != nil {
@@ -184,7 +183,7 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 	}
 	var attached []v1.RelayDomain
 	for _, d := range list.Items {
-		ok, _, err := attachmentAllowed(ctx, r.Client, relay, d.Namespace)
+		ok, err := attachmentAllowed(ctx, r.Client, relay, d.Namespace)
 		if err != nil {
 			return in, nil, err
 		}
@@ -197,10 +196,7 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 	})
 	in.Domains = attached
 
-	var secretKeys []types.NamespacedName
-	addSecret := func(ns, name string) {
-		secretKeys = append(secretKeys, types.NamespacedName{Namespace: ns, Name: name})
-	}
+	secretRefs := relaySecrets(relay)
 	smarthost := func(ns, name string) error {
 		k := types.NamespacedName{Namespace: ns, Name: name}
 		if _, seen := in.Smarthosts[k]; seen {
@@ -214,12 +210,7 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 			return err
 		}
 		in.Smarthosts[k] = sh
-		if sh.Spec.Auth != nil {
-			addSecret(ns, sh.Spec.Auth.SecretRef.Name)
-		}
-		if sh.Spec.TLS.CASecretRef != nil {
-			addSecret(ns, sh.Spec.TLS.CASecretRef.Name)
-		}
+		secretRefs = append(secretRefs, smarthostSecrets(sh)...)
 		return nil
 	}
 	if relay.Spec.SmarthostRef != nil {
@@ -234,14 +225,10 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 			}
 		}
 		if d.Spec.DKIM != nil {
-			addSecret(d.Namespace, d.Spec.DKIM.PrivateKeySecretRef.Name)
+			secretRefs = append(secretRefs, types.NamespacedName{Namespace: d.Namespace, Name: d.Spec.DKIM.PrivateKeySecretRef.Name})
 		}
 	}
-	for _, k := range relaySecretNames(relay) {
-		ns, name, _ := cutKey(k)
-		addSecret(ns, name)
-	}
-	for _, k := range secretKeys {
+	for _, k := range secretRefs {
 		if _, seen := in.Secrets[k]; seen {
 			continue
 		}
@@ -266,39 +253,26 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 	return in, attached, nil
 }
 
-func cutKey(k string) (ns, name string, ok bool) {
-	for i := 0; i < len(k); i++ {
-		if k[i] == '/' {
-			return k[:i], k[i+1:], true
-		}
-	}
-	return "", k, false
-}
-
-// attachmentAllowed says whether a RelayDomain in namespace ns may attach to relay,
-// and if not, why.
-func attachmentAllowed(ctx context.Context, c client.Client, relay *v1.SmtpRelay, ns string) (bool, string, error) {
+// attachmentAllowed says whether a RelayDomain in namespace ns may attach to relay
+// (spec.domains.namespaces, as Gateway API's allowedRoutes).
+func attachmentAllowed(ctx context.Context, c client.Client, relay *v1.SmtpRelay, ns string) (bool, error) {
 	from := relay.Spec.Domains.Namespaces.From
 	switch {
-	case ns == relay.Namespace:
-		return true, "", nil
-	case from == "All":
-		return true, "", nil
+	case ns == relay.Namespace, from == "All":
+		return true, nil
 	case from == "Selector" && relay.Spec.Domains.Namespaces.Selector != nil:
 		sel, err := metav1.LabelSelectorAsSelector(relay.Spec.Domains.Namespaces.Selector)
 		if err != nil {
-			return false, fmt.Sprintf("SmtpRelay %s/%s has an invalid spec.domains.namespaces.selector: %v", relay.Namespace, relay.Name, err), nil
+			// Admission validates the selector; an invalid one admits nobody.
+			return false, nil
 		}
 		nsObj := &corev1.Namespace{}
 		if err := c.Get(ctx, types.NamespacedName{Name: ns}, nsObj); err != nil {
-			return false, "", client.IgnoreNotFound(err)
+			return false, client.IgnoreNotFound(err)
 		}
-		if sel.Matches(labels.Set(nsObj.Labels)) {
-			return true, "", nil
-		}
-		return false, fmt.Sprintf("SmtpRelay %s/%s only accepts RelayDomains from namespaces matching its spec.domains.namespaces.selector; label namespace %s to match, or change the relay", relay.Namespace, relay.Name, ns), nil
+		return sel.Matches(labels.Set(nsObj.Labels)), nil
 	}
-	return false, fmt.Sprintf("SmtpRelay %s/%s only accepts RelayDomains from its own namespace; set its spec.domains.namespaces.from to All or Selector to admit namespace %s", relay.Namespace, relay.Name, ns), nil
+	return false, nil
 }
 
 // patchStatus writes the relay's status once per reconcile, and only when it changed.
@@ -397,8 +371,7 @@ func (r *SmtpRelayReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 		if !ok {
 			return nil
 		}
-		ns, name, _ := cutKey(domainRelayKey(d))
-		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}}
+		return []reconcile.Request{{NamespacedName: domainRelay(d)}}
 	}
 	viaDomains := func(field string) handler.MapFunc {
 		return func(ctx context.Context, o client.Object) []reconcile.Request {
@@ -427,10 +400,12 @@ func (r *SmtpRelayReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Man
 	secretUsers := func(ctx context.Context, o client.Object) []reconcile.Request {
 		reqs := combine(relaysFor(indexRelaySecret), viaDomains(indexDomainSecret))(ctx, o)
 		var shs v1.SmarthostList
-		if err := r.List(ctx, &shs, client.MatchingFields{indexSmarthostSecret: key(o.GetNamespace(), o.GetName())}); err == nil {
-			for i := range shs.Items {
-				reqs = append(reqs, smarthostUsers(ctx, &shs.Items[i])...)
-			}
+		if err := r.List(ctx, &shs, client.MatchingFields{indexSmarthostSecret: key(o.GetNamespace(), o.GetName())}); err != nil {
+			log.FromContext(ctx).Error(err, "listing smarthosts to enqueue", "field", indexSmarthostSecret)
+			return reqs
+		}
+		for i := range shs.Items {
+			reqs = append(reqs, smarthostUsers(ctx, &shs.Items[i])...)
 		}
 		return reqs
 	}

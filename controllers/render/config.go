@@ -43,9 +43,6 @@ type Inputs struct {
 	Previous map[string][]byte
 	// Hasher hashes client passwords. Required when the relay has users.
 	Hasher PasswordHasher
-	// Image is the relay image to run when Relay.Spec.Image is empty (the operator's
-	// own). The configuration does not depend on it; pass it to Deployment.
-	Image string
 }
 
 // Result is a rendered relay configuration.

@@ -128,7 +128,7 @@ func (w *world) addSmarthost(s *v1alpha1.Smarthost) {
 }
 
 func (w *world) inputs(relay *v1alpha1.SmtpRelay, domains ...v1alpha1.RelayDomain) Inputs {
-	return Inputs{Relay: relay, Domains: domains, Smarthosts: w.smarthosts, Secrets: w.secrets, Hasher: &fakeHasher{}, Image: testImage}
+	return Inputs{Relay: relay, Domains: domains, Smarthosts: w.smarthosts, Secrets: w.secrets, Hasher: &fakeHasher{}}
 }
 
 func minimalRelay() *v1alpha1.SmtpRelay {

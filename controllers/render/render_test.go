@@ -196,7 +196,7 @@ func TestGolden(t *testing.T) {
 			golden(t, filepath.Join(dir, "secret.yaml"), marshal(t, secretReport(Secret(relay, res))))
 			golden(t, filepath.Join(dir, "serviceaccount.yaml"), marshal(t, ServiceAccount(relay)))
 			golden(t, filepath.Join(dir, "service.yaml"), marshal(t, Service(relay)))
-			golden(t, filepath.Join(dir, "deployment.yaml"), marshal(t, Deployment(relay, tc.in.Image)))
+			golden(t, filepath.Join(dir, "deployment.yaml"), marshal(t, Deployment(relay, testImage)))
 			pdbFile := filepath.Join(dir, "poddisruptionbudget.yaml")
 			if pdb := PodDisruptionBudget(relay); pdb != nil {
 				golden(t, pdbFile, marshal(t, pdb))
