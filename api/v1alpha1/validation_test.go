@@ -3,6 +3,8 @@ package v1alpha1_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,7 +64,7 @@ func TestSamplesApply(t *testing.T) {
 		for {
 			var u unstructured.Unstructured
 			if err := dec.Decode(&u.Object); err != nil {
-				if err.Error() == "EOF" {
+				if errors.Is(err, io.EOF) {
 					break
 				}
 				t.Fatalf("%s: %v", f, err)

@@ -42,8 +42,8 @@ type Env struct {
 	env    *envtest.Environment
 }
 
-// Start starts a control plane for the calling test package. Call it from TestMain
-// (pass nil for t) or from a test; Stop it when done.
+// Start starts a control plane with kuberelay's CRDs installed; Stop it when done.
+// Test packages usually call Main instead.
 func Start() (*Env, error) {
 	root, err := RepoRoot()
 	if err != nil {
