@@ -73,8 +73,23 @@ func objectHash(obj client.Object) (string, error) {
 }
 
 // deleteIfExists removes an object the relay no longer needs (a disabled
-// PodDisruptionBudget).
+// PodDisruptionBudget). It asks the cache first, so that a resync makes no request
+// for an object that is already gone.
 func deleteIfExists(ctx context.Context, c client.Client, obj client.Object) error {
+	gvk, err := apiutil.GVKForObject(obj, c.Scheme())
+	if err != nil {
+		return err
+	}
+	current := &metav1.PartialObjectMetadata{}
+	current.SetGroupVersionKind(gvk)
+	switch err := c.Get(ctx, client.ObjectKeyFromObject(obj), current); {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return err
+	case current.GetDeletionTimestamp() != nil:
+		return nil
+	}
 	if err := c.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}

@@ -2,8 +2,14 @@ package controllers
 
 import (
 	"context"
+	"net/http"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kuberelay/kuberelay/controllers/render"
 )
@@ -16,14 +22,44 @@ type Options struct {
 	Hasher render.PasswordHasher
 }
 
-// Setup registers every reconciler with mgr.
+// Setup registers every reconciler, and the field indexes they share, with mgr. The
+// manager's cache must be built with CacheOptions.
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
-	r := &SmtpRelayReconciler{
+	if err := setupIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
+	recorder := mgr.GetEventRecorder("kuberelay")
+	relays := &SmtpRelayReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("kuberelay"),
+		Recorder:  recorder,
 		Image:     o.RelayImage,
 		Hasher:    o.Hasher,
+		Pods:      &HTTPPodStatus{Client: &http.Client{Timeout: 2 * time.Second}},
 	}
-	return r.SetupWithManager(ctx, mgr)
+	if err := relays.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	smarthosts := &SmarthostReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder}
+	if err := smarthosts.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	domains := &RelayDomainReconciler{Client: mgr.GetClient(), Recorder: recorder}
+	return domains.SetupWithManager(mgr)
+}
+
+// CacheOptions are the manager's cache options: namespaces, when not empty, restricts
+// it to those namespaces, and only relay pods are cached (the operator reads their
+// readiness and address), not every pod in the cluster.
+func CacheOptions(namespaces []string) cache.Options {
+	o := cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Pod{}: {Label: labels.SelectorFromSet(render.CommonLabels())},
+	}}
+	if len(namespaces) > 0 {
+		o.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			o.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return o
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
@@ -39,13 +41,31 @@ type SmtpRelayReconciler struct {
 	Image string
 	// Hasher bcrypt-hashes client passwords, re-hashing only changed ones.
 	Hasher render.PasswordHasher
+	// Pods asks ready relay pods which configuration they run.
+	Pods PodStatus
 }
+
+// configPollInterval is how often pods are asked again while some still run an older
+// configuration: the kubelet updates mounted ConfigMaps on its own schedule, and
+// nothing else tells the operator when a pod has reloaded.
+const configPollInterval = 5 * time.Second
 
 // relayScope carries one reconcile's state between its phases.
 type relayScope struct {
 	relay   *v1.SmtpRelay
 	domains []v1.RelayDomain
 	result  *render.Result
+	// renderErr is what the user must fix before the relay can be rendered.
+	renderErr *render.Error
+	// applied is what the ready pods reported; nil when they were not asked.
+	applied *configApplied
+}
+
+// configApplied counts the ready pods that run the rendered configuration.
+type configApplied struct {
+	ready, converged int32
+	// problems describe, briefly, the pods that do not run it yet.
+	problems []string
 }
 
 // phase is one step of a reconcile.
@@ -67,7 +87,7 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			retErr = kerrors.NewAggregate([]error{retErr, err})
 		}
 	}()
-	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains} {
+	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains, r.reconcilePods} {
 		res, err := p(ctx, s)
 		if err != nil || !res.IsZero() {
 			return res, err
@@ -89,8 +109,11 @@ func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope
 		var re *render.Error
 		if errors.As(err, &re) {
 			// The user must fix something: the last good configuration stays live.
-			r.Recorder.Eventf(s.relay, nil, corev1.EventTypeWarning, re.Reason, "Render", "%s", re.Message)
+			if !conditionIs(s.relay.Status.Conditions, v1.StalledCondition, re.Reason, re.Message) {
+				r.Recorder.Eventf(s.relay, nil, corev1.EventTypeWarning, re.Reason, "Render", "%s", re.Message)
+			}
 			setCondition(s.relay, v1.StalledCondition, metav1.ConditionTrue, re.Reason, re.Message)
+			s.renderErr = re
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -139,15 +162,22 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 // the only writer of an attached domain's status (RelayDomainReconciler writes the
 // status of the others).
 func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScope) (ctrl.Result, error) {
-	if s.result == nil {
+	if s.result == nil && s.renderErr == nil {
 		return ctrl.Result{}, nil
 	}
 	var errs []error
 	for i := range s.domains {
 		d := &s.domains[i]
-		dr, ok := s.result.DomainResults[types.NamespacedName{Namespace: d.Namespace, Name: d.Name}]
-		if !ok {
-			continue
+		var dr render.DomainResult
+		if s.result != nil {
+			var ok bool
+			if dr, ok = s.result.DomainResults[types.NamespacedName{Namespace: d.Namespace, Name: d.Name}]; !ok {
+				continue
+			}
+		} else {
+			// The relay cannot be rendered at all: its domains say why.
+			dr = render.DomainResult{Reason: s.renderErr.Reason, Message: fmt.Sprintf(
+				"SmtpRelay %s/%s cannot be configured: %s", s.relay.Namespace, s.relay.Name, s.renderErr.Message)}
 		}
 		base := d.DeepCopy()
 		d.Status.ObservedGeneration = d.Generation
@@ -162,11 +192,51 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 		}
 		apimeta.RemoveStatusCondition(&d.Status.Conditions, v1.ReconcilingCondition)
 		d.Status.DKIMRecord = dr.DKIMRecord
+		if !dr.Included && s.result != nil && !conditionIs(base.Status.Conditions, v1.ReadyCondition, dr.Reason, dr.Message) {
+			r.Recorder.Eventf(d, s.relay, corev1.EventTypeWarning, dr.Reason, "Attach", "%s", dr.Message)
+		}
 		if err := patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return ctrl.Result{}, kerrors.NewAggregate(errs)
+}
+
+// reconcilePods asks every ready relay pod which configuration it runs, and polls
+// again while some still run an older one.
+func (r *SmtpRelayReconciler) reconcilePods(ctx context.Context, s *relayScope) (ctrl.Result, error) {
+	if s.result == nil || r.Pods == nil {
+		return ctrl.Result{}, nil
+	}
+	var list corev1.PodList
+	if err := r.List(ctx, &list, client.InNamespace(s.relay.Namespace), client.MatchingLabels(render.SelectorLabels(s.relay))); err != nil {
+		return ctrl.Result{}, err
+	}
+	var ready []*corev1.Pod
+	for i := range list.Items {
+		if podReady(&list.Items[i]) {
+			ready = append(ready, &list.Items[i])
+		}
+	}
+	sort.Slice(ready, func(i, j int) bool { return ready[i].Name < ready[j].Name })
+	a := &configApplied{ready: int32(len(ready))}
+	hashes, errs := podHashes(ctx, r.Pods, ready)
+	for i, p := range ready {
+		switch {
+		case errs[i] != nil:
+			a.problems = append(a.problems, fmt.Sprintf("pod %s did not answer: %v", p.Name, errs[i]))
+		case hashes[i] != s.result.Hash:
+			a.problems = append(a.problems, fmt.Sprintf("pod %s runs %s", p.Name, hashes[i]))
+		default:
+			a.converged++
+		}
+	}
+	s.applied = a
+	if a.converged < a.ready {
+		log.FromContext(ctx).V(1).Info("waiting for pods to load the configuration", "hash", s.result.Hash, "problems", a.problems)
+		return ctrl.Result{RequeueAfter: configPollInterval}, nil
+	}
+	return ctrl.Result{}, nil
 }
 
 // inputs fetches everything the relay's rendering depends on.
@@ -266,7 +336,9 @@ func attachmentAllowed(ctx context.Context, c client.Client, relay *v1.SmtpRelay
 			// Admission validates the selector; an invalid one admits nobody.
 			return false, nil
 		}
-		nsObj := &corev1.Namespace{}
+		// Labels are all that matter: only metadata is cached.
+		nsObj := &metav1.PartialObjectMetadata{}
+		nsObj.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
 		if err := c.Get(ctx, types.NamespacedName{Name: ns}, nsObj); err != nil {
 			return false, client.IgnoreNotFound(err)
 		}
@@ -301,12 +373,23 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRela
 	}
 
 	stalled := apimeta.IsStatusConditionTrue(st.Conditions, v1.StalledCondition)
-	want := int32(2)
-	if relay.Spec.Replicas != nil {
-		want = *relay.Spec.Replicas
-	}
+	want := render.Replicas(relay)
 	rolledOut := depErr == nil && dep.Status.ObservedGeneration >= dep.Generation &&
 		dep.Status.UpdatedReplicas == want && dep.Status.ReadyReplicas == want && dep.Status.Replicas == want
+	configPending := false
+	if a := s.applied; a != nil {
+		st.ConfigAppliedReplicas = a.converged
+		msg := fmt.Sprintf("%d of %d ready pods run configuration %s", a.converged, a.ready, st.ConfigHash)
+		switch {
+		case a.ready == 0:
+			setCondition(relay, v1.ConfigAppliedCondition, metav1.ConditionFalse, v1.ReasonNoReadyPods, "No relay pod is ready to report its configuration")
+		case a.converged == a.ready:
+			setCondition(relay, v1.ConfigAppliedCondition, metav1.ConditionTrue, v1.ReasonConfigApplied, msg)
+		default:
+			configPending = true
+			setCondition(relay, v1.ConfigAppliedCondition, metav1.ConditionFalse, v1.ReasonConfigPending, msg+": "+briefList(a.problems, 3))
+		}
+	}
 	switch {
 	case stalled:
 		c := apimeta.FindStatusCondition(st.Conditions, v1.StalledCondition)
@@ -319,6 +402,10 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRela
 		msg := fmt.Sprintf("%d of %d relay pods ready", st.ReadyReplicas, want)
 		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonRolloutInProgress, msg)
 		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonRolloutInProgress, msg)
+	case configPending:
+		msg := fmt.Sprintf("Waiting for pods to load configuration %s", st.ConfigHash)
+		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonConfigPending, msg)
+		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonConfigPending, msg)
 	default:
 		setCondition(relay, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded,
 			fmt.Sprintf("%d relay pods ready, %d domains attached", st.ReadyReplicas, st.AttachedDomains))
@@ -330,6 +417,21 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRela
 func setCondition(relay *v1.SmtpRelay, t string, status metav1.ConditionStatus, reason, msg string) {
 	apimeta.SetStatusCondition(&relay.Status.Conditions, metav1.Condition{Type: t, Status: status,
 		Reason: reason, Message: msg, ObservedGeneration: relay.Generation})
+}
+
+// conditionIs says whether conditions already hold condition t with this reason and
+// message, so that an event is recorded once per change and not on every resync.
+func conditionIs(conds []metav1.Condition, t, reason, msg string) bool {
+	c := apimeta.FindStatusCondition(conds, t)
+	return c != nil && c.Reason == reason && c.Message == msg
+}
+
+// briefList joins the first n items and says how many more there are.
+func briefList(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more", strings.Join(items[:n], "; "), len(items)-n)
 }
 
 func setDomainCondition(d *v1.RelayDomain, t string, status metav1.ConditionStatus, reason, msg string) {
@@ -346,80 +448,31 @@ func patchStatusIfChanged(ctx context.Context, c client.Client, base, obj client
 	return c.Status().Patch(ctx, obj, client.MergeFrom(base))
 }
 
-// SetupWithManager registers the reconciler, its indexes and its watches.
-func (r *SmtpRelayReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
-	if err := setupIndexes(ctx, mgr.GetFieldIndexer()); err != nil {
-		return err
-	}
-	relaysFor := func(field string) handler.MapFunc {
-		return func(ctx context.Context, o client.Object) []reconcile.Request {
-			var list v1.SmtpRelayList
-			if err := r.List(ctx, &list, client.MatchingFields{field: key(o.GetNamespace(), o.GetName())}); err != nil {
-				log.FromContext(ctx).Error(err, "listing relays to enqueue", "field", field)
-				return nil
-			}
-			reqs := make([]reconcile.Request, 0, len(list.Items))
-			for _, rl := range list.Items {
-				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rl.Namespace, Name: rl.Name}})
-			}
-			return reqs
-		}
-	}
-	// A domain, a smarthost or a secret enqueues the relays that use it.
-	domainToRelay := func(ctx context.Context, o client.Object) []reconcile.Request {
-		d, ok := o.(*v1.RelayDomain)
-		if !ok {
-			return nil
-		}
-		return []reconcile.Request{{NamespacedName: domainRelay(d)}}
-	}
-	viaDomains := func(field string) handler.MapFunc {
-		return func(ctx context.Context, o client.Object) []reconcile.Request {
-			var list v1.RelayDomainList
-			if err := r.List(ctx, &list, client.MatchingFields{field: key(o.GetNamespace(), o.GetName())}); err != nil {
-				log.FromContext(ctx).Error(err, "listing domains to enqueue", "field", field)
-				return nil
-			}
-			var reqs []reconcile.Request
-			for i := range list.Items {
-				reqs = append(reqs, domainToRelay(ctx, &list.Items[i])...)
-			}
-			return reqs
-		}
-	}
-	combine := func(fns ...handler.MapFunc) handler.MapFunc {
-		return func(ctx context.Context, o client.Object) []reconcile.Request {
-			var reqs []reconcile.Request
-			for _, f := range fns {
-				reqs = append(reqs, f(ctx, o)...)
-			}
-			return reqs
-		}
-	}
-	smarthostUsers := combine(relaysFor(indexRelaySmarthost), viaDomains(indexDomainSmarthost))
-	secretUsers := func(ctx context.Context, o client.Object) []reconcile.Request {
-		reqs := combine(relaysFor(indexRelaySecret), viaDomains(indexDomainSecret))(ctx, o)
-		var shs v1.SmarthostList
-		if err := r.List(ctx, &shs, client.MatchingFields{indexSmarthostSecret: key(o.GetNamespace(), o.GetName())}); err != nil {
-			log.FromContext(ctx).Error(err, "listing smarthosts to enqueue", "field", indexSmarthostSecret)
-			return reqs
-		}
-		for i := range shs.Items {
-			reqs = append(reqs, smarthostUsers(ctx, &shs.Items[i])...)
-		}
-		return reqs
-	}
+// SetupWithManager registers the reconciler and its watches; Setup registers the
+// field indexes they use.
+func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	m := &mapper{Client: r.Client}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1.SmtpRelay{}).
+		// The relay's own status is written here: its status updates are not changes.
+		// Labels and annotations pass, so touching either requests a reconcile.
+		For(&v1.SmtpRelay{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
+			predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}, builder.OnlyMetadata).
 		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
 		Owns(&corev1.Secret{}, builder.OnlyMetadata).
 		Owns(&corev1.ServiceAccount{}, builder.OnlyMetadata).
 		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
-		Watches(&v1.RelayDomain{}, handler.EnqueueRequestsFromMapFunc(domainToRelay)).
-		Watches(&v1.Smarthost{}, handler.EnqueueRequestsFromMapFunc(smarthostUsers)).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(secretUsers), builder.OnlyMetadata).
+		// A domain's status is written by the relay: only spec changes re-render.
+		Watches(&v1.RelayDomain{}, handler.EnqueueRequestsFromMapFunc(m.domainRelay),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&v1.Smarthost{}, handler.EnqueueRequestsFromMapFunc(m.smarthostRelays),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(m.secretRelays), builder.OnlyMetadata).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(m.namespaceRelays), builder.OnlyMetadata,
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podRelay),
+			builder.WithPredicates(podServingChanged)).
 		Named("smtprelay").
 		Complete(r)
 }

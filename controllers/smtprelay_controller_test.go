@@ -33,7 +33,7 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 // the test ends.
 func startManager(t *testing.T) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: testenv.Scheme,
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: testenv.Scheme, Cache: controllers.CacheOptions(nil),
 		Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		t.Fatal(err)

@@ -121,6 +121,14 @@ func Config(in Inputs) (*Result, error) {
 	return r.render()
 }
 
+// CheckSmarthost says whether a Smarthost can be used: the Secrets it names (from
+// secrets, by namespace/name) exist and hold what they must, and the relay accepts its
+// settings. It returns nil when it can, and never puts a secret value in the Error.
+func CheckSmarthost(sh *v1alpha1.Smarthost, secrets map[types.NamespacedName]*corev1.Secret) *Error {
+	r := &renderer{in: Inputs{Secrets: secrets}}
+	return r.resolveSmarthost(&smarthostSource{key: types.NamespacedName{Namespace: sh.Namespace, Name: sh.Name}, spec: &sh.Spec})
+}
+
 type renderer struct {
 	in       Inputs
 	relay    *v1alpha1.SmtpRelay

@@ -40,6 +40,12 @@ func Labels(relay *v1alpha1.SmtpRelay) map[string]string {
 	}
 }
 
+// CommonLabels are the labels of every object the operator makes, whatever its relay:
+// the operator's cache selects relay pods by them.
+func CommonLabels() map[string]string {
+	return map[string]string{LabelName: appName, LabelManagedBy: manager}
+}
+
 // SelectorLabels select the relay's pods. They are a subset of Labels that never
 // changes, since a Deployment's selector is immutable.
 func SelectorLabels(relay *v1alpha1.SmtpRelay) map[string]string {

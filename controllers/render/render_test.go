@@ -841,3 +841,44 @@ func TestInternalErrors(t *testing.T) {
 		t.Errorf("a missing Hasher is the caller's bug, not the user's: %v", err)
 	}
 }
+
+func TestCheckSmarthost(t *testing.T) {
+	cases := []struct {
+		name    string
+		mod     func(*world, *v1alpha1.Smarthost)
+		reason  string // "" for usable
+		message string
+	}{
+		{"usable", func(*world, *v1alpha1.Smarthost) {}, "", ""},
+		{"credentials missing", func(w *world, _ *v1alpha1.Smarthost) { delete(w.secrets, key(relayNS, "ses-credentials")) },
+			v1alpha1.ReasonSecretNotFound, "Secret mail/ses-credentials (spec.auth.secretRef) not found"},
+		{"password key missing", func(w *world, _ *v1alpha1.Smarthost) {
+			delete(w.secrets[key(relayNS, "ses-credentials")].Data, "password")
+		}, v1alpha1.ReasonSecretKeyMissing, `has no key "password"`},
+		{"ca not PEM", func(w *world, _ *v1alpha1.Smarthost) {
+			w.secrets[key(relayNS, "ses-ca")].Data["ca.crt"] = []byte("nope")
+		}, v1alpha1.ReasonInvalidSecret, "holds no PEM certificate"},
+		{"mechanism the relay refuses", func(_ *world, sh *v1alpha1.Smarthost) { sh.Spec.Auth.Mechanism = "CRAM-MD5" },
+			v1alpha1.ReasonSmarthostNotReady, "spec.auth.mechanism"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			sh := w.smarthosts[key(relayNS, "ses")].DeepCopy()
+			tc.mod(w, sh)
+			err := CheckSmarthost(sh, w.secrets)
+			switch {
+			case tc.reason == "" && err != nil:
+				t.Fatalf("CheckSmarthost = %s: %s; want nil", err.Reason, err.Message)
+			case tc.reason == "":
+			case err == nil:
+				t.Fatalf("CheckSmarthost = nil; want %s", tc.reason)
+			case err.Reason != tc.reason || !strings.Contains(err.Message, tc.message):
+				t.Errorf("got %s: %s\nwant %s: ...%s...", err.Reason, err.Message, tc.reason, tc.message)
+			}
+			if err != nil && (strings.Contains(err.Message, "ses-smtp-password-three") || strings.Contains(err.Message, "AKIAEXAMPLEUSERNAME1")) {
+				t.Errorf("the message contains a secret value: %s", err.Message)
+			}
+		})
+	}
+}

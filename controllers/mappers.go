@@ -1,0 +1,173 @@
+package controllers
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/controllers/render"
+)
+
+// mapper turns a change to one object into requests for the objects that depend on
+// it, through the field indexes, so exactly the affected ones are reconciled. On an
+// update controller-runtime maps both the old and the new object, so a reference that
+// moves enqueues both its old and its new target.
+type mapper struct {
+	client.Client
+}
+
+// list lists objects whose index field holds the "namespace/name" of o.
+func (m *mapper) list(ctx context.Context, list client.ObjectList, field string, o client.Object) bool {
+	if err := m.List(ctx, list, client.MatchingFields{field: key(o.GetNamespace(), o.GetName())}); err != nil {
+		log.FromContext(ctx).Error(err, "listing dependents to enqueue", "field", field)
+		return false
+	}
+	return true
+}
+
+func request(ns, name string) reconcile.Request {
+	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}
+}
+
+// domainRelay: a RelayDomain enqueues the relay it names.
+func (m *mapper) domainRelay(_ context.Context, o client.Object) []reconcile.Request {
+	d, ok := o.(*v1.RelayDomain)
+	if !ok {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: domainRelay(d)}}
+}
+
+// relaysNaming enqueues the relays whose index field names o.
+func (m *mapper) relaysNaming(ctx context.Context, field string, o client.Object) []reconcile.Request {
+	var list v1.SmtpRelayList
+	if !m.list(ctx, &list, field, o) {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, r := range list.Items {
+		reqs = append(reqs, request(r.Namespace, r.Name))
+	}
+	return reqs
+}
+
+// relaysOfDomainsNaming enqueues the relays of the domains whose index field names o.
+func (m *mapper) relaysOfDomainsNaming(ctx context.Context, field string, o client.Object) []reconcile.Request {
+	var list v1.RelayDomainList
+	if !m.list(ctx, &list, field, o) {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: domainRelay(&list.Items[i])})
+	}
+	return reqs
+}
+
+// smarthostRelays: a Smarthost enqueues the relays that route through it, by default
+// or for one of their domains.
+func (m *mapper) smarthostRelays(ctx context.Context, o client.Object) []reconcile.Request {
+	return append(m.relaysNaming(ctx, indexRelaySmarthost, o), m.relaysOfDomainsNaming(ctx, indexDomainSmarthost, o)...)
+}
+
+// secretRelays: a Secret enqueues the relays that read it, directly, through a DKIM
+// key of one of their domains, or through a Smarthost they use.
+func (m *mapper) secretRelays(ctx context.Context, o client.Object) []reconcile.Request {
+	reqs := append(m.relaysNaming(ctx, indexRelaySecret, o), m.relaysOfDomainsNaming(ctx, indexDomainSecret, o)...)
+	var shs v1.SmarthostList
+	if !m.list(ctx, &shs, indexSmarthostSecret, o) {
+		return reqs
+	}
+	for i := range shs.Items {
+		reqs = append(reqs, m.smarthostRelays(ctx, &shs.Items[i])...)
+	}
+	return reqs
+}
+
+// namespaceRelays: a Namespace's labels decide which relays with a namespace
+// selector accept its domains, so it enqueues the relays its domains name.
+func (m *mapper) namespaceRelays(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.RelayDomainList
+	if err := m.List(ctx, &list, client.InNamespace(o.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", o.GetName())
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		if r := domainRelay(&list.Items[i]); r.Namespace != o.GetName() {
+			reqs = append(reqs, reconcile.Request{NamespacedName: r})
+		}
+	}
+	return reqs
+}
+
+// namespaceDomains: a Namespace enqueues its domains that name a relay elsewhere.
+func (m *mapper) namespaceDomains(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.RelayDomainList
+	if err := m.List(ctx, &list, client.InNamespace(o.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", o.GetName())
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, d := range list.Items {
+		if domainRelay(&d).Namespace != d.Namespace {
+			reqs = append(reqs, request(d.Namespace, d.Name))
+		}
+	}
+	return reqs
+}
+
+// relayDomains: an SmtpRelay enqueues the domains that name it.
+func (m *mapper) relayDomains(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.RelayDomainList
+	if !m.list(ctx, &list, indexDomainRelay, o) {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, d := range list.Items {
+		reqs = append(reqs, request(d.Namespace, d.Name))
+	}
+	return reqs
+}
+
+// smarthostsNaming: a Secret enqueues the Smarthosts that name it.
+func (m *mapper) smarthostsNaming(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.SmarthostList
+	if !m.list(ctx, &list, indexSmarthostSecret, o) {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, sh := range list.Items {
+		reqs = append(reqs, request(sh.Namespace, sh.Name))
+	}
+	return reqs
+}
+
+// podRelay: a relay pod enqueues its relay, found by its instance label.
+func podRelay(_ context.Context, o client.Object) []reconcile.Request {
+	l := o.GetLabels()
+	if l[render.LabelName] != render.CommonLabels()[render.LabelName] || l[render.LabelInstance] == "" {
+		return nil
+	}
+	return []reconcile.Request{request(o.GetNamespace(), l[render.LabelInstance])}
+}
+
+// podServingChanged passes pod events that change which pods the operator asks for
+// their configuration: a pod that appears, goes, becomes ready or not, or moves.
+var podServingChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		old, okOld := e.ObjectOld.(*corev1.Pod)
+		cur, okNew := e.ObjectNew.(*corev1.Pod)
+		if !okOld || !okNew {
+			return true
+		}
+		return podReady(old) != podReady(cur) || old.Status.PodIP != cur.Status.PodIP
+	},
+}

@@ -1,0 +1,102 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kuberelay/kuberelay/controllers/render"
+)
+
+// PodStatus asks a relay pod which configuration it runs.
+type PodStatus interface {
+	// ConfigHash returns the hash of the configuration the pod has loaded.
+	ConfigHash(ctx context.Context, pod *corev1.Pod) (string, error)
+}
+
+// HTTPPodStatus reads the relay's GET /status on the pod's "http" container port.
+type HTTPPodStatus struct {
+	// Client makes the requests; its Timeout bounds a pod that does not answer.
+	Client *http.Client
+}
+
+// maxStatusBytes bounds what is read from a pod: /status is a few hundred bytes.
+const maxStatusBytes = 64 << 10
+
+func (h *HTTPPodStatus) ConfigHash(ctx context.Context, pod *corev1.Pod) (string, error) {
+	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/status"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := h.Client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	var st struct {
+		ConfigHash string `json:"configHash"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&st); err != nil {
+		return "", fmt.Errorf("GET %s: %w", url, err)
+	}
+	return st.ConfigHash, nil
+}
+
+// podHTTPPort is the relay container's http port as the pod declares it, so a pod
+// from an older template is still asked on the right port; render.HTTPPort if none.
+func podHTTPPort(pod *corev1.Pod) int32 {
+	for _, c := range pod.Spec.Containers {
+		if c.Name != render.ContainerName {
+			continue
+		}
+		for _, p := range c.Ports {
+			if p.Name == render.HTTPPortName {
+				return p.ContainerPort
+			}
+		}
+	}
+	return render.HTTPPort
+}
+
+// podReady says whether a pod serves: the operator asks only such pods.
+func podReady(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil || pod.Status.PodIP == "" {
+		return false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podHashes asks every pod for its configuration hash, a few at a time; errs[i] is
+// set where hashes[i] could not be read.
+func podHashes(ctx context.Context, ps PodStatus, pods []*corev1.Pod) (hashes []string, errs []error) {
+	const parallel = 8
+	hashes, errs = make([]string, len(pods)), make([]error, len(pods))
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			hashes[i], errs[i] = ps.ConfigHash(ctx, p)
+		}()
+	}
+	wg.Wait()
+	return hashes, errs
+}

@@ -1,0 +1,80 @@
+package controllers
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/controllers/render"
+)
+
+// SmarthostReconciler reports whether each Smarthost can be used: the Secrets it names
+// exist and hold what they must, and the relay accepts its settings. Relays render
+// from the Smarthost itself; this status is for the people who write it.
+type SmarthostReconciler struct {
+	client.Client
+	// APIReader reads referenced Secrets straight from the API server, so the cache
+	// never holds Secret data.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+}
+
+func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	sh := &v1.Smarthost{}
+	if err := r.Get(ctx, req.NamespacedName, sh); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !sh.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	secrets := map[types.NamespacedName]*corev1.Secret{}
+	for _, k := range smarthostSecrets(sh) {
+		s := &corev1.Secret{}
+		switch err := r.APIReader.Get(ctx, k, s); {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return ctrl.Result{}, err
+		}
+		secrets[k] = s
+	}
+	base := sh.DeepCopy()
+	sh.Status.ObservedGeneration = sh.Generation
+	set := func(t string, status metav1.ConditionStatus, reason, msg string) {
+		apimeta.SetStatusCondition(&sh.Status.Conditions, metav1.Condition{Type: t, Status: status,
+			Reason: reason, Message: msg, ObservedGeneration: sh.Generation})
+	}
+	if problem := render.CheckSmarthost(sh, secrets); problem != nil {
+		if !conditionIs(base.Status.Conditions, v1.ReadyCondition, problem.Reason, problem.Message) {
+			r.Recorder.Eventf(sh, nil, corev1.EventTypeWarning, problem.Reason, "Check", "%s", problem.Message)
+		}
+		set(v1.ReadyCondition, metav1.ConditionFalse, problem.Reason, problem.Message)
+		set(v1.StalledCondition, metav1.ConditionTrue, problem.Reason, problem.Message)
+	} else {
+		set(v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded, "Referenced Secrets hold usable credentials and settings")
+		apimeta.RemoveStatusCondition(&sh.Status.Conditions, v1.StalledCondition)
+	}
+	apimeta.RemoveStatusCondition(&sh.Status.Conditions, v1.ReconcilingCondition)
+	return ctrl.Result{}, patchStatusIfChanged(ctx, r.Client, base, sh, base.Status, sh.Status)
+}
+
+// SetupWithManager registers the reconciler and its watches.
+func (r *SmarthostReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	m := &mapper{Client: r.Client}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1.Smarthost{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(m.smarthostsNaming), builder.OnlyMetadata).
+		Named("smarthost").
+		Complete(r)
+}
