@@ -7,7 +7,7 @@ import (
 // SmarthostSpec describes an upstream SMTP server (SES, SendGrid, Mailgun, Microsoft
 // 365, a corporate MTA) that relays deliver through.
 // +kubebuilder:validation:XValidation:rule="!has(self.auth) || self.tls.mode != 'None'",message="auth needs TLS: with tls.mode None the password would cross the network in plain text; use STARTTLS or Implicit"
-// +kubebuilder:validation:XValidation:rule="!has(self.tls.caSecretRef) || !self.tls.insecureSkipVerify",message="tls.caSecretRef and tls.insecureSkipVerify contradict each other: set one"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls.caSecretRef) || !has(self.tls.insecureSkipVerify) || !self.tls.insecureSkipVerify",message="tls.caSecretRef and tls.insecureSkipVerify contradict each other: set one"
 type SmarthostSpec struct {
 	// endpoints are tried in order: the next one only when the previous one cannot
 	// take the message (connection, TLS or AUTH failure, a 421, or a 4xx before DATA).

@@ -3,6 +3,7 @@ package v1alpha1_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -101,6 +102,29 @@ func TestDefaults(t *testing.T) {
 	}
 	if r.Spec.Replicas == nil || *r.Spec.Replicas != 2 || r.Spec.Domains.Namespaces.From != "Same" || r.Spec.NullSender != "Reject" {
 		t.Errorf("relay defaults: %+v", r.Spec)
+	}
+}
+
+// TestAccepted applies objects that leave optional fields out in ways the rules must
+// allow: a rule that reads an unset field fails to evaluate and refuses the object.
+func TestAccepted(t *testing.T) {
+	namespace(t, "good")
+	meta := metav1.ObjectMeta{Namespace: "good", GenerateName: "good-"}
+	endpoints := []v1.SmarthostEndpoint{{Host: "smtp.example.net"}}
+	objs := []client.Object{
+		&v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{Endpoints: endpoints,
+			TLS: v1.SmarthostTLS{CASecretRef: &v1.SecretKeyReference{Name: "ca"}}}},
+		&v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{Endpoints: endpoints,
+			TLS: v1.SmarthostTLS{InsecureSkipVerify: true}}},
+		&v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{Endpoints: endpoints,
+			Auth: &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}}},
+		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{Listeners: []v1.Listener{{Name: "smtp", Port: 25}}}},
+		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{Domains: v1.DomainAttachment{Namespaces: v1.DomainNamespaces{From: "All"}}}},
+	}
+	for _, o := range objs {
+		if err := env.Client.Create(ctxFor(t), o); err != nil {
+			t.Errorf("%T %s refused: %v", o, toJSON(o), err)
+		}
 	}
 }
 
@@ -226,4 +250,12 @@ func TestDomainImmutable(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot be changed") {
 		t.Fatalf("update: %v; want the immutability message", err)
 	}
+}
+
+func toJSON(o any) string {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
 }
