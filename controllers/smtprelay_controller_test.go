@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -204,6 +205,23 @@ func TestRelayReconciled(t *testing.T) {
 		}
 		return ""
 	})
+
+	// Everything the relay runs on is owned by it, and goes with it.
+	owned := []client.Object{&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "outbound-config"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "outbound-secrets"}}, &corev1.Service{}, &corev1.ServiceAccount{},
+		&appsv1.Deployment{}, &policyv1.PodDisruptionBudget{}}
+	for _, o := range owned {
+		name := o.GetName()
+		if name == "" {
+			name = relayKey.Name
+		}
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, o); err != nil {
+			t.Fatalf("%T %s: %v", o, name, err)
+		}
+		if ref := metav1.GetControllerOf(o); ref == nil || ref.UID != relay.UID || ref.Kind != "SmtpRelay" {
+			t.Errorf("%T %s is not controlled by the relay: %v", o, name, o.GetOwnerReferences())
+		}
+	}
 
 	// A new domain changes the configuration only: the pod template stays as it was.
 	template := toString(dep.Spec.Template)
