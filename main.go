@@ -40,6 +40,7 @@ func run(args []string) int {
 	var (
 		metricsAddr, probeAddr, relayImage, namespaces, logLevel string
 		leaderElect, showVersion                                 bool
+		concurrency                                              int
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables it)")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
@@ -47,8 +48,13 @@ func run(args []string) int {
 	fs.StringVar(&relayImage, "relay-image", defaultRelayImage+":"+version, "image of the relay pods, unless an SmtpRelay sets spec.image")
 	fs.StringVar(&namespaces, "namespaces", "", "comma-separated namespaces to watch (default: all)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: info or debug")
+	fs.IntVar(&concurrency, "concurrency", 4, "SmtpRelays reconciled at the same time")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if concurrency < 1 {
+		fmt.Fprintf(os.Stderr, "manager: --concurrency must be at least 1, not %d\n", concurrency)
 		return 2
 	}
 	if showVersion {
@@ -101,7 +107,7 @@ func run(args []string) int {
 		return 1
 	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := controllers.Setup(ctx, mgr, controllers.Options{RelayImage: relayImage, Hasher: render.NewDefaultHasher()}); err != nil {
+	if err := controllers.Setup(ctx, mgr, controllers.Options{RelayImage: relayImage, Hasher: render.NewDefaultHasher(), Concurrency: concurrency}); err != nil {
 		log.Error(err, "setting up the controllers")
 		return 1
 	}

@@ -20,6 +20,9 @@ type Options struct {
 	RelayImage string
 	// Hasher bcrypt-hashes client passwords.
 	Hasher render.PasswordHasher
+	// Concurrency is how many SmtpRelays are reconciled at once (default 4): a
+	// reconcile mostly waits on the API server.
+	Concurrency int
 }
 
 // Setup registers every reconciler, and the field indexes they share, with mgr. The
@@ -37,7 +40,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Hasher:    o.Hasher,
 		Pods:      &HTTPPodStatus{Client: &http.Client{Timeout: 2 * time.Second}},
 	}
-	if err := relays.SetupWithManager(mgr); err != nil {
+	if err := relays.SetupWithManager(mgr, o.Concurrency); err != nil {
 		return err
 	}
 	smarthosts := &SmarthostReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder}

@@ -21,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -450,7 +451,10 @@ func patchStatusIfChanged(ctx context.Context, c client.Client, base, obj client
 
 // SetupWithManager registers the reconciler and its watches; Setup registers the
 // field indexes they use.
-func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
+func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int) error {
+	if concurrency <= 0 {
+		concurrency = 4
+	}
 	m := &mapper{Client: r.Client}
 	return ctrl.NewControllerManagedBy(mgr).
 		// The relay's own status is written here: its status updates are not changes.
@@ -474,5 +478,6 @@ func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podRelay),
 			builder.WithPredicates(podServingChanged)).
 		Named("smtprelay").
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
 }
