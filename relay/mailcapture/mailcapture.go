@@ -5,6 +5,7 @@ package mailcapture
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -24,6 +26,8 @@ type Message struct {
 	Data []byte
 	// File is where the message was saved, if a directory was given.
 	File string
+	// User is the name the client authenticated as, if it did.
+	User string
 }
 
 // Server captures messages.
@@ -40,10 +44,20 @@ type Server struct {
 // Start listens on addr ("127.0.0.1:0" for any free port). When dir is not empty each
 // message is also written there as an .eml file, envelope first as X-Envelope-* fields.
 func Start(addr, dir string) (*Server, error) {
+	return StartTLS(addr, dir, nil)
+}
+
+// StartTLS is Start with STARTTLS offered using cfg, and, once TLS is on, AUTH PLAIN
+// accepting any credentials: enough to stand in for a smarthost that requires both.
+func StartTLS(addr, dir string, cfg *tls.Config) (*Server, error) {
 	s := &Server{dir: dir, notify: make(chan struct{})}
 	s.smtp = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
+		if cfg != nil {
+			return &authSession{session: session{s: s}}, nil
+		}
 		return &session{s: s}, nil
 	}))
+	s.smtp.TLSConfig = cfg
 	s.smtp.Domain = "capture.localhost"
 	s.smtp.ErrorLog = log.New(io.Discard, "", 0)
 	ln, err := net.Listen("tcp", addr)
@@ -111,8 +125,23 @@ func (s *Server) add(m Message) error {
 
 type session struct {
 	s    *Server
+	user string
 	from string
 	to   []string
+}
+
+// authSession offers AUTH PLAIN (go-smtp offers it only after STARTTLS).
+type authSession struct {
+	session
+}
+
+func (c *authSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+func (c *authSession) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, username, _ string) error {
+		c.user = username
+		return nil
+	}), nil
 }
 
 func (c *session) Mail(from string, _ *smtp.MailOptions) error {
@@ -130,7 +159,7 @@ func (c *session) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	return c.s.add(Message{From: c.from, To: c.to, Data: b})
+	return c.s.add(Message{From: c.from, To: c.to, Data: b, User: c.user})
 }
 
 func (c *session) Reset()        { c.from, c.to = "", nil }

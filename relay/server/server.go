@@ -38,6 +38,10 @@ type Options struct {
 	SpoolMemory int
 	// Dial, if set, is how upstream connections are made (tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ListenHost, if set, replaces the host of every listener address: a relay run
+	// outside a pod binds only 127.0.0.1 while keeping the rendered configuration, and
+	// so its hash, as it is.
+	ListenHost string
 }
 
 // Server runs the relay's listeners.
@@ -136,7 +140,16 @@ func New(l *config.Loaded, opts Options) *Server {
 func (s *Server) Listen() error {
 	g := s.current()
 	for _, lc := range g.loaded.Config.Listeners {
-		ln, err := net.Listen("tcp", lc.Address)
+		addr := lc.Address
+		if s.opts.ListenHost != "" {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				s.closeListeners()
+				return fmt.Errorf("listener %s: %w", lc.Name, err)
+			}
+			addr = net.JoinHostPort(s.opts.ListenHost, port)
+		}
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listener %s: %w", lc.Name, err)

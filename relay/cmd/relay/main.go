@@ -40,9 +40,9 @@ func main() {
 }
 
 type options struct {
-	configDir, secretsDir, httpAddr, spoolDir, logLevel string
-	check, showVersion                                  bool
-	grace, reloadInterval                               time.Duration
+	configDir, secretsDir, httpAddr, spoolDir, logLevel, listenHost string
+	check, showVersion                                              bool
+	grace, reloadInterval                                           time.Duration
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -52,6 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.configDir, "config-dir", "/etc/kuberelay/config", "directory holding relay.yaml (a mounted ConfigMap)")
 	fs.StringVar(&o.secretsDir, "secrets-dir", "/etc/kuberelay/secrets", "directory holding the secret files relay.yaml names (a mounted Secret)")
 	fs.StringVar(&o.httpAddr, "http-address", ":9090", "address for /metrics, /healthz, /readyz and /status")
+	fs.StringVar(&o.listenHost, "listen-host", "", "bind every listener to this host instead of the one in relay.yaml (e.g. 127.0.0.1 outside a pod)")
 	fs.StringVar(&o.spoolDir, "spool-dir", os.TempDir(), "directory for messages being DKIM-signed that do not fit in memory")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: info or debug")
 	fs.DurationVar(&o.grace, "shutdown-grace", 25*time.Second, "on SIGTERM, how long transactions in progress may take to finish")
@@ -125,7 +126,7 @@ func serve(o options, log logr.Logger) error {
 		return fmt.Errorf("initial configuration: %w", err)
 	}
 	m.ConfigReloads.WithLabelValues("success").Inc()
-	srv = server.New(loaded, server.Options{Log: log.WithName("smtp"), Metrics: m, SpoolDir: o.spoolDir})
+	srv = server.New(loaded, server.Options{Log: log.WithName("smtp"), Metrics: m, SpoolDir: o.spoolDir, ListenHost: o.listenHost})
 	if err := srv.Listen(); err != nil {
 		return err
 	}
