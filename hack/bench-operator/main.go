@@ -132,7 +132,7 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}()
 	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	if err := writeKubeconfig(env.Config, kubeconfig); err != nil {
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
 		return err
 	}
 

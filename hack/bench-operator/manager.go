@@ -15,9 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // managerBinary returns path made absolute, or builds the operator into dir when path
@@ -42,24 +39,6 @@ func managerBinary(ctx context.Context, path, root, dir string) (string, error) 
 		return "", fmt.Errorf("building the operator: %w", err)
 	}
 	return bin, nil
-}
-
-// writeKubeconfig writes a kubeconfig for cfg, the admin user envtest made (a client
-// certificate, or a token).
-func writeKubeconfig(cfg *rest.Config, path string) error {
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{
-		Server:                   cfg.Host,
-		CertificateAuthorityData: cfg.CAData,
-	}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{
-		ClientCertificateData: cfg.CertData,
-		ClientKeyData:         cfg.KeyData,
-		Token:                 cfg.BearerToken,
-	}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	kc.CurrentContext = "envtest"
-	return clientcmd.WriteToFile(*kc, path)
 }
 
 // manager is the operator running as a child process.
