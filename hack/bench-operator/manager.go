@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
 )
 
 // managerBinary returns path made absolute, or builds the operator into dir when path
