@@ -51,7 +51,11 @@ build: ## Build the relay and the operator (manager) binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/manager .
 
 .PHONY: run
-run: ## Run a relay locally on an embedded default configuration, delivering to a local mail capture.
+run: build envtest ## Run everything locally with no cluster: a control plane, the operator, the samples, a relay, a mail capture.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(GO) run ./hack/run -relay bin/relay
+
+.PHONY: run-relay
+run-relay: ## Run just a relay locally on a built-in configuration (no control plane), delivering to a local mail capture.
 	$(GO) run ./hack/run-relay
 
 ##@ Benchmarks
