@@ -50,6 +50,15 @@ build: ## Build the relay and the operator (manager) binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/relay ./relay/cmd/relay
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/manager .
 
+.PHONY: image
+image: build ## Build the container image as a tarball (dist/kuberelay-image.tar) from bin/, no container engine needed.
+	$(GO) run ./hack/image -manager bin/manager -relay bin/relay -version $(VERSION) -commit $(COMMIT) \
+		-created $$(git log -1 --format=%ct 2>/dev/null || date +%s) -o dist/kuberelay-image.tar
+
+.PHONY: docker-build
+docker-build: ## Build the same image with a container engine from the Dockerfile.
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t ghcr.io/kuberelay/kuberelay:$(VERSION) .
+
 .PHONY: run
 run: build envtest ## Run everything locally with no cluster: a control plane, the operator, the samples, a relay, a mail capture.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(GO) run ./hack/run -relay bin/relay
@@ -80,6 +89,16 @@ $(CONTROLLER_GEN):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $@
+
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
+HELM_VERSION ?= v3.22.0
+
+.PHONY: helm
+helm: $(HELM) ## Install the Helm client into ./bin (the chart tests run it).
+$(HELM):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $@
 
 .PHONY: help
 help: ## Show this help.
