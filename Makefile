@@ -18,9 +18,13 @@ all: build
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers.
+manifests: controller-gen ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers, and copy them into the Helm chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	@# The Helm chart carries copies, so it can never drift from what is generated here.
+	rm -f charts/kuberelay/files/crds/*.yaml
+	cp config/crd/bases/*.yaml charts/kuberelay/files/crds/
+	cp config/rbac/role.yaml charts/kuberelay/files/rbac/role.yaml
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods for the API types.
@@ -35,8 +39,8 @@ vet: ## Run go vet.
 	$(GO) vet ./...
 
 .PHONY: test
-test: manifests generate fmt-check vet envtest ## Run every test (needs postfix and swaks: see .ci/run).
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(GO) test -race -count=1 ./...
+test: manifests generate fmt-check vet envtest helm ## Run every test (needs postfix and swaks: see .ci/run).
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" HELM="$(HELM)" $(GO) test -race -count=1 ./...
 
 .PHONY: fmt-check
 fmt-check:
