@@ -18,13 +18,14 @@ all: build
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers, and copy them into the Helm chart.
+manifests: controller-gen ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers, copy them into the Helm chart, and write docs/api.md.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	@# The Helm chart carries copies, so it can never drift from what is generated here.
 	rm -f charts/kuberelay/files/crds/*.yaml
 	cp config/crd/bases/*.yaml charts/kuberelay/files/crds/
 	cp config/rbac/role.yaml charts/kuberelay/files/rbac/role.yaml
+	$(GO) run ./hack/api-docs -o docs/api.md config/crd/bases/*.yaml
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods for the API types.
