@@ -103,12 +103,12 @@ func warningEvent(ns, regarding, reason string) func() string {
 
 func TestSmarthostStatus(t *testing.T) {
 	startManager(t)
-	ns := "smarthost-status"
+	ns := namespace(t, "smarthost-status")
 	sh := &v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: v1.SmarthostSpec{
 		Endpoints: []v1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
 		TLS:       v1.SmarthostTLS{CASecretRef: &v1.SecretKeyReference{Name: "ca"}},
 		Auth:      &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}}}
-	create(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, sh)
+	create(t, sh)
 	conds := func() []metav1.Condition { return sh.Status.Conditions }
 
 	eventually(t, condition(t, sh, conds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonSecretNotFound))
@@ -160,10 +160,8 @@ func TestSmarthostStatus(t *testing.T) {
 func TestDomainAttachment(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
-	relayNS, teamNS := "attach-mail", "attach-team"
+	relayNS, teamNS := namespace(t, "attach-mail"), namespace(t, "attach-team")
 	create(t,
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: relayNS}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: teamNS}},
 		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: relayNS}, Spec: v1.SmarthostSpec{
 			Endpoints: []v1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: v1.SmarthostTLS{Mode: v1.TLSNone}}},
 	)
@@ -260,9 +258,8 @@ func TestDomainAttachment(t *testing.T) {
 func TestChangesReachTheConfig(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
-	ns := "changes"
+	ns := namespace(t, "changes")
 	create(t,
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
@@ -448,12 +445,11 @@ func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 func TestConfigAppliedAndCurrent(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
-	ns := "applied"
+	ns := namespace(t, "applied")
 	one := int32(1)
 	relay := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: v1.SmtpRelaySpec{
 		Replicas: &one, AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &v1.LocalObjectReference{Name: "mta"}}}
 	create(t,
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
 		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: ns}, Spec: v1.SmarthostSpec{
 			Endpoints: []v1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: v1.SmarthostTLS{Mode: v1.TLSNone}}},
 		relay)

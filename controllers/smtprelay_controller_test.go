@@ -66,6 +66,17 @@ func fixture(t *testing.T, name string) []byte {
 	return b
 }
 
+// namespace creates a namespace with a fresh name, so a test can run again against
+// the same control plane (-count): envtest never finishes deleting a namespace.
+func namespace(t *testing.T, prefix string) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
+	if err := env.Client.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
 func create(t *testing.T, objs ...client.Object) {
 	t.Helper()
 	for _, o := range objs {
@@ -95,9 +106,8 @@ func eventually(t *testing.T, cond func() string) {
 func TestRelayReconciled(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
-	ns := "reconcile"
+	ns := namespace(t, "reconcile")
 	create(t,
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ses-creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,

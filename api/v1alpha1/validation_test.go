@@ -41,6 +41,15 @@ func namespace(t *testing.T, name string) {
 	}
 }
 
+// deleteAfter removes obj when the test ends, so the test can run again (-count).
+func deleteAfter(t *testing.T, obj client.Object) {
+	t.Cleanup(func() {
+		if err := env.Client.Delete(context.Background(), obj); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("deleting %s: %v", obj.GetName(), err)
+		}
+	})
+}
+
 // The samples describe a realistic setup and must apply as they are.
 func TestSamplesApply(t *testing.T) {
 	namespace(t, "mail")
@@ -75,6 +84,8 @@ func TestSamplesApply(t *testing.T) {
 			}
 			if err := env.Client.Create(ctxFor(t), &u); err != nil {
 				t.Errorf("%s: %s %s: %v", filepath.Base(f), u.GetKind(), u.GetName(), err)
+			} else {
+				deleteAfter(t, &u)
 			}
 			kinds[u.GetKind()]++
 		}
@@ -93,6 +104,7 @@ func TestDefaults(t *testing.T) {
 	if err := env.Client.Create(ctx, sh); err != nil {
 		t.Fatal(err)
 	}
+	deleteAfter(t, sh)
 	if sh.Spec.TLS.Mode != v1.TLSStartTLS || sh.Spec.Endpoints[0].Port != 587 || sh.Spec.MaxConnections != 10 {
 		t.Errorf("smarthost defaults: tls %q, port %d, maxConnections %d", sh.Spec.TLS.Mode, sh.Spec.Endpoints[0].Port, sh.Spec.MaxConnections)
 	}
@@ -100,6 +112,7 @@ func TestDefaults(t *testing.T) {
 	if err := env.Client.Create(ctx, r); err != nil {
 		t.Fatal(err)
 	}
+	deleteAfter(t, r)
 	if r.Spec.Replicas == nil || *r.Spec.Replicas != 2 || r.Spec.Domains.Namespaces.From != "Same" || r.Spec.NullSender != "Reject" {
 		t.Errorf("relay defaults: %+v", r.Spec)
 	}
@@ -245,6 +258,7 @@ func TestDomainImmutable(t *testing.T) {
 	if err := env.Client.Create(ctx, d); err != nil {
 		t.Fatal(err)
 	}
+	deleteAfter(t, d)
 	d.Spec.Domain = "example.org"
 	err := env.Client.Update(ctx, d)
 	if err == nil || !strings.Contains(err.Error(), "cannot be changed") {

@@ -44,6 +44,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
@@ -169,7 +170,9 @@ func (r *Run) startManager(o Options) error {
 	}
 	ctrl.SetLogger(log)
 	mgr, err := ctrl.NewManager(r.Env.Config, ctrl.Options{Scheme: testenv.Scheme, Cache: controllers.CacheOptions(nil),
-		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0", Logger: log})
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0", Logger: log,
+		// Tests start one run after another in a process; their controllers share names.
+		Controller: crconfig.Controller{SkipNameValidation: ptr(true)}})
 	if err != nil {
 		return err
 	}
@@ -526,3 +529,5 @@ func ed25519Key() ([]byte, error) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b}), nil
 }
+
+func ptr[T any](v T) *T { return &v }
