@@ -88,6 +88,10 @@ bench-operator: build envtest ## Time the operator rendering 200 relays x 5 doma
 envtest: ## Build kube-apiserver, etcd and kubectl for envtest from the Go module proxy (cached in ~/.cache/kuberelay).
 	@hack/envtest-assets >/dev/null
 
+.PHONY: cluster-assets
+cluster-assets: ## Build the binaries of a one-node cluster (kubelet, kube-proxy, ...) from the Go module proxy (cached in ~/.cache/kuberelay).
+	@hack/kube-assets cluster >/dev/null
+
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into ./bin.
 $(CONTROLLER_GEN):
