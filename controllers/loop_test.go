@@ -494,6 +494,18 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 	if got := kstatus(relay, relay.Status.ObservedGeneration, relay.Status.Conditions); got != "InProgress" {
 		t.Errorf("kstatus while a pod runs an older configuration: %s", got)
 	}
+	// The pod is stamped with the new hash, which makes a kubelet refresh its mounted
+	// files at once; its spec, and so the container, is untouched.
+	podObj := &corev1.Pod{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: pod.name}, podObj); err != nil {
+			return err.Error()
+		}
+		if got := podObj.Annotations["relay.kuberelay.io/config-hash"]; got != relay.Status.ConfigHash {
+			return fmt.Sprintf("pod annotated with %q, want %q", got, relay.Status.ConfigHash)
+		}
+		return ""
+	})
 	// The kubelet delivers the new files and the relay reloads them.
 	pod.load(t)
 	eventually(t, condition(t, relay, relayConds, v1.ConfigAppliedCondition, metav1.ConditionTrue, v1.ReasonConfigApplied))
