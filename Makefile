@@ -92,6 +92,14 @@ envtest: ## Build kube-apiserver, etcd and kubectl for envtest from the Go modul
 cluster-assets: ## Build the binaries of a one-node cluster (kubelet, kube-proxy, ...) from the Go module proxy (cached in ~/.cache/kuberelay).
 	@hack/kube-assets cluster >/dev/null
 
+.PHONY: cluster-up
+cluster-up: cluster-assets image ## Start a one-node cluster on this machine (root; apt: containerd runc containernetworking-plugins iptables) with the kuberelay image imported.
+	GO="$(GO)" hack/cluster/cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the one-node cluster and undo its changes to the host (logs stay in ~/.cache/kuberelay/cluster-state/logs).
+	hack/cluster/cluster down
+
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into ./bin.
 $(CONTROLLER_GEN):

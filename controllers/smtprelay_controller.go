@@ -46,10 +46,15 @@ type SmtpRelayReconciler struct {
 	Pods PodStatus
 }
 
-// configPollInterval is how often pods are asked again while some still run an older
-// configuration: the kubelet updates mounted ConfigMaps on its own schedule, and
-// nothing else tells the operator when a pod has reloaded.
-const configPollInterval = 5 * time.Second
+// While some ready pods still run an older configuration they are asked again: every
+// configPollFast for the first configPollFastFor of the wait (a pod reloads within a
+// second of its kubelet updating the files), then every configPollSlow, so a pod that
+// never converges costs little. Nothing else tells the operator when a pod reloaded.
+const (
+	configPollFast    = time.Second
+	configPollFastFor = 30 * time.Second
+	configPollSlow    = 10 * time.Second
+)
 
 // configHashAnnotation on a relay pod holds the hash of the configuration the
 // operator last rendered for it (see stampPod).
@@ -243,7 +248,12 @@ func (r *SmtpRelayReconciler) reconcilePods(ctx context.Context, s *relayScope) 
 	s.applied = a
 	if a.converged < a.ready {
 		log.FromContext(ctx).V(1).Info("waiting for pods to load the configuration", "hash", s.result.Hash, "problems", a.problems)
-		return ctrl.Result{RequeueAfter: configPollInterval}, nil
+		after := configPollSlow
+		if c := apimeta.FindStatusCondition(s.relay.Status.Conditions, v1.ConfigAppliedCondition); c == nil ||
+			c.Status == metav1.ConditionTrue || time.Since(c.LastTransitionTime.Time) < configPollFastFor {
+			after = configPollFast
+		}
+		return ctrl.Result{RequeueAfter: after}, nil
 	}
 	return ctrl.Result{}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -91,6 +92,16 @@ func Build(o Options) error {
 		Env:        []string{"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"},
 	})
 	if err != nil {
+		return err
+	}
+	// The platform: a runtime refuses an image whose os and architecture are unset.
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return err
 	}
 	img, err = mutate.CreatedAt(img, containerv1.Time{Time: o.Created})

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -60,8 +61,8 @@ func TestImage(t *testing.T) {
 			t.Errorf("label %s = %q, want %q", k, c.Labels[k], v)
 		}
 	}
-	if cf.OS != "linux" && cf.OS != "" {
-		t.Errorf("os %q", cf.OS)
+	if cf.OS != "linux" || cf.Architecture != runtime.GOARCH {
+		t.Errorf("platform %s/%s, want linux/%s", cf.OS, cf.Architecture, runtime.GOARCH)
 	}
 
 	// The files, extracted as a runtime would.
