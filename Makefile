@@ -96,6 +96,10 @@ cluster-assets: ## Build the binaries of a one-node cluster (kubelet, kube-proxy
 cluster-up: cluster-assets image ## Start a one-node cluster on this machine (root; apt: containerd runc containernetworking-plugins iptables) with the kuberelay image imported.
 	GO="$(GO)" hack/cluster/cluster up
 
+.PHONY: e2e
+e2e: cluster-assets helm image ## End to end on a one-node cluster (root; apt: containerd runc containernetworking-plugins iptables): install, mail, DKIM, hot reloads, deletion.
+	$(GO) run ./hack/e2e -skip-image -helm $(HELM)
+
 .PHONY: cluster-down
 cluster-down: ## Stop the one-node cluster and undo its changes to the host (logs stay in ~/.cache/kuberelay/cluster-state/logs).
 	hack/cluster/cluster down
