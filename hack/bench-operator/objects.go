@@ -2,18 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/internal/testcerts"
 )
 
 const (
@@ -47,7 +39,7 @@ type plan struct {
 func (p *plan) count() int { return len(p.namespaces) + len(p.inputs) + len(p.relays) }
 
 func buildPlan(o options) (*plan, error) {
-	certPEM, keyPEM, err := selfSigned()
+	certPEM, keyPEM, err := testcerts.SelfSigned("relay.bench.example.com")
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +84,7 @@ func buildPlan(o options) (*plan, error) {
 			}}
 			if j == 0 && i%dkimEvery == 0 {
 				p.dkimDomains++
-				keyPEM, err := ed25519Key()
+				keyPEM, err := testcerts.Ed25519Key()
 				if err != nil {
 					return nil, err
 				}
@@ -153,44 +145,4 @@ func createAll(ctx context.Context, c client.Client, objs []client.Object, worke
 		return firstErr
 	}
 	return ctx.Err()
-}
-
-// selfSigned makes the relays' server certificate: ECDSA P-256, PEM, PKCS#8 key.
-func selfSigned() (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "relay.bench.example.com"},
-		DNSNames:     []string{"relay.bench.example.com"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
-}
-
-// ed25519Key makes a DKIM key, PEM PKCS#8.
-func ed25519Key() ([]byte, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }

@@ -17,14 +17,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -32,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -43,6 +37,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
+	"github.com/kuberelay/kuberelay/internal/testcerts"
 	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
@@ -299,12 +294,12 @@ func (s relayStatus) String() string {
 
 func (e *e2e) scenario() {
 	caPEM := e.captureCA()
-	relayCert, relayKey, err := selfSigned(relayName + "." + ns + ".svc")
+	relayCert, relayKey, err := testcerts.SelfSigned(relayName + "." + ns + ".svc")
 	if err != nil {
 		e.check("setup: relay certificate", err)
 		return
 	}
-	dkimKey, err := ed25519Key()
+	dkimKey, err := testcerts.Ed25519Key()
 	if err != nil {
 		e.check("setup: DKIM key", err)
 		return
@@ -523,7 +518,7 @@ stringData: {username: %s, password: %s}
 		}
 		return nil
 	})
-	newCert, newKey, err := selfSigned(relayName + "." + ns + ".svc")
+	newCert, newKey, err := testcerts.SelfSigned(relayName + "." + ns + ".svc")
 	if err != nil {
 		e.check("renewed relay certificate", err)
 		return
@@ -1070,74 +1065,17 @@ func (e *e2e) captureCA() []byte { return captureCAPEM }
 // startCapture starts the capture smarthost with STARTTLS, its certificate issued
 // for the node IP by a CA of its own (captureCAPEM).
 func startCapture(addr string) (*mailcapture.Server, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kuberelay e2e capture CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testcerts.NewCA("kuberelay e2e capture CA")
 	if err != nil {
 		return nil, err
 	}
 	host, _, _ := net.SplitHostPort(addr)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(host)},
-		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	cfg, err := ca.ServerTLS(host)
 	if err != nil {
 		return nil, err
 	}
-	captureCAPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	captureCAPEM = ca.PEM
 	return mailcapture.StartTLS(addr, "", cfg)
-}
-
-// selfSigned makes a self-signed certificate and key (PEM) for the relay's listeners.
-func selfSigned(host string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), DNSNames: []string{host},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), nil
-}
-
-// ed25519Key makes a DKIM signing key (PKCS #8 PEM).
-func ed25519Key() ([]byte, error) {
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	b, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b}), nil
 }
 
 // --- under load ------------------------------------------------------------------

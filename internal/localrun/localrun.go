@@ -11,19 +11,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -50,6 +41,7 @@ import (
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers"
 	"github.com/kuberelay/kuberelay/controllers/render"
+	"github.com/kuberelay/kuberelay/internal/testcerts"
 	"github.com/kuberelay/kuberelay/internal/testenv"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/kubeletdir"
@@ -132,7 +124,11 @@ func Start(ctx context.Context, o Options) (_ *Run, err error) {
 
 	// The capture smarthost speaks STARTTLS with a certificate from a CA of our own,
 	// which the Smarthost trusts through caSecretRef, as a real one would.
-	ca, captureTLS, err := captureCertificates()
+	ca, err := testcerts.NewCA("kuberelay local capture CA")
+	if err != nil {
+		return nil, err
+	}
+	captureTLS, err := ca.ServerTLS("127.0.0.1", "localhost")
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +139,7 @@ func Start(ctx context.Context, o Options) (_ *Run, err error) {
 	if err := r.startManager(o); err != nil {
 		return nil, err
 	}
-	if err := r.applySamples(ctx, o.Samples, ca); err != nil {
+	if err := r.applySamples(ctx, o.Samples, ca.PEM); err != nil {
 		return nil, err
 	}
 	if err := r.syncOnce(ctx, true); err != nil {
@@ -194,11 +190,11 @@ func (r *Run) applySamples(ctx context.Context, dir string, captureCAPEM []byte)
 	if err != nil {
 		return err
 	}
-	relayCert, relayKey, err := selfSigned("localhost")
+	relayCert, relayKey, err := testcerts.SelfSigned("localhost", "127.0.0.1")
 	if err != nil {
 		return err
 	}
-	dkimKey, err := ed25519Key()
+	dkimKey, err := testcerts.Ed25519Key()
 	if err != nil {
 		return err
 	}
@@ -463,71 +459,6 @@ func (r *Run) Stop() {
 	if r.Env != nil {
 		_ = r.Env.Stop()
 	}
-}
-
-// captureCertificates makes a CA and a certificate it signs for 127.0.0.1, and returns
-// the CA's PEM and the capture server's TLS configuration.
-func captureCertificates() ([]byte, *tls.Config, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kuberelay local capture CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), cfg, nil
-}
-
-// selfSigned makes a self-signed certificate and key (PEM) for the relay's listeners.
-func selfSigned(host string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		DNSNames: []string{host}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), nil
-}
-
-// ed25519Key makes a DKIM signing key (PKCS #8 PEM).
-func ed25519Key() ([]byte, error) {
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	b, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b}), nil
 }
 
 func ptr[T any](v T) *T { return &v }
