@@ -1,6 +1,7 @@
 package controllers_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
-	"github.com/kuberelay/kuberelay/controllers/render"
+	"github.com/kuberelay/kuberelay/internal/testenv"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
 
@@ -338,7 +339,7 @@ func TestChangesReachTheConfig(t *testing.T) {
 	if l := rendered("a RelayDomain change"); len(l.Config.Domains[0].AllowedSenders) != 1 {
 		t.Errorf("domain after the change: %+v", l.Config.Domains[0])
 	}
-	if l, _ := loadRendered(ns, "relay"); !bytesEqual(l.PasswordHashes["app"], hashBefore) {
+	if l, _ := loadRendered(ns, "relay"); !bytes.Equal(l.PasswordHashes["app"], hashBefore) {
 		t.Error("the client password was re-hashed although it did not change")
 	}
 
@@ -357,7 +358,7 @@ func TestChangesReachTheConfig(t *testing.T) {
 		t.Errorf("the relay Secret does not hold the rotated upstream password")
 	}
 	rotate("app", map[string][]byte{"password": []byte("client-pw-2")})
-	if l := rendered("a client password rotation"); bytesEqual(l.PasswordHashes["app"], hashBefore) {
+	if l := rendered("a client password rotation"); bytes.Equal(l.PasswordHashes["app"], hashBefore) {
 		t.Error("the rotated client password was not re-hashed")
 	}
 	rotate("tls", map[string][]byte{"tls.crt": fixture(t, "relay-tls-renewed.crt"), "tls.key": fixture(t, "relay-tls-renewed.key")})
@@ -434,8 +435,6 @@ func loadRendered(ns, relay string) (*config.Loaded, string) {
 	}
 	return l, ""
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // TestConfigAppliedAndCurrent plays the parts envtest does not run: the Deployment
 // controller (its status) and a relay pod, which serves /status with the hash the
@@ -568,19 +567,7 @@ func startRelayPod(t *testing.T, ns string, relay *v1.SmtpRelay, dep *appsv1.Dep
 	_, portStr, _ := net.SplitHostPort(p.srv.Listener.Addr().String())
 	port, _ := strconv.Atoi(portStr)
 
-	spec := *dep.Spec.Template.Spec.DeepCopy()
-	for i := range spec.Containers {
-		for j := range spec.Containers[i].Ports {
-			if spec.Containers[i].Ports[j].Name == render.HTTPPortName {
-				spec.Containers[i].Ports[j].ContainerPort = int32(port)
-			}
-		}
-	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: ns, Labels: dep.Spec.Template.Labels}, Spec: spec}
-	create(t, pod)
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
-		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
-	if err := env.Client.Status().Update(ctx, pod); err != nil {
+	if _, err := testenv.StartRelayPod(ctx, env.Client, dep, p.name, int32(port)); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -4,6 +4,8 @@ import (
 	"context"
 
 	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -45,16 +47,19 @@ func (m *mapper) domainRelay(_ context.Context, o client.Object) []reconcile.Req
 	return []reconcile.Request{{NamespacedName: domainRelay(d)}}
 }
 
-// relaysNaming enqueues the relays whose index field names o.
-func (m *mapper) relaysNaming(ctx context.Context, field string, o client.Object) []reconcile.Request {
-	var list v1.SmtpRelayList
-	if !m.list(ctx, &list, field, o) {
+// naming lists the objects of list's kind whose index field names o, and enqueues
+// each of them.
+func (m *mapper) naming(ctx context.Context, list client.ObjectList, field string, o client.Object) []reconcile.Request {
+	if !m.list(ctx, list, field, o) {
 		return nil
 	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for _, r := range list.Items {
-		reqs = append(reqs, request(r.Namespace, r.Name))
-	}
+	var reqs []reconcile.Request
+	_ = apimeta.EachListItem(list, func(item runtime.Object) error {
+		if obj, ok := item.(client.Object); ok {
+			reqs = append(reqs, request(obj.GetNamespace(), obj.GetName()))
+		}
+		return nil
+	})
 	return reqs
 }
 
@@ -74,13 +79,13 @@ func (m *mapper) relaysOfDomainsNaming(ctx context.Context, field string, o clie
 // smarthostRelays: a Smarthost enqueues the relays that route through it, by default
 // or for one of their domains.
 func (m *mapper) smarthostRelays(ctx context.Context, o client.Object) []reconcile.Request {
-	return append(m.relaysNaming(ctx, indexRelaySmarthost, o), m.relaysOfDomainsNaming(ctx, indexDomainSmarthost, o)...)
+	return append(m.naming(ctx, &v1.SmtpRelayList{}, indexRelaySmarthost, o), m.relaysOfDomainsNaming(ctx, indexDomainSmarthost, o)...)
 }
 
 // secretRelays: a Secret enqueues the relays that read it, directly, through a DKIM
 // key of one of their domains, or through a Smarthost they use.
 func (m *mapper) secretRelays(ctx context.Context, o client.Object) []reconcile.Request {
-	reqs := append(m.relaysNaming(ctx, indexRelaySecret, o), m.relaysOfDomainsNaming(ctx, indexDomainSecret, o)...)
+	reqs := append(m.naming(ctx, &v1.SmtpRelayList{}, indexRelaySecret, o), m.relaysOfDomainsNaming(ctx, indexDomainSecret, o)...)
 	var shs v1.SmarthostList
 	if !m.list(ctx, &shs, indexSmarthostSecret, o) {
 		return reqs
@@ -91,63 +96,50 @@ func (m *mapper) secretRelays(ctx context.Context, o client.Object) []reconcile.
 	return reqs
 }
 
+// crossNamespaceDomains are the domains in namespace ns that name a relay in another
+// namespace: whether they may attach depends on ns's labels.
+func (m *mapper) crossNamespaceDomains(ctx context.Context, ns string) []v1.RelayDomain {
+	var list v1.RelayDomainList
+	if err := m.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", ns)
+		return nil
+	}
+	var out []v1.RelayDomain
+	for _, d := range list.Items {
+		if domainRelay(&d).Namespace != ns {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // namespaceRelays: a Namespace's labels decide which relays with a namespace
 // selector accept its domains, so it enqueues the relays its domains name.
 func (m *mapper) namespaceRelays(ctx context.Context, o client.Object) []reconcile.Request {
-	var list v1.RelayDomainList
-	if err := m.List(ctx, &list, client.InNamespace(o.GetName())); err != nil {
-		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", o.GetName())
-		return nil
-	}
 	var reqs []reconcile.Request
-	for i := range list.Items {
-		if r := domainRelay(&list.Items[i]); r.Namespace != o.GetName() {
-			reqs = append(reqs, reconcile.Request{NamespacedName: r})
-		}
+	for _, d := range m.crossNamespaceDomains(ctx, o.GetName()) {
+		reqs = append(reqs, reconcile.Request{NamespacedName: domainRelay(&d)})
 	}
 	return reqs
 }
 
 // namespaceDomains: a Namespace enqueues its domains that name a relay elsewhere.
 func (m *mapper) namespaceDomains(ctx context.Context, o client.Object) []reconcile.Request {
-	var list v1.RelayDomainList
-	if err := m.List(ctx, &list, client.InNamespace(o.GetName())); err != nil {
-		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", o.GetName())
-		return nil
-	}
 	var reqs []reconcile.Request
-	for _, d := range list.Items {
-		if domainRelay(&d).Namespace != d.Namespace {
-			reqs = append(reqs, request(d.Namespace, d.Name))
-		}
+	for _, d := range m.crossNamespaceDomains(ctx, o.GetName()) {
+		reqs = append(reqs, request(d.Namespace, d.Name))
 	}
 	return reqs
 }
 
 // relayDomains: an SmtpRelay enqueues the domains that name it.
 func (m *mapper) relayDomains(ctx context.Context, o client.Object) []reconcile.Request {
-	var list v1.RelayDomainList
-	if !m.list(ctx, &list, indexDomainRelay, o) {
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for _, d := range list.Items {
-		reqs = append(reqs, request(d.Namespace, d.Name))
-	}
-	return reqs
+	return m.naming(ctx, &v1.RelayDomainList{}, indexDomainRelay, o)
 }
 
 // smarthostsNaming: a Secret enqueues the Smarthosts that name it.
 func (m *mapper) smarthostsNaming(ctx context.Context, o client.Object) []reconcile.Request {
-	var list v1.SmarthostList
-	if !m.list(ctx, &list, indexSmarthostSecret, o) {
-		return nil
-	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
-	for _, sh := range list.Items {
-		reqs = append(reqs, request(sh.Namespace, sh.Name))
-	}
-	return reqs
+	return m.naming(ctx, &v1.SmarthostList{}, indexSmarthostSecret, o)
 }
 
 // podRelay: a relay pod enqueues its relay, found by its instance label.

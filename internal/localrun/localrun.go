@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -198,7 +197,7 @@ func (r *Run) applySamples(ctx context.Context, dir string, captureCAPEM []byte)
 	if err != nil {
 		return err
 	}
-	port := r.Capture.Addr()[strings.LastIndex(r.Capture.Addr(), ":")+1:]
+	_, port, _ := net.SplitHostPort(r.Capture.Addr())
 	capturePort, _ := strconv.Atoi(port)
 	objs = append([]client.Object{
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}},
@@ -347,21 +346,7 @@ func (r *Run) playWorkload(ctx context.Context) error {
 	if err := r.Env.Client.Get(ctx, podKey, pod); apierrors.IsNotFound(err) {
 		_, port, _ := net.SplitHostPort(r.HTTPAddress)
 		httpPort, _ := strconv.Atoi(port)
-		spec := *dep.Spec.Template.Spec.DeepCopy()
-		for i := range spec.Containers {
-			for j := range spec.Containers[i].Ports {
-				if spec.Containers[i].Ports[j].Name == render.HTTPPortName {
-					spec.Containers[i].Ports[j].ContainerPort = int32(httpPort)
-				}
-			}
-		}
-		pod = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: podKey.Name, Namespace: Namespace, Labels: dep.Spec.Template.Labels}, Spec: spec}
-		if err := r.Env.Client.Create(ctx, pod); err != nil {
-			return err
-		}
-		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
-			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
-		if err := r.Env.Client.Status().Update(ctx, pod); err != nil {
+		if _, err := testenv.StartRelayPod(ctx, r.Env.Client, dep, podKey.Name, int32(httpPort)); err != nil {
 			return err
 		}
 	} else if err != nil {

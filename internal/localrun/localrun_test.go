@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -162,7 +161,8 @@ func freePort(t *testing.T) string {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().String()[strings.LastIndex(l.Addr().String(), ":")+1:]
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
 }
 
 // waitFor polls cond until it returns "" or a bound passes.

@@ -6,6 +6,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,9 @@ import (
 	"sync"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -23,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/controllers/render"
 )
 
 // Scheme knows the built-in kinds and kuberelay's.
@@ -149,4 +154,26 @@ func (e *Env) WriteKubeconfig(path string) error {
 	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
 	kc.CurrentContext = "envtest"
 	return clientcmd.WriteToFile(*kc, path)
+}
+
+// StartRelayPod plays the Deployment controller and the kubelet, which envtest does
+// not run, for one relay pod: it creates a Pod named name from dep's template whose
+// http container port is httpPort, and marks it running and ready at 127.0.0.1, so
+// that the operator asks a local server on httpPort for the pod's configuration.
+func StartRelayPod(ctx context.Context, c client.Client, dep *appsv1.Deployment, name string, httpPort int32) (*corev1.Pod, error) {
+	spec := *dep.Spec.Template.Spec.DeepCopy()
+	for i := range spec.Containers {
+		for j := range spec.Containers[i].Ports {
+			if spec.Containers[i].Ports[j].Name == render.HTTPPortName {
+				spec.Containers[i].Ports[j].ContainerPort = httpPort
+			}
+		}
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: dep.Namespace, Labels: dep.Spec.Template.Labels}, Spec: spec}
+	if err := c.Create(ctx, pod); err != nil {
+		return nil, err
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+	return pod, c.Status().Update(ctx, pod)
 }

@@ -7,21 +7,15 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	containerv1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/kuberelay/kuberelay/internal/ociimage"
 )
 
 // Image names; hack/cluster/cluster uses the same.
@@ -69,56 +63,11 @@ func build(pauseBin, checkBin, out string) error {
 		}
 		refs[ref] = img
 	}
-	return write(out, refs)
+	return ociimage.Write(out, refs)
 }
 
 // binaryImage is one layer holding bin as /path, its entrypoint.
 func binaryImage(bin, path string) (containerv1.Image, error) {
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: path, Mode: 0o555, Size: int64(len(b)), ModTime: epoch}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(b); err != nil {
-		return nil, err
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777, ModTime: epoch}); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	data := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Created = containerv1.Time{Time: epoch}
-	cf.Config = containerv1.Config{Entrypoint: []string{"/" + path}, WorkingDir: "/"}
-	return mutate.ConfigFile(img, cf)
-}
-
-func write(out string, refs map[name.Reference]containerv1.Image) error {
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return err
-	}
-	tmp := out + ".tmp"
-	if err := tarball.MultiRefWriteToFile(tmp, refs); err != nil {
-		return err
-	}
-	return os.Rename(tmp, out)
+	return ociimage.Image([]ociimage.File{{Path: path, Source: bin, Mode: 0o555}}, epoch,
+		containerv1.Config{Entrypoint: []string{"/" + path}, WorkingDir: "/"})
 }
