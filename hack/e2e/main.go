@@ -905,6 +905,9 @@ func (e *e2e) teardown() {
 			e.logf("helm uninstall: %v %s", err, out)
 		}
 	}
+	if len(e.failed) > 0 && e.state != "" {
+		e.componentLogs()
+	}
 	if e.clusterStarted {
 		t := time.Now()
 		if out, err := e.cmd(3*time.Minute, "", "hack/cluster/cluster", "down"); err != nil {
@@ -913,6 +916,27 @@ func (e *e2e) teardown() {
 			e.time("cluster down", time.Since(t))
 		}
 	}
+}
+
+// componentLogs prints the end of each cluster component's log, so a failed run
+// (in CI, on a machine that is gone by the time anyone looks) explains itself.
+func (e *e2e) componentLogs() {
+	files, _ := filepath.Glob(filepath.Join(e.state, "logs", "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		fmt.Printf("--- %s (last lines)\n%s\n", f, lastLines(string(b), 25))
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func (e *e2e) summary() {
