@@ -30,14 +30,20 @@ type trackedConn struct {
 
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	var ne net.Error
-	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+	if err != nil && isTimeout(err) {
 		// After a read timeout the client's remaining bytes are unknown (the rest of a
 		// message, perhaps): whatever the SMTP library replies next is the last thing this
 		// connection carries, so nothing the client sent late is read as a command.
 		c.closeAfterWrite.Store(true)
 	}
 	return n, err
+}
+
+// isTimeout is kept out of Read so that its error target does not escape to the heap
+// on every read.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {

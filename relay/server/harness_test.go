@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 	"golang.org/x/crypto/bcrypt"
 
@@ -135,6 +136,13 @@ func selfSigned(t testing.TB, cn string) (certPEM, keyPEM []byte) {
 
 func startRelay(t testing.TB, yaml string, secrets map[string][]byte) *relayEnv {
 	t.Helper()
+	return startRelayLog(t, yaml, secrets, logr.Logger{})
+}
+
+// startRelayLog is startRelay with the relay's log going to log instead (benchmarks
+// log as the relay binary does, not through the test log).
+func startRelayLog(t testing.TB, yaml string, secrets map[string][]byte, log logr.Logger) *relayEnv {
+	t.Helper()
 	dir := t.TempDir()
 	e := &relayEnv{t: t, configDir: filepath.Join(dir, "config"), secretsDir: filepath.Join(dir, "secrets"),
 		secrets: secrets, metrics: metrics.New(), applied: make(chan string, 64)}
@@ -146,7 +154,9 @@ func startRelay(t testing.TB, yaml string, secrets map[string][]byte) *relayEnv 
 	}
 	// Logs go to the test output and to a buffer that tests search for leaked secrets.
 	e.logs = &syncBuffer{}
-	log := funcr.NewJSON(func(obj string) { t.Log(obj); e.logs.WriteString(obj + "\n") }, funcr.Options{})
+	if log.GetSink() == nil {
+		log = funcr.NewJSON(func(obj string) { t.Log(obj); e.logs.WriteString(obj + "\n") }, funcr.Options{})
+	}
 	e.watcher = &reload.Watcher{ConfigDir: e.configDir, SecretsDir: e.secretsDir, Log: log, Metrics: e.metrics,
 		Interval: time.Hour, Apply: func(l *config.Loaded) {
 			_ = e.srv.Apply(l)

@@ -6,10 +6,10 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -206,7 +206,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if at := strings.LastIndexByte(from, '@'); at >= 0 {
 		s.domain = strings.ToLower(strings.TrimSuffix(from[at+1:], "."))
 	}
-	s.queueID = fmt.Sprintf("%s.%d", s.id, s.seq)
+	s.queueID = s.id + "." + strconv.Itoa(s.seq)
 	s.tx = pool.Begin(s.ctx, from, &smtp.MailOptions{Body: opts.Body})
 	s.rcptOK, s.rcptSeen = 0, 0
 	return nil

@@ -48,6 +48,35 @@ type conn struct {
 	// before the next MAIL. Other transactions (aborted before or during DATA) are
 	// RSET (section 4.1.1.5) before the connection is reused.
 	ended bool
+
+	// watched is the context whose end closes raw while a transaction uses the
+	// connection; stopWatch undoes that. One registration serves every command of a
+	// transaction (and of the session's next ones), instead of one per command.
+	watched   context.Context
+	stopWatch func() bool
+}
+
+// watch makes the end of ctx close the connection, which unblocks any read or write.
+func (cn *conn) watch(ctx context.Context) {
+	if cn.stopWatch != nil && cn.watched == ctx {
+		return
+	}
+	cn.unwatch()
+	cn.watched = ctx
+	raw := cn.raw
+	cn.stopWatch = context.AfterFunc(ctx, func() { raw.Close() })
+}
+
+// unwatch undoes watch, before the connection goes back to the pool or away. If the
+// context already ended, the connection is (being) closed: it is marked broken.
+func (cn *conn) unwatch() {
+	if cn.stopWatch == nil {
+		return
+	}
+	if !cn.stopWatch() {
+		cn.broken = true
+	}
+	cn.stopWatch, cn.watched = nil, nil
 }
 
 // dial opens, secures, greets and authenticates a new connection to endpoint ep, all
@@ -237,9 +266,10 @@ func (cn *conn) setupError(stage string, err error) *Error {
 // do runs one exchange, closing the connection if ctx ends meanwhile. ok is false when
 // the connection can no longer be used.
 func (cn *conn) do(ctx context.Context, stage string, f func() error) (e *Error, ok bool) {
-	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	cn.watch(ctx)
 	err := f()
-	if !stop() {
+	if ctx.Err() != nil {
+		// The watch has closed the connection, or is about to.
 		cn.broken = true
 		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, ctx.Err())}, false
 	}

@@ -182,6 +182,10 @@ func (p *Pool) tlsConfig(host string) *tls.Config {
 
 // notifyLocked wakes every waiter in acquire.
 func (p *Pool) notifyLocked() {
+	if p.waiting == 0 {
+		// Nobody waits on p.wake: keep it rather than make a channel per release.
+		return
+	}
 	close(p.wake)
 	p.wake = make(chan struct{})
 }
@@ -288,6 +292,7 @@ func (p *Pool) retireLocked(cs []*conn) {
 // closed.
 func (p *Pool) release(cn *conn) {
 	if cn != nil {
+		cn.unwatch()
 		limit := p.u.MaxMessagesPerConnection
 		if !cn.broken && (limit <= 0 || cn.messages < limit) && !p.isClosed() && (cn.ended || cn.reset() == nil) {
 			cn.ended = false
@@ -313,6 +318,7 @@ func (p *Pool) release(cn *conn) {
 
 // drop closes a connection a transaction gives up on while keeping its permit.
 func (p *Pool) drop(cn *conn) {
+	cn.unwatch()
 	if cn.broken {
 		cn.raw.Close()
 		return

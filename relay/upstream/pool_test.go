@@ -1,6 +1,7 @@
 package upstream_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,6 +40,30 @@ func TestPoolReusesConnection(t *testing.T) {
 	p.Close()
 	if c := s.WaitSessions(t, 1); c.Quits != 1 || c.Messages != 2 {
 		t.Fatalf("sink counters %+v, want one session with 2 messages ended by QUIT", c)
+	}
+}
+
+// TestPoolConnectionOutlivesContext shows that a pooled connection is not tied to the
+// context of the transaction that last used it: that context ending (the client's
+// session closing) leaves the connection to the next transaction.
+func TestPoolConnectionOutlivesContext(t *testing.T) {
+	t.Parallel()
+	s := testpeers.StartSink(t)
+	var d dialCounter
+	p := newPool(t, testUpstream(t, config.TLSNone, s.Addr), upstream.Options{Dial: d.dial})
+	first, cancel := context.WithCancel(ctxFor(t))
+	if o := send(first, p, "first", "r@example.net"); o.err != nil {
+		t.Fatalf("first message: %s", describe(o))
+	}
+	cancel()
+	if o := send(ctxFor(t), p, "second", "r@example.net"); o.err != nil {
+		t.Fatalf("second message, after the first one's context ended: %s", describe(o))
+	}
+	if n := d.n.Load(); n != 1 {
+		t.Fatalf("%d connections opened, want 1: the pooled one was closed with the first context", n)
+	}
+	if n := len(s.Messages(t)); n != 2 {
+		t.Fatalf("sink holds %d messages, want 2", n)
 	}
 }
 

@@ -156,9 +156,8 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 	tx.midData = true
 	deadline := time.Now().Add(tx.p.u.Timeouts.Data.Duration)
 	cn.raw.SetWriteDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	cn.watch(ctx)
 	abort := func(e *Error) (string, error) {
-		stop()
 		// Closing without the final dot: the upstream discards what it got.
 		cn.broken = true
 		cn.raw.Close()
@@ -195,7 +194,7 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 	// The library's own end-of-data marker is discarded: ours is already written.
 	cn.wire.mute = true
 	resp, err := w.CloseWithResponse()
-	if !stop() {
+	if ctx.Err() != nil {
 		cn.broken = true
 		return "", tx.fail(&Error{Endpoint: cn.addr, Err: fmt.Errorf("after the final dot: %w", ctx.Err())})
 	}
