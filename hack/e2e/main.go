@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -83,6 +84,7 @@ type timing struct {
 type e2e struct {
 	repo, state, kubeconfig, kubectlBin string
 	tag                                 string
+	image                               string // the kuberelay image's full reference
 	capture                             *mailcapture.Server
 	timings                             []timing
 	passed, failed                      []string
@@ -159,6 +161,7 @@ func (e *e2e) setup() error {
 		return err
 	}
 	e.tag = tag[strings.LastIndex(tag, ":")+1:]
+	e.image = tag
 	e.logf("image %s", tag)
 
 	t := time.Now()
@@ -1129,8 +1132,8 @@ type loadRun struct {
 }
 
 // underLoad sends a continuous load from the client pod to the Service on port 25
-// while the relay goes through a rolling change (spec.resources, which changes the
-// pod template) and then a scale-down from 2 replicas to 1. Every message the
+// while the relay goes through a rolling change (an upgrade: spec.image set to
+// another image reference) and then a scale-down from 2 replicas to 1. Every message the
 // client saw answered 250 must reach the capture smarthost; every 4xx or broken
 // connection is retried by the client, and none may be given up.
 func (e *e2e) underLoad(svc25 string) {
@@ -1160,7 +1163,7 @@ func (e *e2e) underLoad(svc25 string) {
 		t := time.Now()
 		err := e.rollingChange()
 		rollEnd = time.Now()
-		e.time("under load: rolling change (spec.resources) to new pods Ready, old gone", rollEnd.Sub(t))
+		e.time("under load: rolling change (spec.image upgrade) to new pods Ready, old gone", rollEnd.Sub(t))
 		e.check("under load: rolling change of the relay Deployment completes", err)
 
 		t = time.Now()
@@ -1276,6 +1279,7 @@ type deploymentState struct {
 	generation, observed          int64
 	replicas, updated, available  int32
 	pods, terminating, oldVersion int
+	images                        []string // the relay containers' images, distinct, sorted
 }
 
 func (e *e2e) deploymentState() (deploymentState, error) {
@@ -1343,6 +1347,11 @@ func (e *e2e) deploymentState() (deploymentState, error) {
 				Labels            map[string]string `json:"labels"`
 				DeletionTimestamp *string           `json:"deletionTimestamp"`
 			} `json:"metadata"`
+			Spec struct {
+				Containers []struct {
+					Image string `json:"image"`
+				} `json:"containers"`
+			} `json:"spec"`
 		} `json:"items"`
 	}
 	if err := json.Unmarshal([]byte(out), &pods); err != nil {
@@ -1356,23 +1365,36 @@ func (e *e2e) deploymentState() (deploymentState, error) {
 		if p.Metadata.Labels["pod-template-hash"] != newest {
 			d.oldVersion++
 		}
+		for _, c := range p.Spec.Containers {
+			if !slices.Contains(d.images, c.Image) {
+				d.images = append(d.images, c.Image)
+			}
+		}
 	}
+	slices.Sort(d.images)
 	return d, nil
 }
 
 func (d deploymentState) String() string {
-	return fmt.Sprintf("generation %d observed %d, replicas %d updated %d available %d; pods %d (terminating %d, old template %d)",
-		d.generation, d.observed, d.replicas, d.updated, d.available, d.pods, d.terminating, d.oldVersion)
+	return fmt.Sprintf("generation %d observed %d, replicas %d updated %d available %d; pods %d (terminating %d, old template %d), images %v",
+		d.generation, d.observed, d.replicas, d.updated, d.available, d.pods, d.terminating, d.oldVersion, d.images)
 }
 
-// rollingChange changes spec.resources, which changes the pod template, and waits
-// until the Deployment runs only new pods, all available, the old ones gone.
+// rollingChange upgrades the relay as a user would: spec.image names another image
+// (the same content under a second tag, since nothing can be pulled here). It waits
+// until the Deployment runs only new pods on that image, all available, the old
+// ones gone.
 func (e *e2e) rollingChange() error {
 	before, err := e.deploymentState()
 	if err != nil {
 		return err
 	}
-	patch := `{"spec":{"resources":{"requests":{"cpu":"60m","memory":"64Mi"},"limits":{"memory":"256Mi"}}}}`
+	next := e.image + "-next"
+	sock := filepath.Join(e.state, "containerd/containerd.sock")
+	if out, err := e.cmd(time.Minute, "", "ctr", "-a", sock, "-n", "k8s.io", "images", "tag", "--force", e.image, next); err != nil {
+		return fmt.Errorf("tagging the image as %s: %v\n%s", next, err, out)
+	}
+	patch := fmt.Sprintf(`{"spec":{"image":%q}}`, next)
 	if out, err := e.kubectl(20*time.Second, "-n", ns, "patch", "smtprelay", relayName, "--type=merge", "-p", patch); err != nil {
 		return wrap(err, out)
 	}
@@ -1384,7 +1406,8 @@ func (e *e2e) rollingChange() error {
 			return false, nil
 		}
 		return d.generation > before.generation && d.observed >= d.generation && d.replicas == 2 &&
-			d.updated == 2 && d.available == 2 && d.pods == 2 && d.oldVersion == 0 && d.terminating == 0, nil
+			d.updated == 2 && d.available == 2 && d.pods == 2 && d.oldVersion == 0 && d.terminating == 0 &&
+			len(d.images) == 1 && d.images[0] == next, nil
 	})
 	if err != nil {
 		return fmt.Errorf("%v: %s", err, d)
