@@ -419,6 +419,8 @@ spec:
 	}
 	e.time("apply to SmtpRelay Ready and ConfigApplied (2 replicas)", time.Since(t))
 	e.logf("status: %s", st)
+	e.check("kubectl get smtprelay shows READY True, REPLICAS 2, CONFIG True", e.relayTable(map[string]string{
+		"READY": "True", "REPLICAS": "2", "CONFIG": "True"}))
 
 	if out, err := e.kubectl(70*time.Second, "-n", ns, "wait", "--for=condition=Ready", "pod/client", "--timeout=60s"); !e.check("client pod Ready", wrap(err, out)) {
 		return
@@ -767,6 +769,34 @@ func (e *e2e) waitStatus(bound time.Duration, ok func(relayStatus) bool) (relayS
 		return st, fmt.Errorf("not within %s (last error %v): %s", bound, last, st)
 	}
 	return st, nil
+}
+
+// relayTable reads `kubectl get smtprelay` as a user does, through the printer
+// columns, and compares the named columns with want.
+func (e *e2e) relayTable(want map[string]string) error {
+	out, err := e.kubectl(15*time.Second, "-n", ns, "get", "smtprelay", relayName)
+	if err != nil {
+		return wrap(err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		return fmt.Errorf("want a header and one row:\n%s", out)
+	}
+	header, row := strings.Fields(lines[0]), strings.Fields(lines[1])
+	if len(header) != len(row) {
+		return fmt.Errorf("columns do not line up (an empty cell?):\n%s", out)
+	}
+	for col, v := range want {
+		i := slices.Index(header, col)
+		if i < 0 {
+			return fmt.Errorf("no column %s:\n%s", col, out)
+		}
+		if row[i] != v {
+			return fmt.Errorf("%s is %q, want %q:\n%s", col, row[i], v, out)
+		}
+	}
+	e.logf("kubectl get smtprelay:\n%s", out)
+	return nil
 }
 
 func (e *e2e) dump() {
