@@ -45,7 +45,7 @@ type options struct {
 	n, n1, idle, upstreamConns, runs int
 	sessions                         []int
 	relay                            string
-	reconnect                        bool
+	reconnect, floor                 bool
 }
 
 func main() {
@@ -58,6 +58,7 @@ func main() {
 	flag.IntVar(&o.idle, "idle", 1000, "idle connections opened to measure their memory cost (0: skip)")
 	flag.StringVar(&o.relay, "relay", "bin/relay", "relay binary (built into a temporary directory if missing)")
 	flag.IntVar(&o.upstreamConns, "upstream-connections", 40, "upstream maxConnections in the relay's configuration")
+	flag.BoolVar(&o.floor, "floor", true, "also run smtp-source through hack/bench-relay/floor, a bare Go forwarder with the relay's wire pattern and none of its work, for scale")
 	flag.BoolVar(&o.reconnect, "reconnect", false, "smtp-source opens a new connection per message (default: -d, all messages of a session over one connection, like the Go client)")
 	flag.Parse()
 	for f := range strings.SplitSeq(sessions, ",") {
@@ -108,6 +109,9 @@ type row struct {
 	relayErr       error
 	relayLat       []time.Duration // sorted; nil for smtp-source
 	relayCPU       *acc
+	// reference: the bare Go forwarder (hack/bench-relay/floor) in the relay's place,
+	// for scale; no target applies.
+	reference bool
 }
 
 func (r row) ratio() (float64, bool) {
@@ -146,13 +150,14 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	var ports [4]int
+	var ports [5]int
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
 			return err
 		}
 	}
-	sinkPort, plainPort, tlsPort, httpPort := ports[0], ports[1], ports[2], ports[3]
+	sinkPort, plainPort, tlsPort, httpPort, floorPort := ports[0], ports[1], ports[2], ports[3], ports[4]
+	floorAddr := fmt.Sprintf("127.0.0.1:%d", floorPort)
 	sinkAddr := fmt.Sprintf("127.0.0.1:%d", sinkPort)
 	plainAddr := fmt.Sprintf("127.0.0.1:%d", plainPort)
 	tlsAddr := fmt.Sprintf("127.0.0.1:%d", tlsPort)
@@ -161,6 +166,13 @@ func run(o options) error {
 	sinkLog := filepath.Join(tmp, "smtp-sink.log")
 	if _, err := startSink(sinkPath, sinkPort, sinkLog); err != nil {
 		return err
+	}
+
+	var floor *child
+	if o.floor {
+		if floor, err = startFloor(tmp, floorAddr, sinkAddr); err != nil {
+			return err
+		}
 	}
 
 	certPEM, keyPEM, clientTLS, err := selfSigned()
@@ -251,7 +263,7 @@ func run(o options) error {
 			}
 			return append(a, addr)
 		}
-		var srcDirect, srcRelay, goDirect, goRelay, goTLS acc
+		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS acc
 		for rep := range o.runs {
 			// Direct and relayed runs alternate, so that drift on the host hits both.
 			if rep == 0 {
@@ -265,6 +277,13 @@ func run(o options) error {
 			d, err = runSource(ctx, sourcePath, srcArgs(plainAddr))
 			srcRelay.addSource(n, d, err)
 			srcRelay.addCPU(c0, cpuTime(pid))
+			if floor != nil {
+				fpid := floor.cmd.Process.Pid
+				c0 = cpuTime(fpid)
+				d, err = runSource(ctx, sourcePath, srcArgs(floorAddr))
+				srcFloor.addSource(n, d, err)
+				srcFloor.addCPU(c0, cpuTime(fpid))
+			}
 			goDirect.addGen(n, generate(ctx, sinkAddr, nil, s, n, msg))
 			c0 = cpuTime(pid)
 			goRelay.addGen(n, generate(ctx, plainAddr, nil, s, n, msg))
@@ -281,6 +300,11 @@ func run(o options) error {
 			makeRow(s, n, "plain, smtp-source", &srcDirect, &srcRelay),
 			makeRow(s, n, "plain, Go client", &goDirect, &goRelay),
 			makeRow(s, n, "relay client-TLS vs direct plain, Go", &goDirect, &goTLS))
+		if floor != nil {
+			r := makeRow(s, n, "floor, smtp-source", &srcDirect, &srcFloor)
+			r.reference = true
+			rows = append(rows, r)
+		}
 		lats = append(lats,
 			latRow{s, n, "direct to smtp-sink, plain", &goDirect},
 			latRow{s, n, "relay, plain", &goRelay},
@@ -509,6 +533,10 @@ func printRates(rows []row, o options) {
 	}
 	fmt.Println(`  "relay client-TLS vs direct plain": the client speaks STARTTLS to the relay; smtp-sink has no TLS,`)
 	fmt.Println(`  so its direct figure is the plain Go-client rate of the row above.`)
+	if o.floor {
+		fmt.Println(`  "floor": hack/bench-relay/floor in the relay's place, a bare Go forwarder with the relay's wire`)
+		fmt.Println(`  pattern and none of its work (no SMTP library, checks, logs or metrics): the scale for the rows above.`)
+	}
 	if len(notes) > 0 {
 		fmt.Println("Failures (* = rate over the messages that were accepted):")
 		for _, n := range notes {
@@ -559,7 +587,7 @@ func printTargets(rows []row, idle []idleCost) {
 	fmt.Println("Targets")
 	found := false
 	for _, r := range rows {
-		if r.sessions != 20 {
+		if r.sessions != 20 || r.reference {
 			continue
 		}
 		found = true

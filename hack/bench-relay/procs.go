@@ -144,16 +144,44 @@ func startSink(sinkPath string, port int, logPath string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	return c, waitGreeting(c, "smtp-sink", fmt.Sprintf("127.0.0.1:%d", port), logPath)
+}
+
+// startFloor runs the bare forwarder (hack/bench-relay/floor) on addr in front of
+// upstream.
+func startFloor(tmp, addr, upstream string) (*child, error) {
+	bin, err := buildTool("./hack/bench-relay/floor", filepath.Join(tmp, "floor"))
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(tmp, "floor.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, addr, upstream)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	c, err := children.start("floor", cmd)
+	logf.Close()
+	if err != nil {
+		return nil, err
+	}
+	return c, waitGreeting(c, "floor", addr, logPath)
+}
+
+// waitGreeting waits up to 5s for the child c to greet on addr.
+func waitGreeting(c *child, name, addr, logPath string) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if c.exited() {
-			return nil, fmt.Errorf("smtp-sink exited at once (%v); see %s", c.err, logPath)
+			return fmt.Errorf("%s exited at once (%v); see %s", name, c.err, logPath)
 		}
-		if err := expectGreeting(addr); err == nil {
-			return c, nil
-		} else if time.Now().After(deadline) {
-			return nil, fmt.Errorf("smtp-sink on %s not answering after 5s: %v (log %s)", addr, err, logPath)
+		err := expectGreeting(addr)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s on %s not answering after 5s: %v (log %s)", name, addr, err, logPath)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -184,18 +212,26 @@ func ensureRelayBinary(path, tmpDir string) (string, bool, error) {
 		abs, err := filepath.Abs(path)
 		return abs, false, err
 	}
+	bin, err := buildTool("./relay/cmd/relay", filepath.Join(tmpDir, "relay"))
+	if err != nil {
+		return "", false, fmt.Errorf("%s does not exist: %w", path, err)
+	}
+	return bin, true, nil
+}
+
+// buildTool builds the main package pkg of this module into bin.
+func buildTool(pkg, bin string) (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
-		return "", false, fmt.Errorf("%s does not exist and the module root is unknown (run from the repository)", path)
+		return "", fmt.Errorf("cannot build %s: the module root is unknown (run from the repository)", pkg)
 	}
-	bin := filepath.Join(tmpDir, "relay")
-	build := exec.Command("go", "build", "-o", bin, "./relay/cmd/relay")
+	build := exec.Command("go", "build", "-o", bin, pkg)
 	build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		return "", false, fmt.Errorf("building the relay: %w", err)
+		return "", fmt.Errorf("building %s: %w", pkg, err)
 	}
-	return bin, true, nil
+	return bin, nil
 }
 
 // waitReady polls GET /readyz until 200, the relay exits or the timeout passes.
