@@ -51,7 +51,7 @@ type conn struct {
 
 	// watched is the context whose end closes raw while a transaction uses the
 	// connection; stopWatch undoes that. One registration serves every command of a
-	// transaction (and of the session's next ones), instead of one per command.
+	// transaction, instead of one per command; the pool undoes it on release.
 	watched   context.Context
 	stopWatch func() bool
 }
