@@ -581,6 +581,11 @@ func TestShutdownFinishesTransactions(t *testing.T) {
 	e := startRelay(t, baseConfig(up.Addr(), ""), testSecrets(t, "one"))
 	idle := dialRaw(t, e.addr("plain"))
 	idle.cmd("EHLO client.test", 250)
+	// The reply to an idle session after STARTTLS must come through the TLS layer.
+	idleTLS := dialRaw(t, e.addr("smtp"))
+	idleTLS.cmd("EHLO client.test", 250)
+	idleTLS.startTLS(e.clientTLS)
+	idleTLS.cmd("EHLO client.test", 250)
 	busy := dialRaw(t, e.addr("plain"))
 	busy.cmd("EHLO client.test", 250)
 	busy.cmd("MAIL FROM:<noreply@example.com>", 250)
@@ -594,8 +599,16 @@ func TestShutdownFinishesTransactions(t *testing.T) {
 		defer cancel()
 		done <- e.srv.Shutdown(ctx)
 	}()
-	// The idle session is told to go away.
-	idle.expect(421)
+	// The idle session is told why it has to go away (not "idle timeout").
+	if text := idle.expect(421); !strings.Contains(text, "shutting down") {
+		t.Errorf("idle session told %q, want a shutdown reply", text)
+	}
+	if !idle.closed() {
+		t.Error("idle session still open after its 421")
+	}
+	if text := idleTLS.expect(421); !strings.Contains(text, "shutting down") {
+		t.Errorf("idle TLS session told %q, want a shutdown reply", text)
+	}
 	// New connections are refused.
 	if !testpeers.Eventually(func() bool {
 		c, err := netDial(e.addr("plain"))
@@ -611,7 +624,9 @@ func TestShutdownFinishesTransactions(t *testing.T) {
 	busy.send("body\r\n.\r\n")
 	busy.expect(250)
 	busy.send("MAIL FROM:<noreply@example.com>\r\n")
-	busy.expect(421)
+	if text := busy.expect(421); !strings.Contains(text, "shutting down") {
+		t.Errorf("session told %q after its transaction, want a shutdown reply", text)
+	}
 	if err := <-done; err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}

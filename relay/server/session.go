@@ -59,6 +59,7 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	s := &session{
 		b:      b,
 		conn:   c,
+		top:    c.Conn(),
 		tc:     tc,
 		id:     id,
 		ip:     ip,
@@ -95,8 +96,12 @@ func newID() string {
 // session is one client connection's SMTP conversation (from EHLO, or from the EHLO
 // after STARTTLS, to the end).
 type session struct {
-	b      *backend
-	conn   *smtp.Conn
+	b    *backend
+	conn *smtp.Conn
+	// top is the connection the SMTP library speaks through for this session: the TLS
+	// layer when there is one. Kept here so that a shutdown can write to it without
+	// reading the library's state from another goroutine.
+	top    net.Conn
 	tc     *trackedConn
 	id     string
 	ip     netip.Addr
@@ -360,6 +365,14 @@ func (s *session) upstreamReply(err error) *smtp.SMTPError {
 }
 
 func (s *session) Reset() {
+	s.endTx()
+	if s.b.srv.shuttingDown.Load() {
+		s.tc.drain()
+	}
+}
+
+// endTx drops the transaction, if any, and gives its upstream connection back.
+func (s *session) endTx() {
 	s.mu.Lock()
 	tx := s.tx
 	s.tx = nil
@@ -368,13 +381,13 @@ func (s *session) Reset() {
 	if tx != nil {
 		tx.Close()
 	}
-	if s.b.srv.shuttingDown.Load() {
-		s.tc.drain()
-	}
 }
 
+// Logout ends the session. It never drains: the SMTP library also logs a session out
+// right after STARTTLS, when a plain-text reply would corrupt the TLS stream.
 func (s *session) Logout() error {
-	s.Reset()
+	s.endTx()
+	s.tc.endSession(s)
 	s.cancel()
 	return nil
 }
