@@ -69,46 +69,33 @@ func (c *trackedConn) SetDeadline(t time.Time) error {
 	return c.SetReadDeadline(t)
 }
 
-// shutdownReply ends a drained session.
+// shutdownReply ends a session that finished its transaction during a shutdown.
 const shutdownReply = "421 4.3.2 Service shutting down, try again later\r\n"
 
-// drainWriteTimeout bounds the write of shutdownReply to a client that does not read.
-const drainWriteTimeout = 2 * time.Second
+// shutdownWriteTimeout bounds the write of shutdownReply to a client that does not read.
+const shutdownWriteTimeout = 2 * time.Second
 
-// drain ends a session that is between transactions. With a session to write through
-// (over its TLS layer, if any), it answers 421 now and closes: RFC 5321 section 3.8
-// lets a server that is shutting down send 421 asynchronously from command receipt.
-// Before a session exists (no EHLO yet, or between STARTTLS and the next EHLO), the
-// next command read times out instead and the SMTP library answers 421.
+// drain makes the session end at its next command read: the read times out and the
+// SMTP library answers 421 between two commands, through the TLS layer if any. It is
+// safe from any goroutine; the library's text is "Idle timeout".
 func (c *trackedConn) drain() {
-	c.mu.Lock()
-	s := c.sess
-	c.mu.Unlock()
-	if s != nil {
-		// No read deadline here: the library would answer a timed-out read with its own
-		// 421 "Idle timeout" before this one. Closing makes its next read end quietly.
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(drainWriteTimeout))
-		_, _ = io.WriteString(s.top, shutdownReply)
-		c.Close()
-		return
-	}
 	c.draining.Store(true)
 	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// shutdown ends s now with shutdownReply and closes the connection. It must run on
+// the session's own goroutine, between two replies of the SMTP library (so nothing
+// else is being written), through s.top, so TLS framing is kept. RFC 5321 section 3.8
+// lets a server that is shutting down answer any command with 421.
+func (c *trackedConn) shutdown(s *session) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(shutdownWriteTimeout))
+	_, _ = io.WriteString(s.top, shutdownReply)
+	c.Close()
 }
 
 func (c *trackedConn) setSession(s *session) {
 	c.mu.Lock()
 	c.sess = s
-	c.mu.Unlock()
-}
-
-// endSession forgets s once it has logged out, so that nothing is written through
-// it (after STARTTLS its connection is the plain-text one under the TLS layer).
-func (c *trackedConn) endSession(s *session) {
-	c.mu.Lock()
-	if c.sess == s {
-		c.sess = nil
-	}
 	c.mu.Unlock()
 }
 

@@ -99,8 +99,7 @@ type session struct {
 	b    *backend
 	conn *smtp.Conn
 	// top is the connection the SMTP library speaks through for this session: the TLS
-	// layer when there is one. Kept here so that a shutdown can write to it without
-	// reading the library's state from another goroutine.
+	// layer when there is one. A shutdown reply is written to it.
 	top    net.Conn
 	tc     *trackedConn
 	id     string
@@ -367,7 +366,9 @@ func (s *session) upstreamReply(err error) *smtp.SMTPError {
 func (s *session) Reset() {
 	s.endTx()
 	if s.b.srv.shuttingDown.Load() {
-		s.tc.drain()
+		// The SMTP library calls Reset on this goroutine (after the reply to the final
+		// dot, or for RSET or a new EHLO), never while it writes a reply.
+		s.tc.shutdown(s)
 	}
 }
 
@@ -383,11 +384,10 @@ func (s *session) endTx() {
 	}
 }
 
-// Logout ends the session. It never drains: the SMTP library also logs a session out
-// right after STARTTLS, when a plain-text reply would corrupt the TLS stream.
+// Logout ends the session. It never writes a shutdown reply: the SMTP library also
+// logs a session out right after STARTTLS, when plain text would corrupt the TLS stream.
 func (s *session) Logout() error {
 	s.endTx()
-	s.tc.endSession(s)
 	s.cancel()
 	return nil
 }
