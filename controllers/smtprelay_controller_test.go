@@ -86,23 +86,6 @@ func create(t *testing.T, objs ...client.Object) {
 	}
 }
 
-// eventually polls cond until it returns "" or a bound passes, then fails with the
-// last reason it gave.
-func eventually(t *testing.T, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestRelayReconciled(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
@@ -325,4 +308,10 @@ func reconciles(t *testing.T) float64 {
 		}
 	}
 	return total
+}
+
+// eventually waits for cond (see testenv.Eventually) with this package's bound.
+func eventually(t *testing.T, cond func() string) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, cond)
 }

@@ -53,8 +53,8 @@ func (v *converger) wait(ctx context.Context, start time.Time, timeout time.Dura
 	defer tick.Stop()
 	total := len(v.plan.domains)
 	for {
-		if m.exited() {
-			return 0, fmt.Errorf("the manager exited while the relays converged: %v", m.err)
+		if m.Exited() {
+			return 0, fmt.Errorf("the manager exited while the relays converged: %v", m.Err())
 		}
 		n, _, err := v.poll(ctx, false)
 		if err != nil {

@@ -185,8 +185,8 @@ func run(ctx context.Context, o options) (err error) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-mgr.done:
-			return mgr.withLog(fmt.Errorf("the manager exited during the idle period: %v", mgr.err))
+		case <-mgr.Done():
+			return mgr.withLog(fmt.Errorf("the manager exited during the idle period: %v", mgr.Err()))
 		case <-time.After(o.idle):
 		}
 		after, err := mgr.scrape(ctx)

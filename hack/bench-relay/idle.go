@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/kuberelay/kuberelay/hack/internal/proc"
 )
 
 // openIdle opens k connections to addr and leaves each idle after EHLO (after
@@ -127,25 +128,6 @@ type memSample struct {
 	connsTLS               float64
 }
 
-func readRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			fs := strings.Fields(v)
-			if len(fs) == 0 {
-				break
-			}
-			return strconv.ParseInt(fs[0], 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
 // scrape reads a few gauges from the relay's /metrics.
 func scrape(httpAddr string) (map[string]float64, error) {
 	client := &http.Client{Timeout: 5 * time.Second}
@@ -185,11 +167,11 @@ func sampleMem(pid int, httpAddr string, reads int, gap time.Duration) (memSampl
 		if i > 0 {
 			time.Sleep(gap)
 		}
-		rss, err := readRSS(pid)
+		rss, _, err := proc.Memory(pid)
 		if err != nil {
 			return m, err
 		}
-		m.rssKiB = max(m.rssKiB, rss)
+		m.rssKiB = max(m.rssKiB, rss>>10)
 	}
 	g, err := scrape(httpAddr)
 	if err != nil {

@@ -31,6 +31,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kuberelay/kuberelay/hack/internal/proc"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/kubeletdir"
 )
@@ -152,7 +153,7 @@ func run(o options) error {
 	}
 	var ports [5]int
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = proc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -168,7 +169,7 @@ func run(o options) error {
 		return err
 	}
 
-	var floor *child
+	var floor *proc.Child
 	if o.floor {
 		if floor, err = startFloor(tmp, floorAddr, sinkAddr); err != nil {
 			return err
@@ -203,8 +204,8 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	if err := waitReady(ctx, relay, httpAddr, 15*time.Second); err != nil {
-		return fmt.Errorf("%w\nrelay log %s ends:\n%s", err, relayLog, tailFile(relayLog, 20))
+	if err := proc.WaitReady(ctx, relay, "http://"+httpAddr+"/readyz", 15*time.Second); err != nil {
+		return fmt.Errorf("%w\nrelay log %s ends:\n%s", err, relayLog, proc.TailFile(relayLog, 20))
 	}
 
 	fmt.Printf("bench-relay: %s", strings.TrimSpace(string(version))+"\n")
@@ -216,7 +217,7 @@ func run(o options) error {
 	fmt.Printf("  work dir       %s (config/, secrets/, left in place)\n", tmp)
 	fmt.Printf("  relay log      %s\n", relayLog)
 	fmt.Printf("  relay          pid %d, plain %s, STARTTLS %s, http %s; upstream maxConnections %d, limits.maxConnections %d\n",
-		relay.cmd.Process.Pid, plainAddr, tlsAddr, httpAddr, o.upstreamConns, maxConns)
+		relay.Pid(), plainAddr, tlsAddr, httpAddr, o.upstreamConns, maxConns)
 	fmt.Printf("  smtp-sink      %s (%s -m 1024 ... 1024)\n", sinkAddr, sinkPath)
 	fmt.Printf("  host           %d CPUs shared by the load generators, the relay and smtp-sink\n\n", numCPU())
 
@@ -224,10 +225,10 @@ func run(o options) error {
 	// left over from the load runs does not absorb (and hide) their cost.
 	var idle []idleCost
 	if o.idle > 0 {
-		idle = measureIdle(ctx, relay.cmd.Process.Pid, httpAddr, plainAddr, tlsAddr, clientTLS, o.idle)
+		idle = measureIdle(ctx, relay.Pid(), httpAddr, plainAddr, tlsAddr, clientTLS, o.idle)
 	}
-	if relay.exited() {
-		return fmt.Errorf("relay exited during the idle-connection test: %v\nrelay log %s ends:\n%s", relay.err, relayLog, tailFile(relayLog, 20))
+	if relay.Exited() {
+		return fmt.Errorf("relay exited during the idle-connection test: %v\nrelay log %s ends:\n%s", relay.Err(), relayLog, proc.TailFile(relayLog, 20))
 	}
 
 	msg := message(msgSize)
@@ -246,7 +247,7 @@ func run(o options) error {
 		}
 	}
 
-	pid := relay.cmd.Process.Pid
+	pid := relay.Pid()
 	var rows []row
 	var lats []latRow
 	for _, s := range o.sessions {
@@ -278,7 +279,7 @@ func run(o options) error {
 			srcRelay.addSource(n, d, err)
 			srcRelay.addCPU(c0, cpuTime(pid))
 			if floor != nil {
-				fpid := floor.cmd.Process.Pid
+				fpid := floor.Pid()
 				c0 = cpuTime(fpid)
 				d, err = runSource(ctx, sourcePath, srcArgs(floorAddr))
 				srcFloor.addSource(n, d, err)
@@ -292,8 +293,8 @@ func run(o options) error {
 			goTLS.addGen(n, generate(ctx, tlsAddr, clientTLS, s, n, msg))
 			goTLS.addCPU(c0, cpuTime(pid))
 			relayedExpected += srcRelay.lastSent + goRelay.lastSent + goTLS.lastSent
-			if relay.exited() {
-				return fmt.Errorf("relay exited during the load runs: %v\nrelay log %s ends:\n%s", relay.err, relayLog, tailFile(relayLog, 20))
+			if relay.Exited() {
+				return fmt.Errorf("relay exited during the load runs: %v\nrelay log %s ends:\n%s", relay.Err(), relayLog, proc.TailFile(relayLog, 20))
 			}
 		}
 		rows = append(rows,
@@ -320,12 +321,12 @@ func run(o options) error {
 	printRelayCounters(final, relayedExpected)
 
 	progress("stopping the relay (SIGTERM)")
-	killed := relay.stop(syscall.SIGTERM, 10*time.Second)
+	killed := relay.Stop(syscall.SIGTERM, 10*time.Second)
 	status := "exited cleanly"
 	if killed {
 		status = "did not stop within 10s of SIGTERM and was killed"
-	} else if relay.err != nil {
-		status = "exited with " + relay.err.Error()
+	} else if err := relay.Err(); err != nil {
+		status = "exited with " + err.Error()
 	}
 	errs, warns := countLogLevels(relayLog)
 	fmt.Printf("\nrelay %s; its log has %d ERROR and %d WARN lines: %s\n", status, errs, warns, relayLog)

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,88 +11,46 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kuberelay/kuberelay/hack/internal/proc"
 )
 
-// child is a process the driver started; every one is stopped on exit, ctrl-C included.
-type child struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // valid once done is closed
-}
-
+// childSet holds every process the driver started; each is stopped on exit, ctrl-C
+// included.
 type childSet struct {
 	mu       sync.Mutex
-	children []*child
+	children []*proc.Child
 }
 
 var children childSet
 
-// start starts cmd and tracks it until it exits. The child gets SIGKILL if this
-// process dies without cleaning up (Linux parent-death signal).
-func (s *childSet) start(name string, cmd *exec.Cmd) (*child, error) {
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
+// start starts cmd (see proc.Start) and remembers it for stopAll.
+func (s *childSet) start(name string, cmd *exec.Cmd) (*proc.Child, error) {
+	c, err := proc.Start(name, cmd)
+	if err != nil {
+		return nil, err
 	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", name, err)
-	}
-	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		c.err = cmd.Wait()
-		close(c.done)
-	}()
 	s.mu.Lock()
 	s.children = append(s.children, c)
 	s.mu.Unlock()
 	return c, nil
 }
 
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends sig, waits up to grace, then kills. It reports whether the child had to
-// be killed.
-func (c *child) stop(sig os.Signal, grace time.Duration) (killed bool) {
-	if c.exited() {
-		return false
-	}
-	_ = c.cmd.Process.Signal(sig)
-	select {
-	case <-c.done:
-		return false
-	case <-time.After(grace):
-	}
-	_ = c.cmd.Process.Kill()
-	select {
-	case <-c.done:
-	case <-time.After(5 * time.Second):
-	}
-	return true
-}
-
 // stopAll stops every child still running, the relay with SIGTERM (it drains), the
 // others with SIGKILL.
 func (s *childSet) stopAll() {
 	s.mu.Lock()
-	cs := append([]*child(nil), s.children...)
+	cs := append([]*proc.Child(nil), s.children...)
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if c.name == "relay" {
-				c.stop(syscall.SIGTERM, 10*time.Second)
+			if c.Name == "relay" {
+				c.Stop(syscall.SIGTERM, 10*time.Second)
 			} else {
-				c.stop(syscall.SIGKILL, time.Second)
+				c.Stop(syscall.SIGKILL, time.Second)
 			}
 		}()
 	}
@@ -115,18 +71,8 @@ func findTool(name string) (string, error) {
 	return "", fmt.Errorf("%s not found in PATH, /usr/sbin or /usr/lib/postfix/sbin; install the Debian package postfix (apt-get install postfix)", name)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startSink runs smtp-sink on 127.0.0.1:port and waits for its greeting.
-func startSink(sinkPath string, port int, logPath string) (*child, error) {
+func startSink(sinkPath string, port int, logPath string) (*proc.Child, error) {
 	args := []string{}
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "nobody") // required as root
@@ -144,12 +90,12 @@ func startSink(sinkPath string, port int, logPath string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c, waitGreeting(c, "smtp-sink", fmt.Sprintf("127.0.0.1:%d", port), logPath)
+	return c, waitGreeting(c, fmt.Sprintf("127.0.0.1:%d", port), logPath)
 }
 
 // startFloor runs the bare forwarder (hack/bench-relay/floor) on addr in front of
 // upstream.
-func startFloor(tmp, addr, upstream string) (*child, error) {
+func startFloor(tmp, addr, upstream string) (*proc.Child, error) {
 	bin, err := buildTool("./hack/bench-relay/floor", filepath.Join(tmp, "floor"))
 	if err != nil {
 		return nil, err
@@ -166,22 +112,22 @@ func startFloor(tmp, addr, upstream string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c, waitGreeting(c, "floor", addr, logPath)
+	return c, waitGreeting(c, addr, logPath)
 }
 
 // waitGreeting waits up to 5s for the child c to greet on addr.
-func waitGreeting(c *child, name, addr, logPath string) error {
+func waitGreeting(c *proc.Child, addr, logPath string) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if c.exited() {
-			return fmt.Errorf("%s exited at once (%v); see %s", name, c.err, logPath)
+		if c.Exited() {
+			return fmt.Errorf("%s exited at once (%v); see %s", c.Name, c.Err(), logPath)
 		}
 		err := expectGreeting(addr)
 		if err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s on %s not answering after 5s: %v (log %s)", name, addr, err, logPath)
+			return fmt.Errorf("%s on %s not answering after 5s: %v (log %s)", c.Name, addr, err, logPath)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -234,47 +180,6 @@ func buildTool(pkg, bin string) (string, error) {
 	return bin, nil
 }
 
-// waitReady polls GET /readyz until 200, the relay exits or the timeout passes.
-func waitReady(ctx context.Context, relay *child, httpAddr string, timeout time.Duration) error {
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(timeout)
-	var last string
-	for time.Now().Before(deadline) {
-		if relay.exited() {
-			return fmt.Errorf("relay exited before becoming ready: %v", relay.err)
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		resp, err := client.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("relay not ready after %v (last /readyz: %s)", timeout, last)
-}
-
-// tailFile returns the last n lines of a file, for error messages.
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // runSource runs smtp-source once and returns its wall-clock duration.
 func runSource(ctx context.Context, sourcePath string, args []string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -288,18 +193,18 @@ func runSource(ctx context.Context, sourcePath string, args []string) (time.Dura
 		return 0, err
 	}
 	select {
-	case <-c.done:
+	case <-c.Done():
 	case <-ctx.Done():
-		c.stop(syscall.SIGKILL, time.Second)
+		c.Stop(syscall.SIGKILL, time.Second)
 		return 0, fmt.Errorf("smtp-source %s: %w", strings.Join(args, " "), ctx.Err())
 	}
 	elapsed := time.Since(start)
-	if c.err != nil {
+	if err := c.Err(); err != nil {
 		msg := strings.TrimSpace(out.String())
 		if len(msg) > 600 {
 			msg = msg[:600] + "..."
 		}
-		return elapsed, fmt.Errorf("smtp-source %s: %v: %s", strings.Join(args, " "), c.err, msg)
+		return elapsed, fmt.Errorf("smtp-source %s: %v: %s", strings.Join(args, " "), err, msg)
 	}
 	return elapsed, nil
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
+	"github.com/kuberelay/kuberelay/hack/internal/proc"
 	"github.com/kuberelay/kuberelay/internal/testcerts"
 	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
@@ -956,20 +957,8 @@ func (e *e2e) teardown() {
 func (e *e2e) componentLogs() {
 	files, _ := filepath.Glob(filepath.Join(e.state, "logs", "*.log"))
 	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		fmt.Printf("--- %s (last lines)\n%s\n", f, lastLines(string(b), 25))
+		fmt.Printf("--- %s (last lines)\n%s\n", f, proc.TailFile(f, 25))
 	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func (e *e2e) summary() {

@@ -165,18 +165,9 @@ func freePort(t *testing.T) string {
 	return port
 }
 
-// waitFor polls cond until it returns "" or a bound passes.
+// waitFor waits for cond (see testenv.Eventually); the local run starts several
+// processes, so its bound is longer.
 func waitFor(t *testing.T, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(why)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.Eventually(t, 60*time.Second, cond)
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -176,4 +177,21 @@ func StartRelayPod(ctx context.Context, c client.Client, dep *appsv1.Deployment,
 	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
 	return pod, c.Status().Update(ctx, pod)
+}
+
+// Eventually polls cond until it returns "" (met), and fails the test with the last
+// reason cond gave once bound has passed.
+func Eventually(t testing.TB, bound time.Duration, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

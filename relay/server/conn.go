@@ -2,11 +2,14 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // trackedConn is the relay's view of one client connection, under any TLS layer. It
@@ -69,11 +72,16 @@ func (c *trackedConn) SetDeadline(t time.Time) error {
 	return c.SetReadDeadline(t)
 }
 
-// shutdownReply ends a session that finished its transaction during a shutdown.
-const shutdownReply = "421 4.3.2 Service shutting down, try again later\r\n"
+// lastReplyTimeout bounds the write of a reply that ends a connection, to a client
+// that does not read.
+const lastReplyTimeout = 5 * time.Second
 
-// shutdownWriteTimeout bounds the write of shutdownReply to a client that does not read.
-const shutdownWriteTimeout = 2 * time.Second
+// lastReply writes e as a one-line SMTP reply to w (the connection, or its TLS layer)
+// within lastReplyTimeout of raw's write deadline. The caller closes the connection.
+func lastReply(w io.Writer, raw net.Conn, e *smtp.SMTPError) {
+	_ = raw.SetWriteDeadline(time.Now().Add(lastReplyTimeout))
+	_, _ = fmt.Fprintf(w, "%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+}
 
 // drain makes the session end at its next command read: the read times out and the
 // SMTP library answers 421 between two commands, through the TLS layer if any. It is
@@ -83,13 +91,12 @@ func (c *trackedConn) drain() {
 	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
 }
 
-// shutdown ends s now with shutdownReply and closes the connection. It must run on
+// shutdown ends s now with errShuttingDown and closes the connection. It must run on
 // the session's own goroutine, between two replies of the SMTP library (so nothing
 // else is being written), through s.top, so TLS framing is kept. RFC 5321 section 3.8
 // lets a server that is shutting down answer any command with 421.
 func (c *trackedConn) shutdown(s *session) {
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(shutdownWriteTimeout))
-	_, _ = io.WriteString(s.top, shutdownReply)
+	lastReply(s.top, c.Conn, errShuttingDown)
 	c.Close()
 }
 

@@ -328,11 +328,11 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 	for {
 		g := s.current()
 		if s.shuttingDown.Load() {
-			s.refuse(l, c, "shutdown", "421 4.3.2 Service shutting down, try again later\r\n")
+			s.refuse(l, c, "shutdown", errShuttingDown)
 			return
 		}
 		if s.open.Load() >= int64(g.loaded.Config.Limits.MaxConnections) {
-			s.refuse(l, c, "limit", "421 4.3.2 Too many connections, try again later\r\n")
+			s.refuse(l, c, "limit", errTooManyConnections)
 			return
 		}
 		tc := &trackedConn{Conn: c, srv: s, listener: name, gen: g}
@@ -365,11 +365,10 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 	}
 }
 
-func (s *Server) refuse(l *listener, c net.Conn, reason, reply string) {
+func (s *Server) refuse(l *listener, c net.Conn, reason string, reply *smtp.SMTPError) {
 	s.metrics.ConnectionsRefused.WithLabelValues(l.cfg.Name, reason).Inc()
 	if l.cfg.TLS != config.TLSImplicit {
-		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, _ = c.Write([]byte(reply))
+		lastReply(c, c, reply)
 	}
 	c.Close()
 }
