@@ -18,14 +18,14 @@ all: build
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers, copy them into the Helm chart, and write docs/api.md.
+manifests: controller-gen $(LOCALBIN)/api-docs ## Generate CRDs (config/crd/bases) and RBAC (config/rbac) from the API markers, copy them into the Helm chart, and write docs/api.md.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd:allowDangerousTypes=false paths="./api/..." paths="./controllers/..." \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	@# The Helm chart carries copies, so it can never drift from what is generated here.
 	rm -f charts/kuberelay/files/crds/*.yaml
 	cp config/crd/bases/*.yaml charts/kuberelay/files/crds/
 	cp config/rbac/role.yaml charts/kuberelay/files/rbac/role.yaml
-	$(GO) run ./hack/api-docs -o docs/api.md config/crd/bases/*.yaml
+	$(LOCALBIN)/api-docs -o docs/api.md config/crd/bases/*.yaml
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods for the API types.
@@ -56,8 +56,8 @@ build: ## Build the relay and the operator (manager) binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/manager .
 
 .PHONY: image
-image: build ## Build the container image as a tarball (dist/kuberelay-image.tar) from bin/, no container engine needed.
-	$(GO) run ./hack/image -manager bin/manager -relay bin/relay -version $(VERSION) -commit $(COMMIT) \
+image: build $(LOCALBIN)/image ## Build the container image as a tarball (dist/kuberelay-image.tar) from bin/, no container engine needed.
+	$(LOCALBIN)/image -manager bin/manager -relay bin/relay -version $(VERSION) -commit $(COMMIT) \
 		-created $$(git log -1 --format=%ct 2>/dev/null || date +%s) -o dist/kuberelay-image.tar
 
 .PHONY: docker-build
@@ -65,22 +65,22 @@ docker-build: ## Build the same image with a container engine from the Dockerfil
 	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t ghcr.io/kuberelay/kuberelay:$(VERSION) .
 
 .PHONY: run
-run: build envtest ## Run everything locally with no cluster: a control plane, the operator, the samples, a relay, a mail capture.
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(GO) run ./hack/run -relay bin/relay
+run: build envtest $(LOCALBIN)/run ## Run everything locally with no cluster: a control plane, the operator, the samples, a relay, a mail capture.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(LOCALBIN)/run -relay bin/relay
 
 .PHONY: run-relay
-run-relay: ## Run just a relay locally on a built-in configuration (no control plane), delivering to a local mail capture.
-	$(GO) run ./hack/run-relay
+run-relay: $(LOCALBIN)/run-relay ## Run just a relay locally on a built-in configuration (no control plane), delivering to a local mail capture.
+	$(LOCALBIN)/run-relay
 
 ##@ Benchmarks
 
 .PHONY: bench-relay
-bench-relay: build ## Compare relayed and direct delivery rates with smtp-source and smtp-sink.
-	$(GO) run ./hack/bench-relay -relay bin/relay
+bench-relay: build $(LOCALBIN)/bench-relay ## Compare relayed and direct delivery rates with smtp-source and smtp-sink.
+	$(LOCALBIN)/bench-relay -relay bin/relay
 
 .PHONY: bench-operator
-bench-operator: build envtest ## Time the operator rendering 200 relays x 5 domains against envtest, its peak memory and idle API writes.
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(GO) run ./hack/bench-operator -manager bin/manager
+bench-operator: build envtest $(LOCALBIN)/bench-operator ## Time the operator rendering 200 relays x 5 domains against envtest, its peak memory and idle API writes.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets)" $(LOCALBIN)/bench-operator -manager bin/manager
 
 ##@ Tools
 
@@ -97,12 +97,24 @@ cluster-up: cluster-assets image ## Start a one-node cluster on this machine (ro
 	GO="$(GO)" hack/cluster/cluster up
 
 .PHONY: e2e
-e2e: cluster-assets helm image ## End to end on a one-node cluster (root; apt: containerd runc containernetworking-plugins iptables): install, mail, DKIM, hot reloads, deletion.
-	$(GO) run ./hack/e2e -skip-image -helm $(HELM)
+e2e: cluster-assets helm image $(LOCALBIN)/e2e ## End to end on a one-node cluster (root; apt: containerd runc containernetworking-plugins iptables): install, mail, DKIM, hot reloads, deletion.
+	$(LOCALBIN)/e2e -skip-image -helm $(HELM)
 
 .PHONY: cluster-down
 cluster-down: ## Stop the one-node cluster and undo its changes to the host (logs stay in ~/.cache/kuberelay/cluster-state/logs).
 	hack/cluster/cluster down
+
+# The hack/ drivers are built into bin/ like every other tool (never at the root, never
+# committed); go build's cache makes the rebuild on every call cheap.
+HACK_TOOLS := api-docs bench-operator bench-relay e2e image run run-relay
+
+.PHONY: tools
+tools: $(addprefix $(LOCALBIN)/,$(HACK_TOOLS)) ## Build the hack/ drivers into ./bin.
+$(addprefix $(LOCALBIN)/,$(HACK_TOOLS)): $(LOCALBIN)/%: FORCE
+	$(GO) build -o $@ ./hack/$*
+
+.PHONY: FORCE
+FORCE:
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into ./bin.

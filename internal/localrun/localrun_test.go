@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/internal/testenv"
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
@@ -27,10 +28,7 @@ import (
 // with the key whose DNS record the RelayDomain publishes. Then a RelayDomain edit
 // reaches the same relay process by hot reload.
 func TestEndToEnd(t *testing.T) {
-	swaks, err := exec.LookPath("swaks")
-	if err != nil {
-		t.Fatal("swaks is needed to send mail: apt-get install swaks")
-	}
+	swaks := testpeers.RequireSwaksTLS(t)
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
 
 // BenchmarkRelayMessage relays 4 KiB messages, one after another over one client

@@ -23,8 +23,8 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 	kdkim "github.com/kuberelay/kuberelay/relay/dkim"
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
 )
 
 func message(subject string) string {
@@ -76,7 +76,7 @@ func TestSwaksPlainFromAllowedNetwork(t *testing.T) {
 }
 
 func TestSwaksStartTLSAuth(t *testing.T) {
-	swaks := testpeers.RequireCommand(t, "swaks", "swaks")
+	swaks := testpeers.RequireSwaksTLS(t)
 	up := startCapture(t)
 	e := startRelay(t, baseConfig(up.Addr(), ""), testSecrets(t, "one"))
 	run := func(mech, password string) (string, error) {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
 
 // TestThroughSmtpSink relays through Postfix's smtp-sink and checks what the client is
@@ -80,7 +80,7 @@ func TestUpstreamDownIsTemporary(t *testing.T) {
 
 // TestSwaksThroughSmtpSink is the whole path with real software at both ends.
 func TestSwaksThroughSmtpSink(t *testing.T) {
-	swaks := testpeers.RequireCommand(t, "swaks", "swaks")
+	swaks := testpeers.RequireSwaksTLS(t)
 	sink := testpeers.StartSink(t)
 	e := startRelay(t, baseConfig(sink.Addr, ""), testSecrets(t, "one"))
 	out, err := exec.Command(swaks, "--server", e.addr("smtp"), "-tls", "--ehlo", "client.test",

@@ -10,8 +10,8 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 

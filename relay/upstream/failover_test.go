@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 

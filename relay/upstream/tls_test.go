@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 

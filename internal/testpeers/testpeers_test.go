@@ -3,13 +3,16 @@ package testpeers_test
 import (
 	"crypto/tls"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/kuberelay/kuberelay/relay/internal/testpeers"
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
 
 func TestRequireCommandFindsSbin(t *testing.T) {
@@ -90,5 +93,31 @@ func TestServerStartTLSAndAuth(t *testing.T) {
 	msgs := s.Messages()
 	if len(msgs) != 1 || !msgs[0].TLS || msgs[0].User != "u" || string(msgs[0].Data) != "Subject: x\r\n\r\nbody\r\n" {
 		t.Fatalf("messages = %+v", msgs)
+	}
+}
+
+func TestRequireSwaksTLS(t *testing.T) {
+	if p := testpeers.RequireSwaksTLS(t); !strings.HasSuffix(p, "/swaks") {
+		t.Fatalf("RequireSwaksTLS = %q", p)
+	}
+}
+
+// TestSwaksWithoutTLSNamesPackage runs the real swaks with its TLS module hidden, as on
+// a machine where swaks was installed without its recommends.
+func TestSwaksWithoutTLSNamesPackage(t *testing.T) {
+	swaks := testpeers.RequireCommand(t, "swaks", "swaks")
+	hide := filepath.Join(t.TempDir(), "Net")
+	if err := os.MkdirAll(hide, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(hide, "SSLeay.pm"), []byte("die qq(hidden by the test\\n);\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(swaks, "--support")
+	cmd.Env = append(os.Environ(), "PERL5LIB="+filepath.Dir(hide))
+	err := testpeers.SwaksTLS(cmd)
+	if err == nil || !strings.Contains(err.Error(), `install the Debian package "libnet-ssleay-perl"`) ||
+		!strings.Contains(err.Error(), "requires Net::SSLeay") {
+		t.Fatalf("SwaksTLS without Net::SSLeay = %v; want the package to install and swaks's reason", err)
 	}
 }
