@@ -4,6 +4,12 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 GO      ?= go
+# Every binary, tool and go vet uses these settings, as do the tests that build a
+# binary (internal/gobuild): go's build cache keys each compiled package by them, so one
+# set means each dependency is compiled once. go test -race needs cgo and is the only
+# other set.
+GOBUILDENV   := CGO_ENABLED=0
+GOBUILDFLAGS := -trimpath
 # Test peers (smtp-sink, smtp-source from postfix; swaks) live in /usr/sbin on Debian.
 export PATH := $(PATH):/usr/sbin:/usr/lib/postfix/sbin
 
@@ -37,7 +43,7 @@ fmt: ## Format the code.
 
 .PHONY: vet
 vet: ## Run go vet.
-	$(GO) vet ./...
+	$(GOBUILDENV) $(GO) vet $(GOBUILDFLAGS) ./...
 
 .PHONY: test
 test: manifests generate fmt-check vet envtest helm ## Run every test (needs postfix and swaks: see .ci/run).
@@ -52,8 +58,8 @@ fmt-check:
 
 .PHONY: build
 build: ## Build the relay and the operator (manager) binaries into bin/.
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/relay ./relay/cmd/relay
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/manager .
+	$(GOBUILDENV) $(GO) build $(GOBUILDFLAGS) -ldflags '$(LDFLAGS)' -o bin/relay ./relay/cmd/relay
+	$(GOBUILDENV) $(GO) build $(GOBUILDFLAGS) -ldflags '$(LDFLAGS)' -o bin/manager .
 
 .PHONY: image
 image: build $(LOCALBIN)/image ## Build the container image as a tarball (dist/kuberelay-image.tar) from bin/, no container engine needed.
@@ -111,7 +117,7 @@ HACK_TOOLS := api-docs bench-operator bench-relay e2e image run run-relay
 .PHONY: tools
 tools: $(addprefix $(LOCALBIN)/,$(HACK_TOOLS)) ## Build the hack/ drivers into ./bin.
 $(addprefix $(LOCALBIN)/,$(HACK_TOOLS)): $(LOCALBIN)/%: FORCE
-	$(GO) build -o $@ ./hack/$*
+	$(GOBUILDENV) $(GO) build $(GOBUILDFLAGS) -o $@ ./hack/$*
 
 .PHONY: FORCE
 FORCE:
@@ -120,7 +126,7 @@ FORCE:
 controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into ./bin.
 $(CONTROLLER_GEN):
 	@mkdir -p $(LOCALBIN)
-	GOBIN=$(LOCALBIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	GOBIN=$(LOCALBIN) $(GOBUILDENV) $(GO) install $(GOBUILDFLAGS) sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $@
 
 HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
@@ -130,7 +136,7 @@ HELM_VERSION ?= v3.22.0
 helm: $(HELM) ## Install the Helm client into ./bin (the chart tests run it).
 $(HELM):
 	@mkdir -p $(LOCALBIN)
-	GOBIN=$(LOCALBIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(LOCALBIN) $(GOBUILDENV) $(GO) install $(GOBUILDFLAGS) helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	mv $(LOCALBIN)/helm $@
 
 .PHONY: help

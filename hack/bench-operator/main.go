@@ -95,10 +95,6 @@ func progress(format string, args ...any) {
 }
 
 func run(ctx context.Context, o options) (err error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return err
-	}
 	tmp, err := os.MkdirTemp("", "bench-operator-")
 	if err != nil {
 		return err
@@ -111,7 +107,7 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}()
 
-	managerBin, err := managerBinary(ctx, o.manager, root, tmp)
+	managerBin, err := managerBinary(ctx, o.manager, tmp)
 	if err != nil {
 		return err
 	}

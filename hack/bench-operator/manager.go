@@ -12,11 +12,12 @@ import (
 	"time"
 
 	"github.com/kuberelay/kuberelay/hack/internal/proc"
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 )
 
 // managerBinary returns path made absolute, or builds the operator into dir when path
 // is empty.
-func managerBinary(ctx context.Context, path, root, dir string) (string, error) {
+func managerBinary(ctx context.Context, path, dir string) (string, error) {
 	if path != "" {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -29,8 +30,10 @@ func managerBinary(ctx context.Context, path, root, dir string) (string, error) 
 	}
 	bin := filepath.Join(dir, "manager")
 	progress("building the operator into %s", bin)
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
-	build.Dir = root
+	build, err := gobuild.Command(ctx, ".", bin)
+	if err != nil {
+		return "", err
+	}
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return "", fmt.Errorf("building the operator: %w", err)

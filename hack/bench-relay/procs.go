@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kuberelay/kuberelay/hack/internal/proc"
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 )
 
 // childSet holds every process the driver started; each is stopped on exit, ctrl-C
@@ -167,12 +168,10 @@ func ensureRelayBinary(path, tmpDir string) (string, bool, error) {
 
 // buildTool builds the main package pkg of this module into bin.
 func buildTool(pkg, bin string) (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
-		return "", fmt.Errorf("cannot build %s: the module root is unknown (run from the repository)", pkg)
+	build, err := gobuild.Command(context.Background(), pkg, bin)
+	if err != nil {
+		return "", err
 	}
-	build := exec.Command("go", "build", "-o", bin, pkg)
-	build.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return "", fmt.Errorf("building %s: %w", pkg, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"context"
 	"debug/elf"
 	"io"
 	"os"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 )
 
 // TestImage builds the image from freshly built static binaries and checks what a
@@ -21,13 +24,11 @@ import (
 // binaries are static and report their version.
 func TestImage(t *testing.T) {
 	dir := t.TempDir()
-	bins := map[string]string{"manager": "../..", "relay": "../../relay/cmd/relay"}
+	bins := map[string]string{"manager": ".", "relay": "./relay/cmd/relay"}
 	for bin, pkg := range bins {
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v9.8.7 -X main.commit=abc1234",
-			"-o", filepath.Join(dir, bin), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", bin, err, out)
+		if err := gobuild.Build(context.Background(), pkg, filepath.Join(dir, bin),
+			"-ldflags", "-s -w -X main.version=v9.8.7 -X main.commit=abc1234"); err != nil {
+			t.Fatal(err)
 		}
 	}
 	ca := filepath.Join(dir, "ca.crt")

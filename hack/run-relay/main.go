@@ -30,6 +30,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/dkim"
 	"github.com/kuberelay/kuberelay/relay/kubeletdir"
@@ -97,7 +98,10 @@ func run(dir string, smtpPort, subPort, capturePort, httpPort int) error {
 	defer capture.Close()
 
 	relayBin := filepath.Join(dir, "bin", "relay")
-	build := exec.Command("go", "build", "-o", relayBin, "./relay/cmd/relay")
+	build, err := gobuild.Command(context.Background(), "./relay/cmd/relay", relayBin)
+	if err != nil {
+		return err
+	}
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("building the relay: %w", err)

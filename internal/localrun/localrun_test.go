@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 	"github.com/kuberelay/kuberelay/internal/testenv"
 	"github.com/kuberelay/kuberelay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/mailcapture"
@@ -34,12 +35,10 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), "relay")
-	build := exec.Command("go", "build", "-o", bin, "./relay/cmd/relay")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the relay: %v\n%s", err, out)
-	}
 	ctx := context.Background()
+	if err := gobuild.Build(ctx, "./relay/cmd/relay", bin); err != nil {
+		t.Fatal(err)
+	}
 	run, err := Start(ctx, Options{Dir: t.TempDir(), RelayBinary: bin, Samples: filepath.Join(root, "config", "samples"),
 		HTTPAddress: "127.0.0.1:" + freePort(t)})
 	if err != nil {

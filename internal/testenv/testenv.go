@@ -29,6 +29,7 @@ import (
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 )
 
 // Scheme knows the built-in kinds and kuberelay's.
@@ -128,22 +129,7 @@ func Assets(root string) (string, error) {
 
 // RepoRoot finds the repository root (the directory with go.mod) above the working
 // directory, which go test sets to the package's directory.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
+func RepoRoot() (string, error) { return gobuild.ModuleRoot() }
 
 // WriteKubeconfig writes a kubeconfig file for the control plane, so that kubectl and
 // the manager binary can reach it.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/kuberelay/kuberelay/internal/gobuild"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/kubeletdir"
 	"github.com/kuberelay/kuberelay/relay/mailcapture"
@@ -110,8 +112,8 @@ func TestCheck(t *testing.T) {
 // SIGTERM.
 func TestBinary(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "relay")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	if err := gobuild.Build(context.Background(), "./relay/cmd/relay", bin); err != nil {
+		t.Fatal(err)
 	}
 	up, err := mailcapture.Start("127.0.0.1:0", "")
 	if err != nil {
