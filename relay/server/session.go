@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/go-logr/logr"
 
+	"github.com/kuberelay/kuberelay/relay/address"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/policy"
@@ -192,6 +193,17 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.user == "" && !g.policy.NetworkAllowed(s.ip) {
 		return s.fail(policy.ErrRelayDenied)
 	}
+	// The null reverse-path stays empty; any other is checked and re-quoted, so the
+	// policy and the upstream see one address.
+	if from != "" {
+		mb, err := address.Parse(from)
+		if err != nil {
+			s.log.Info("sender refused", "user", sanitizeToken(s.user, 64), "reason", err.Error())
+			s.b.srv.metrics.Messages.WithLabelValues(metrics.OutcomeRejected, "sender-syntax", "").Inc()
+			return s.fail(pathError(err, smtp.EnhancedCode{5, 1, 7}))
+		}
+		from = mb.Wire()
+	}
 	route, perr := g.policy.CheckSender(from, s.user)
 	if perr != nil {
 		s.log.Info("sender refused", "from", from, "user", sanitizeToken(s.user, 64), "reason", perr.Message)
@@ -226,7 +238,13 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
 	s.rcptSeen++
-	err := tx.Rcpt(s.ctx, to, &smtp.RcptOptions{})
+	mb, perr := address.Parse(to)
+	if perr != nil {
+		s.b.srv.metrics.Recipients.WithLabelValues("rejected", s.route).Inc()
+		s.log.Info("recipient refused", "queue", s.queueID, "reason", perr.Error())
+		return s.fail(pathError(perr, smtp.EnhancedCode{5, 1, 3}))
+	}
+	err := tx.Rcpt(s.ctx, mb.Wire(), &smtp.RcptOptions{})
 	if err == nil {
 		s.rcptOK++
 		s.b.srv.metrics.Recipients.WithLabelValues("accepted", s.route).Inc()
@@ -238,7 +256,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		outcome = "deferred"
 	}
 	s.b.srv.metrics.Recipients.WithLabelValues(outcome, s.route).Inc()
-	s.log.Info("recipient not accepted", "queue", s.queueID, "code", reply.Code, "upstream", s.route)
+	s.log.Info("recipient not accepted", "queue", s.queueID, "code", reply.Code, "upstream", s.route, "detail", err.Error())
 	return s.fail(reply)
 }
 
@@ -363,6 +381,16 @@ func (s *session) upstreamReply(err error) *smtp.SMTPError {
 	// The upstream package has already reduced the text to bounded printable ASCII.
 	msg := "Upstream: " + ue.Message
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+// pathError is the reply to a mailbox that address.Parse refused; enh is X.1.7 for
+// the sender and X.1.3 for a recipient (RFC 3463).
+func pathError(err error, enh smtp.EnhancedCode) *smtp.SMTPError {
+	if errors.Is(err, address.ErrNonASCII) {
+		// RFC 6531 section 3.5: an address that needs SMTPUTF8 without it.
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: err.Error()}
+	}
+	return &smtp.SMTPError{Code: 501, EnhancedCode: enh, Message: err.Error()}
 }
 
 func (s *session) Reset() {

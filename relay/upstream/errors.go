@@ -157,7 +157,26 @@ func isNetworkError(err error) bool {
 		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// validAddress refuses what could not be sent as one SMTP command argument.
+// validAddress refuses what could not be sent as one path: anything but printable
+// ASCII, and a space or angle bracket outside a quoted local part, which would end the
+// path early. Callers send mailboxes in their RFC 5321 wire form (relay/address); this
+// is the last guard before the command line.
 func validAddress(a string) bool {
-	return !strings.ContainsAny(a, "\r\n<>") && len(a) <= 1000
+	if len(a) > 1000 {
+		return false
+	}
+	quoted := false
+	for i := 0; i < len(a); i++ {
+		switch c := a[i]; {
+		case c < 0x20 || c > 0x7e:
+			return false
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case !quoted && (c == ' ' || c == '<' || c == '>'):
+			return false
+		}
+	}
+	return !quoted
 }

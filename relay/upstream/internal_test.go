@@ -65,3 +65,27 @@ func TestErrorString(t *testing.T) {
 		t.Errorf("local error %q", e.Error())
 	}
 }
+
+func TestValidAddress(t *testing.T) {
+	for a, want := range map[string]bool{
+		"a@example.com":                 true,
+		"":                              true, // the null sender
+		`"a b"@example.com`:             true,
+		`"a>b <c"@example.com`:          true,
+		`"a\"b"@example.com`:            true,
+		"a b@example.com":               false, // the space would end the path
+		"a@example.com> X=1":            false,
+		"a@example.com>":                false,
+		"<a@example.com":                false,
+		`"unterminated@example.com`:     false,
+		`"a\"@example.com`:              false, // the quote is escaped: still open
+		"a\r\nRSET@example.com":         false,
+		"a\x00@example.com":             false,
+		"j\xc3\xb6rg@example.com":       false,
+		strings.Repeat("a", 1001) + "@": false,
+	} {
+		if got := validAddress(a); got != want {
+			t.Errorf("validAddress(%q) = %v, want %v", a, got, want)
+		}
+	}
+}
