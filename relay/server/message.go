@@ -38,6 +38,16 @@ var errClientRead = &smtp.SMTPError{
 	Message:      "Connection error while reading message data, closing connection",
 }
 
+// errDataLineTooLong refuses a message with a line over the line limit. It is
+// permanent, as RFC 5321 section 4.5.3.1.10 has it ("500 Line too long"): the same
+// message would fail again, so a 4xx would only make the client retry for days. The
+// connection is closed, since the SMTP library cannot find the next line in the stream.
+var errDataLineTooLong = &smtp.SMTPError{
+	Code:         500,
+	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	Message:      "Line too long in message data (RFC 5321 section 4.5.3.1.6), closing connection",
+}
+
 // dataReader checks message data as it streams past: it refuses ambiguous line
 // endings and NUL bytes, and keeps the read deadline dataTimeout ahead while data
 // keeps arriving. It records when the client's data ended (the final dot).
@@ -80,6 +90,9 @@ func (d *dataReader) Read(p []byte) (int, error) {
 }
 
 func classifyReadError(err error) error {
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		return errDataLineTooLong
+	}
 	var smtpErr *smtp.SMTPError
 	if errors.As(err, &smtpErr) {
 		return smtpErr // e.g. go-smtp's ErrDataTooLarge

@@ -346,6 +346,26 @@ func TestLimits(t *testing.T) {
 			t.Fatal("connection not closed after an overlong line")
 		}
 	})
+	// In message data a too-long line is permanent (5xx), or the client would retry
+	// the same message for days; nothing reaches the upstream.
+	t.Run("line length in data", func(t *testing.T) {
+		before := len(up.Messages())
+		c := dialRaw(t, e.addr("plain"))
+		c.cmd("EHLO client.test", 250)
+		c.cmd("MAIL FROM:<noreply@example.com>", 250)
+		c.cmd("RCPT TO:<a@example.net>", 250)
+		c.cmd("DATA", 354)
+		c.send("Subject: long\r\n\r\n" + strings.Repeat("y", 2100) + "\r\n.\r\n")
+		if text := c.expect(500); !strings.HasPrefix(text, "5.5.2 Line too long in message data") {
+			t.Fatalf("overlong data line: %q", text)
+		}
+		if !c.closed() {
+			t.Fatal("connection not closed after an overlong line in data")
+		}
+		if n := len(up.Messages()); n != before {
+			t.Fatalf("upstream got %d messages, want %d", n, before)
+		}
+	})
 	t.Run("errors", func(t *testing.T) {
 		c := dialRaw(t, e.addr("plain"))
 		c.cmd("EHLO client.test", 250)

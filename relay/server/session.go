@@ -330,6 +330,9 @@ func (s *session) dataFailed(dr *dataReader, err error) error {
 		case errDataTimeout, errClientRead:
 			reason = "client"
 			s.tc.closeAfterWrite.Store(true)
+		case errDataLineTooLong:
+			reason = "line-length"
+			s.tc.closeAfterWrite.Store(true)
 		default:
 			reason = "size"
 		}
@@ -353,7 +356,7 @@ func (s *session) dataFailed(dr *dataReader, err error) error {
 	m.Messages.WithLabelValues(outcome, reason, s.route).Inc()
 	s.log.Info("message not relayed", "queue", s.queueID, "from", s.from, "code", reply.Code,
 		"reason", reason, "upstream", s.route, "detail", err.Error())
-	if reply.Code == 421 {
+	if reply.Code == 421 || reply == errDataLineTooLong {
 		return reply
 	}
 	return s.fail(reply)
