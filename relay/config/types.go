@@ -98,6 +98,10 @@ type Listener struct {
 	// allowed network. Requires a TLS mode other than None, as AUTH is only offered
 	// over TLS.
 	RequireAuth bool `json:"requireAuth,omitempty"`
+	// maxConnections is the most concurrent connections this listener takes; the next
+	// one is answered 421 and closed. Default: no limit of its own, only limits'. It
+	// changes without a restart.
+	MaxConnections int `json:"maxConnections,omitempty"`
 }
 
 // ServerTLS is the certificate the relay presents to its clients.
@@ -248,6 +252,16 @@ type Limits struct {
 	// maxConnections is the most concurrent client connections per relay process; the
 	// next one is answered 421 and closed. Default 1000.
 	MaxConnections int `json:"maxConnections,omitempty"`
+	// maxConnectionsPerClient is the most concurrent connections from one client IP
+	// address over all listeners; the next one is answered 421 4.7.0 and closed.
+	// Default 100.
+	MaxConnectionsPerClient int `json:"maxConnectionsPerClient,omitempty"`
+	// reservedAuthConnections of maxConnections only listeners with requireAuth may
+	// use, so that a flood of connections to an open listener (port 25) cannot shut
+	// authenticated clients out. Default maxConnections/10, at least 1.
+	ReservedAuthConnections int `json:"reservedAuthConnections,omitempty"`
+	// auth bounds password guessing across connections.
+	Auth AuthLimits `json:"auth,omitzero"`
 	// maxErrors is how many rejected commands a session may collect before the relay
 	// answers 421 and closes it. Default 10.
 	MaxErrors int `json:"maxErrors,omitempty"`
@@ -257,6 +271,29 @@ type Limits struct {
 	// dataTimeout is how long the relay waits for more message data before it closes
 	// the connection. Default 3m (RFC 5321 section 4.5.3.2.5).
 	DataTimeout Duration `json:"dataTimeout,omitzero"`
+}
+
+// AuthLimits bound password guessing: failures are counted per client IP address and
+// per username across connections, each failed AUTH is answered after a delay that
+// grows, and a spent budget makes AUTH answer 421 4.7.0 and close the connection.
+type AuthLimits struct {
+	// maxFailuresPerClient is how many failed AUTH attempts one client IP address may
+	// make within failureWindow; after that its AUTH commands are refused until
+	// failureWindow has passed since its last failure. Default 10.
+	MaxFailuresPerClient int `json:"maxFailuresPerClient,omitempty"`
+	// maxFailuresPerUser is how many failed attempts one username may collect, from any
+	// address, within failureWindow; after that the username is refused for
+	// userLockout, except from addresses that authenticated as it within the last 24
+	// hours. Default 30.
+	MaxFailuresPerUser int `json:"maxFailuresPerUser,omitempty"`
+	// failureWindow is how long failures are remembered after the last one. Default 15m.
+	FailureWindow Duration `json:"failureWindow,omitzero"`
+	// userLockout is how long a username whose budget is spent stays refused. Kept short
+	// so that an attacker cannot keep a real user out for long. Default 1m.
+	UserLockout Duration `json:"userLockout,omitzero"`
+	// failureDelay is the delay before the reply to a failed AUTH; it doubles with each
+	// further failure of the same client address, up to 30s. Default 1s.
+	FailureDelay Duration `json:"failureDelay,omitzero"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("30s", "5m").

@@ -16,11 +16,19 @@ import (
 
 // Defaults applied by SetDefaults.
 const (
-	DefaultMaxMessageBytes          = 25 << 20
-	DefaultMaxRecipients            = 100
-	DefaultMaxLineLength            = 2000
-	DefaultMaxConnections           = 1000
-	DefaultMaxErrors                = 10
+	DefaultMaxMessageBytes         = 25 << 20
+	DefaultMaxRecipients           = 100
+	DefaultMaxLineLength           = 2000
+	DefaultMaxConnections          = 1000
+	DefaultMaxErrors               = 10
+	DefaultMaxConnectionsPerClient = 100
+	DefaultAuthFailuresPerClient   = 10
+	DefaultAuthFailuresPerUser     = 30
+	DefaultAuthFailureWindow       = 15 * time.Minute
+	DefaultAuthUserLockout         = time.Minute
+	DefaultAuthFailureDelay        = time.Second
+	// MaxAuthFailureDelay caps the growing delay of failureDelay.
+	MaxAuthFailureDelay             = 30 * time.Second
 	DefaultCommandTimeout           = 5 * time.Minute
 	DefaultDataTimeout              = 3 * time.Minute
 	DefaultUpstreamMaxConnections   = 10
@@ -114,6 +122,22 @@ func (c *Config) SetDefaults() {
 	if l.MaxErrors == 0 {
 		l.MaxErrors = DefaultMaxErrors
 	}
+	if l.MaxConnectionsPerClient == 0 {
+		l.MaxConnectionsPerClient = DefaultMaxConnectionsPerClient
+	}
+	if l.ReservedAuthConnections == 0 {
+		l.ReservedAuthConnections = max(1, l.MaxConnections/10)
+	}
+	a := &l.Auth
+	if a.MaxFailuresPerClient == 0 {
+		a.MaxFailuresPerClient = DefaultAuthFailuresPerClient
+	}
+	if a.MaxFailuresPerUser == 0 {
+		a.MaxFailuresPerUser = DefaultAuthFailuresPerUser
+	}
+	defaultDuration(&a.FailureWindow, DefaultAuthFailureWindow)
+	defaultDuration(&a.UserLockout, DefaultAuthUserLockout)
+	defaultDuration(&a.FailureDelay, DefaultAuthFailureDelay)
 	defaultDuration(&l.CommandTimeout, DefaultCommandTimeout)
 	defaultDuration(&l.DataTimeout, DefaultDataTimeout)
 }
@@ -196,6 +220,9 @@ func (c *Config) validateListeners(errs *fieldErrors) {
 			errs.add(f+".name", "%q is used by another listener", l.Name)
 		}
 		names[l.Name] = true
+		if l.MaxConnections < 0 {
+			errs.add(f+".maxConnections", "%d must not be negative (0 means no limit of the listener's own)", l.MaxConnections)
+		}
 		if _, port, err := net.SplitHostPort(l.Address); err != nil {
 			errs.add(f+".address", "%q is not host:port (for all interfaces write \":2525\")", l.Address)
 		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
@@ -400,6 +427,29 @@ func (c *Config) validateLimits(errs *fieldErrors) {
 	}
 	if l.MaxErrors < 1 {
 		errs.add("limits.maxErrors", "%d must be at least 1", l.MaxErrors)
+	}
+	if l.MaxConnectionsPerClient < 1 {
+		errs.add("limits.maxConnectionsPerClient", "%d must be at least 1", l.MaxConnectionsPerClient)
+	}
+	if l.ReservedAuthConnections < 1 || l.ReservedAuthConnections >= l.MaxConnections {
+		errs.add("limits.reservedAuthConnections", "%d must be at least 1 and below limits.maxConnections (%d)",
+			l.ReservedAuthConnections, l.MaxConnections)
+	}
+	a := l.Auth
+	if a.MaxFailuresPerClient < 1 {
+		errs.add("limits.auth.maxFailuresPerClient", "%d must be at least 1", a.MaxFailuresPerClient)
+	}
+	if a.MaxFailuresPerUser < 1 {
+		errs.add("limits.auth.maxFailuresPerUser", "%d must be at least 1", a.MaxFailuresPerUser)
+	}
+	if a.FailureWindow.Duration <= 0 {
+		errs.add("limits.auth.failureWindow", "must be positive")
+	}
+	if a.UserLockout.Duration <= 0 || a.UserLockout.Duration > a.FailureWindow.Duration {
+		errs.add("limits.auth.userLockout", "must be positive and at most limits.auth.failureWindow")
+	}
+	if a.FailureDelay.Duration <= 0 || a.FailureDelay.Duration > MaxAuthFailureDelay {
+		errs.add("limits.auth.failureDelay", "must be positive and at most %s", MaxAuthFailureDelay)
 	}
 	if l.CommandTimeout.Duration <= 0 {
 		errs.add("limits.commandTimeout", "must be positive")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,10 @@ type trackedConn struct {
 	net.Conn
 	srv      *Server
 	listener string
+	ip       netip.Addr
+	// noAuth: the listener does not require AUTH, so the connection counts against the
+	// share that leaves room for authenticating clients.
+	noAuth bool
 
 	closeAfterWrite atomic.Bool
 	// draining makes every read deadline "now": the next command read times out, so the

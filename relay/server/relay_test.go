@@ -409,8 +409,10 @@ func TestLimits(t *testing.T) {
 		}) {
 			t.Fatal("connections of earlier subtests never closed")
 		}
+		// maxConnections 8 keeps one (reservedAuthConnections' default, a tenth, at
+		// least one) for the listeners that require AUTH: the plain listener takes 7.
 		var held []*smtpConn
-		for i := 0; i < 8; i++ {
+		for i := 0; i < 7; i++ {
 			c := dialRaw(t, e.addr("plain"))
 			c.cmd("EHLO client.test", 250)
 			held = append(held, c)
@@ -426,6 +428,18 @@ func TestLimits(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(e.metrics.ConnectionsRefused.WithLabelValues("plain", "limit")); got != 1 {
 			t.Errorf("refused metric = %v", got)
+		}
+		// The open listeners are full, submission still serves.
+		sub := dialRaw(t, e.addr("submission"))
+		sub.cmd("EHLO client.test", 250)
+		held = append(held, sub)
+		c2, err := netDial(e.addr("submission"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		if text := (&smtpConn{t: t, conn: c2, r: newReader(c2)}).expect(421); !strings.Contains(text, "Too many connections") {
+			t.Fatalf("over the total limit: %s", text)
 		}
 		for _, h := range held {
 			h.cmd("QUIT", 221)

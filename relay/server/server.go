@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,8 +62,12 @@ type Server struct {
 	// the life of the process.
 	boundListeners []config.Listener
 	conns          map[*trackedConn]struct{}
+	// Open connections by client address, by listener, and on listeners that do not
+	// require AUTH: what admit counts against the limits.
+	perClient   map[netip.Addr]int
+	perListener map[string]int
+	openNoAuth  int
 
-	open         atomic.Int64
 	shuttingDown atomic.Bool
 	wg           sync.WaitGroup
 	drained      chan struct{}
@@ -104,13 +110,15 @@ func New(l *config.Loaded, opts Options) *Server {
 		opts.SpoolDir = os.TempDir()
 	}
 	s := &Server{
-		opts:      opts,
-		log:       opts.Log,
-		metrics:   opts.Metrics,
-		pools:     &poolRegistry{},
-		authCache: policy.NewAuthCache(),
-		conns:     map[*trackedConn]struct{}{},
-		drained:   make(chan struct{}),
+		opts:        opts,
+		log:         opts.Log,
+		metrics:     opts.Metrics,
+		pools:       &poolRegistry{},
+		authCache:   policy.NewAuthCache(),
+		conns:       map[*trackedConn]struct{}{},
+		perClient:   map[netip.Addr]int{},
+		perListener: map[string]int{},
+		drained:     make(chan struct{}),
 	}
 	// The certificate is looked up at every handshake, so a renewed one is served at
 	// once, to sessions of every generation.
@@ -203,10 +211,18 @@ func (s *Server) Apply(l *config.Loaded) error {
 	return nil
 }
 
+// listenersEqual compares what a bound listener fixes for the life of the process; a
+// listener's connection limit is read from each new configuration.
 func listenersEqual(a, b []config.Listener) bool {
-	ja, _ := json.Marshal(a)
-	jb, _ := json.Marshal(b)
-	return string(ja) == string(jb)
+	bound := func(ls []config.Listener) string {
+		ls = slices.Clone(ls)
+		for i := range ls {
+			ls[i].MaxConnections = 0
+		}
+		j, _ := json.Marshal(ls)
+		return string(j)
+	}
+	return bound(a) == bound(b)
 }
 
 func (s *Server) apply(l *config.Loaded) {
@@ -331,11 +347,7 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 			s.refuse(l, c, "shutdown", errShuttingDown)
 			return
 		}
-		if s.open.Load() >= int64(g.loaded.Config.Limits.MaxConnections) {
-			s.refuse(l, c, "limit", errTooManyConnections)
-			return
-		}
-		tc := &trackedConn{Conn: c, srv: s, listener: name, gen: g}
+		tc := &trackedConn{Conn: c, srv: s, listener: name, gen: g, ip: remoteIP(c)}
 		g.mu.Lock()
 		if g.retired {
 			g.mu.Unlock()
@@ -343,10 +355,18 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 		}
 		g.conns++
 		g.mu.Unlock()
-		s.open.Add(1)
-		s.mu.Lock()
-		s.conns[tc] = struct{}{}
-		s.mu.Unlock()
+		if reason, reply := s.admit(g, tc); reply != nil {
+			g.mu.Lock()
+			g.conns--
+			done := g.retired && g.conns == 0
+			g.mu.Unlock()
+			if done {
+				s.release(g)
+			}
+			s.log.V(1).Info("connection refused", "listener", name, "client", tc.ip.String(), "reason", reason)
+			s.refuse(l, c, reason, reply)
+			return
+		}
 		s.metrics.Sessions.WithLabelValues(name).Inc()
 		s.metrics.ConnectionsOpen.WithLabelValues(name).Inc()
 		tc.release = func() { s.connClosed(tc) }
@@ -365,6 +385,53 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 	}
 }
 
+// admit counts tc's connection against the limits of generation g, or says which limit
+// refuses it: the relay's total, the share of listeners without requireAuth (the rest
+// is kept for authenticating clients), the listener's own, and the client address's.
+func (s *Server) admit(g *generation, tc *trackedConn) (reason string, reply *smtp.SMTPError) {
+	lim := g.loaded.Config.Limits
+	lc := g.listener(tc.listener)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case len(s.conns) >= lim.MaxConnections:
+		return "limit", errTooManyConnections
+	case !lc.RequireAuth && s.openNoAuth >= lim.MaxConnections-lim.ReservedAuthConnections:
+		return "limit", errTooManyConnections
+	case lc.MaxConnections > 0 && s.perListener[tc.listener] >= lc.MaxConnections:
+		return "listener-limit", errTooManyConnections
+	case s.perClient[tc.ip] >= lim.MaxConnectionsPerClient:
+		return "client-limit", errTooManyFromClient
+	}
+	tc.noAuth = !lc.RequireAuth
+	s.conns[tc] = struct{}{}
+	s.perClient[tc.ip]++
+	s.perListener[tc.listener]++
+	if tc.noAuth {
+		s.openNoAuth++
+	}
+	return "", nil
+}
+
+// listener is the current configuration of the listener named name (bound listeners
+// keep their address and TLS mode; their limits and requireAuth follow reloads).
+func (g *generation) listener(name string) config.Listener {
+	for _, l := range g.loaded.Config.Listeners {
+		if l.Name == name {
+			return l
+		}
+	}
+	return config.Listener{Name: name}
+}
+
+func remoteIP(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
 func (s *Server) refuse(l *listener, c net.Conn, reason string, reply *smtp.SMTPError) {
 	s.metrics.ConnectionsRefused.WithLabelValues(l.cfg.Name, reason).Inc()
 	if l.cfg.TLS != config.TLSImplicit {
@@ -378,8 +445,14 @@ func (s *Server) connClosed(tc *trackedConn) {
 	s.mu.Lock()
 	delete(s.conns, tc)
 	left := len(s.conns)
+	if s.perClient[tc.ip]--; s.perClient[tc.ip] <= 0 {
+		delete(s.perClient, tc.ip)
+	}
+	s.perListener[tc.listener]--
+	if tc.noAuth {
+		s.openNoAuth--
+	}
 	s.mu.Unlock()
-	s.open.Add(-1)
 	g := tc.gen
 	g.mu.Lock()
 	g.conns--

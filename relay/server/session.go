@@ -32,6 +32,8 @@ var (
 		Message: "Service shutting down, try again later"}
 	errTooManyConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
 		Message: "Too many connections, try again later"}
+	errTooManyFromClient = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many connections from your address, try again later"}
 	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
 		Message: "Upstream temporarily unavailable, try again later"}
 	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
@@ -51,11 +53,7 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if tc == nil {
 		return nil, errLocal
 	}
-	var ip netip.Addr
-	if a, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
-		ip, _ = netip.AddrFromSlice(a.IP)
-		ip = ip.Unmap()
-	}
+	ip := tc.ip
 	id := newID()
 	ctx, cancel := context.WithCancel(context.Background())
 	_, isTLS := c.TLSConnectionState()
