@@ -31,6 +31,7 @@ type Metrics struct {
 	MessageBytes       prometheus.Histogram
 	UpstreamLatency    *prometheus.HistogramVec
 	AuthFailures       *prometheus.CounterVec
+	AuthThrottled      *prometheus.CounterVec
 	ConfigReloads      *prometheus.CounterVec
 	ConfigInfo         *prometheus.GaugeVec
 	ConfigLastSuccess  prometheus.Gauge
@@ -50,7 +51,7 @@ func New() *Metrics {
 		}, []string{"listener"}),
 		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "connections_refused_total",
-			Help: "SMTP connections answered 421 and closed, by listener and reason (limit, shutdown).",
+			Help: "SMTP connections answered 421 and closed, by listener and reason (limit, listener-limit, client-limit, shutdown).",
 		}, []string{"listener", "reason"}),
 		Messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "messages_total",
@@ -74,6 +75,10 @@ func New() *Metrics {
 			Namespace: namespace, Name: "auth_failures_total",
 			Help: "Failed AUTH attempts, by listener.",
 		}, []string{"listener"}),
+		AuthThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "auth_throttled_total",
+			Help: "AUTH attempts refused with 421 because a failure budget was spent, by listener and scope (client, user).",
+		}, []string{"listener", "scope"}),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "config_reloads_total",
 			Help: "Configuration loads by result (success, failure). A failure keeps the last good config.",
@@ -91,7 +96,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
-		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.ConfigReloads, m.ConfigInfo,
+		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.AuthThrottled, m.ConfigReloads, m.ConfigInfo,
 		m.ConfigLastSuccess,
 	)
 	m.ConfigReloads.WithLabelValues("success")

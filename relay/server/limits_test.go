@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
 
 // dialFrom connects to addr from the loopback address local (Linux routes all of
@@ -104,4 +107,102 @@ func TestConnectionFloodLeavesSubmissionServing(t *testing.T) {
 		t.Fatalf("mail on submission during the flood: %d", code)
 	}
 
+}
+
+// authOn opens a session on kind ("submission": STARTTLS, or "smtps": implicit TLS)
+// from the address local and answers AUTH PLAIN with password; it returns the reply.
+func authOn(t *testing.T, e *relayEnv, kind, local, password string) (*smtpConn, int, string) {
+	t.Helper()
+	var c *smtpConn
+	if kind == "smtps" {
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+		tc, err := tls.DialWithDialer(d, "tcp", e.addr("smtps"), e.clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		c = &smtpConn{t: t, conn: tc, r: bufio.NewReader(tc)}
+		c.expect(220)
+		c.cmd("EHLO client.test", 250)
+	} else {
+		c = dialFrom(t, local, e.addr(kind))
+		c.expect(220)
+		c.cmd("EHLO client.test", 250)
+		c.startTLS(e.clientTLS)
+		c.cmd("EHLO client.test", 250)
+	}
+	c.send("AUTH PLAIN " + plainIR(testUser, password) + "\r\n")
+	code, text, err := c.reply()
+	if err != nil {
+		t.Fatalf("AUTH from %s on %s: %v", local, kind, err)
+	}
+	return c, code, text
+}
+
+// TestBruteForceAcrossConnections guesses passwords over many connections, one guess
+// each, as a real attack does to dodge the per-session error limit: the client address
+// is refused (421 4.7.0) once its budget is spent, even with the right password; other
+// addresses still authenticate; a username whose budget is spent is locked out only
+// briefly, and never for an address that authenticated as it before.
+func TestBruteForceAcrossConnections(t *testing.T) {
+	up := startCapture(t)
+	e := startRelay(t, baseConfig(up.Addr(), `limits:
+  auth:
+    maxFailuresPerClient: 4
+    maxFailuresPerUser: 10
+    failureWindow: 1h
+    userLockout: 300ms
+    failureDelay: 1ms
+`), testSecrets(t, "one"))
+
+	for i, kind := range []string{"submission", "smtps"} {
+		attacker := fmt.Sprintf("127.0.1.%d", i+1)
+		for guess := 0; guess < 4; guess++ {
+			if _, code, text := authOn(t, e, kind, attacker, fmt.Sprintf("guess-%d", guess)); code != 535 {
+				t.Fatalf("%s: guess %d got %d %s, want 535", kind, guess, code, text)
+			}
+		}
+		// The budget is spent: refused before the password is looked at, and closed.
+		c, code, text := authOn(t, e, kind, attacker, testPassword)
+		if code != 421 || !strings.HasPrefix(text, "4.7.0 Too many failed authentications") {
+			t.Fatalf("%s: AUTH after the budget got %d %s, want 421 4.7.0", kind, code, text)
+		}
+		if !c.closed() {
+			t.Fatalf("%s: connection open after the 421", kind)
+		}
+		// Another address is not held back by the attacker's failures.
+		if _, code, text := authOn(t, e, kind, fmt.Sprintf("127.0.2.%d", i+1), testPassword); code != 235 {
+			t.Fatalf("%s: a good client got %d %s", kind, code, text)
+		}
+	}
+	if got := testutil.ToFloat64(e.metrics.AuthThrottled.WithLabelValues("submission", "client")); got != 1 {
+		t.Errorf("client throttles on submission counted %v, want 1", got)
+	}
+
+	// 8 failures so far for the user; two more addresses spend the user's budget of 10.
+	for i := 0; i < 2; i++ {
+		if _, code, _ := authOn(t, e, "submission", fmt.Sprintf("127.0.3.%d", i+1), "wrong"); code != 535 {
+			t.Fatalf("failure %d for the user: got %d", i, code)
+		}
+	}
+	// A new address is locked out of the user for now ...
+	if _, code, text := authOn(t, e, "submission", "127.0.4.1", testPassword); code != 421 {
+		t.Fatalf("locked user from a new address: got %d %s, want 421", code, text)
+	}
+	if got := testutil.ToFloat64(e.metrics.AuthThrottled.WithLabelValues("submission", "user")); got != 1 {
+		t.Errorf("user throttles counted %v, want 1", got)
+	}
+	// ... an address that authenticated as the user before is not ...
+	if _, code, text := authOn(t, e, "submission", "127.0.2.1", testPassword); code != 235 {
+		t.Fatalf("locked user from a known address: got %d %s, want 235", code, text)
+	}
+	// ... and the lockout ends by itself (userLockout 300ms): a refused attempt does not
+	// extend it.
+	ok := testpeers.Eventually(func() bool {
+		_, code, _ := authOn(t, e, "submission", "127.0.4.1", testPassword)
+		return code == 235
+	})
+	if !ok {
+		t.Fatal("the user lockout never ended")
+	}
 }

@@ -54,6 +54,7 @@ type Server struct {
 	tlsConfig *tls.Config
 	pools     *poolRegistry
 	authCache *policy.AuthCache
+	authLimit *authLimiter
 
 	mu        sync.Mutex
 	gen       *generation
@@ -115,6 +116,7 @@ func New(l *config.Loaded, opts Options) *Server {
 		metrics:     opts.Metrics,
 		pools:       &poolRegistry{},
 		authCache:   policy.NewAuthCache(),
+		authLimit:   newAuthLimiter(),
 		conns:       map[*trackedConn]struct{}{},
 		perClient:   map[netip.Addr]int{},
 		perListener: map[string]int{},

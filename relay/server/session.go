@@ -34,6 +34,8 @@ var (
 		Message: "Too many connections, try again later"}
 	errTooManyFromClient = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 		Message: "Too many connections from your address, try again later"}
+	errAuthThrottled = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many failed authentications, try again later"}
 	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
 		Message: "Upstream temporarily unavailable, try again later"}
 	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
@@ -152,13 +154,20 @@ func (s *session) AuthMechanisms() []string {
 }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	lim := s.b.gen.loaded.Config.Limits.Auth
+	limiter := s.b.srv.authLimit
+	if limiter.blockedClient(lim, s.ip) {
+		return nil, s.authThrottled("client", "")
+	}
 	check := func(identity, username, password string) error {
-		if identity != "" && identity != username {
-			return s.authFailed(username)
+		// Checked before the password, so a locked-out guess costs no bcrypt.
+		if limiter.blockedUser(lim, s.ip, username) {
+			return s.authThrottled("user", username)
 		}
-		if !s.b.gen.policy.Authenticate(username, password) {
-			return s.authFailed(username)
+		if identity != "" && identity != username || !s.b.gen.policy.Authenticate(username, password) {
+			return s.authFailed(lim, username)
 		}
+		limiter.succeeded(s.ip, username)
 		s.user = username
 		s.log.Info("authenticated", "user", sanitizeToken(username, 64))
 		return nil
@@ -172,11 +181,30 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-func (s *session) authFailed(username string) error {
+// authFailed counts a failed AUTH against the client's and the username's budgets
+// and answers it after the delay those give, which grows with each failure of the
+// client, so guessing over many connections gets slower and slower.
+func (s *session) authFailed(lim config.AuthLimits, username string) error {
 	s.b.srv.metrics.AuthFailures.WithLabelValues(s.b.listener.Name).Inc()
+	delay := s.b.srv.authLimit.failed(lim, s.ip, username)
 	// Only a sanitised user name is logged; the password never is.
-	s.log.Info("authentication failed", "user", sanitizeToken(username, 64))
+	s.log.Info("authentication failed", "user", sanitizeToken(username, 64), "delay", delay.String())
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.ctx.Done():
+	}
 	return s.fail(smtp.ErrAuthFailed)
+}
+
+// authThrottled refuses AUTH from a client, or for a username, whose failure budget is
+// spent, and closes the connection.
+func (s *session) authThrottled(scope, username string) error {
+	s.b.srv.metrics.AuthThrottled.WithLabelValues(s.b.listener.Name, scope).Inc()
+	s.log.Info("authentication refused: too many failures", "scope", scope, "user", sanitizeToken(username, 64))
+	s.tc.closeAfterWrite.Store(true)
+	return errAuthThrottled
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
