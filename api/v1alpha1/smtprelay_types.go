@@ -146,6 +146,14 @@ type Listener struct {
 	// allowedNetworks. Default: false.
 	// +optional
 	RequireAuth bool `json:"requireAuth,omitempty"`
+
+	// maxConnections is the most concurrent connections this listener takes per relay
+	// pod; the next client is answered 421. A change reaches running pods without a
+	// restart. Default: no limit of its own, only spec.limits'.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxConnections *int32 `json:"maxConnections,omitempty"`
 }
 
 // RelayTLS is the relay's server certificate.
@@ -209,6 +217,7 @@ type DomainNamespaces struct {
 }
 
 // RelayLimits bound what a client can make the relay do.
+// +kubebuilder:validation:XValidation:rule="!has(self.reservedAuthConnections) || self.reservedAuthConnections < (has(self.maxConnections) ? self.maxConnections : 1000)",message="reservedAuthConnections must be below maxConnections (default 1000)"
 type RelayLimits struct {
 	// maxMessageBytes is the largest message accepted (advertised with SIZE).
 	// Default: 26214400 (25 MiB).
@@ -226,6 +235,23 @@ type RelayLimits struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
 	MaxConnections *int32 `json:"maxConnections,omitempty"`
+	// maxConnectionsPerClient is the most concurrent connections from one client IP
+	// address per relay pod, over all listeners; the next one is answered 421 4.7.0.
+	// Default: 100.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxConnectionsPerClient *int32 `json:"maxConnectionsPerClient,omitempty"`
+	// reservedAuthConnections of maxConnections only listeners with requireAuth may
+	// use, so a flood of connections to an open listener (port 25) cannot shut
+	// authenticated clients out. Default: maxConnections/10, at least 1.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=99999
+	ReservedAuthConnections *int32 `json:"reservedAuthConnections,omitempty"`
+	// auth bounds password guessing across connections.
+	// +optional
+	Auth *AuthLimits `json:"auth,omitempty"`
 	// maxErrors a session may collect before the relay closes it. Default: 10.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
@@ -238,6 +264,40 @@ type RelayLimits struct {
 	// dataTimeout is how long the relay waits for more message data. Default: 3m.
 	// +optional
 	DataTimeout *metav1.Duration `json:"dataTimeout,omitempty"`
+}
+
+// AuthLimits bound password guessing. Failed AUTH attempts are counted per client IP
+// address and per username in each relay pod, across connections; each failure is
+// answered after a delay that doubles with every failure of the address, and a spent
+// budget answers AUTH with 421 4.7.0 and closes the connection.
+// +kubebuilder:validation:XValidation:rule="!has(self.userLockout) || !has(self.failureWindow) || duration(self.userLockout) <= duration(self.failureWindow)",message="userLockout must not be longer than failureWindow"
+type AuthLimits struct {
+	// maxFailuresPerClient is how many failed attempts one client address may make
+	// within failureWindow; then its AUTH is refused, even with the right password,
+	// until failureWindow has passed since its last failure. Default: 10.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxFailuresPerClient *int32 `json:"maxFailuresPerClient,omitempty"`
+	// maxFailuresPerUser is how many failed attempts one username may collect from any
+	// address within failureWindow; then the username is refused for userLockout,
+	// except from addresses that authenticated as it in the last 24 hours. Default: 30.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	MaxFailuresPerUser *int32 `json:"maxFailuresPerUser,omitempty"`
+	// failureWindow is how long failures are remembered after the last one.
+	// Default: 15m.
+	// +optional
+	FailureWindow *metav1.Duration `json:"failureWindow,omitempty"`
+	// userLockout is how long a username whose budget is spent stays refused; short,
+	// so an attacker cannot keep a real client out for long. Default: 1m.
+	// +optional
+	UserLockout *metav1.Duration `json:"userLockout,omitempty"`
+	// failureDelay is the delay before the reply to a failed AUTH; it doubles with each
+	// further failure of the same address, up to 30s. At most 30s. Default: 1s.
+	// +optional
+	FailureDelay *metav1.Duration `json:"failureDelay,omitempty"`
 }
 
 // PodDisruptionBudgetSpec sets the relay's PodDisruptionBudget.

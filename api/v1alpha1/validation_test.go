@@ -133,6 +133,12 @@ func TestAccepted(t *testing.T) {
 			Auth: &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}}},
 		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{Listeners: []v1.Listener{{Name: "smtp", Port: 25}}}},
 		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{Domains: v1.DomainAttachment{Namespaces: v1.DomainNamespaces{From: "All"}}}},
+		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{
+			Listeners: []v1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(100))}},
+			Limits: &v1.RelayLimits{MaxConnections: ptr(int32(200)), ReservedAuthConnections: ptr(int32(199)), MaxConnectionsPerClient: ptr(int32(10)),
+				Auth: &v1.AuthLimits{MaxFailuresPerClient: ptr(int32(3)), FailureWindow: &metav1.Duration{Duration: time.Hour},
+					UserLockout: &metav1.Duration{Duration: time.Hour}, FailureDelay: &metav1.Duration{Duration: time.Second}}},
+		}},
 	}
 	for _, o := range objs {
 		if err := env.Client.Create(ctxFor(t), o); err != nil {
@@ -204,6 +210,19 @@ func TestRejected(t *testing.T) {
 		{"duplicate user secrets", relay(func(s *v1.SmtpRelaySpec) {
 			s.Auth = &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "u"}}, {SecretRef: v1.LocalObjectReference{Name: "u"}}}}
 		}), "different Secret"},
+		{"reserved connections not below the total", relay(func(s *v1.SmtpRelaySpec) {
+			s.Limits = &v1.RelayLimits{MaxConnections: ptr(int32(50)), ReservedAuthConnections: ptr(int32(50))}
+		}), "reservedAuthConnections must be below maxConnections"},
+		{"reserved connections not below the default total", relay(func(s *v1.SmtpRelaySpec) {
+			s.Limits = &v1.RelayLimits{ReservedAuthConnections: ptr(int32(1000))}
+		}), "reservedAuthConnections must be below maxConnections"},
+		{"user lockout longer than the failure window", relay(func(s *v1.SmtpRelaySpec) {
+			s.Limits = &v1.RelayLimits{Auth: &v1.AuthLimits{FailureWindow: &metav1.Duration{Duration: time.Minute},
+				UserLockout: &metav1.Duration{Duration: time.Hour}}}
+		}), "userLockout must not be longer than failureWindow"},
+		{"listener connection limit of zero", relay(func(s *v1.SmtpRelaySpec) {
+			s.Listeners = []v1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(0))}}
+		}), "maxConnections"},
 		{"endpoint without host", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = []v1.SmarthostEndpoint{{Port: 587}} }), "host"},
 		{"endpoint with a port in the host", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = []v1.SmarthostEndpoint{{Host: "smtp.example.net:587"}} }), "without port or scheme"},
 		{"impossible port", smarthost(func(s *v1.SmarthostSpec) {
@@ -273,3 +292,5 @@ func toJSON(o any) string {
 	}
 	return string(b)
 }
+
+func ptr[T any](v T) *T { return &v }

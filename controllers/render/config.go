@@ -599,6 +599,28 @@ func limits(l *v1alpha1.RelayLimits) config.Limits {
 	if l.MaxErrors != nil {
 		c.MaxErrors = int(*l.MaxErrors)
 	}
+	if l.MaxConnectionsPerClient != nil {
+		c.MaxConnectionsPerClient = int(*l.MaxConnectionsPerClient)
+	}
+	if l.ReservedAuthConnections != nil {
+		c.ReservedAuthConnections = int(*l.ReservedAuthConnections)
+	}
+	if a := l.Auth; a != nil {
+		if a.MaxFailuresPerClient != nil {
+			c.Auth.MaxFailuresPerClient = int(*a.MaxFailuresPerClient)
+		}
+		if a.MaxFailuresPerUser != nil {
+			c.Auth.MaxFailuresPerUser = int(*a.MaxFailuresPerUser)
+		}
+		for _, d := range []struct {
+			from *metav1.Duration
+			to   *config.Duration
+		}{{a.FailureWindow, &c.Auth.FailureWindow}, {a.UserLockout, &c.Auth.UserLockout}, {a.FailureDelay, &c.Auth.FailureDelay}} {
+			if d.from != nil {
+				d.to.Duration = d.from.Duration
+			}
+		}
+	}
 	if l.CommandTimeout != nil {
 		c.CommandTimeout = config.Duration{Duration: l.CommandTimeout.Duration}
 	}

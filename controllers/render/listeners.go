@@ -22,6 +22,8 @@ type Listener struct {
 	TLS v1alpha1.TLSMode
 	// RequireAuth refuses mail from clients that have not logged in.
 	RequireAuth bool
+	// MaxConnections is the listener's own connection limit; 0 for none.
+	MaxConnections int32
 }
 
 // Default listeners, as documented on SmtpRelaySpec.Listeners.
@@ -51,6 +53,9 @@ func Listeners(relay *v1alpha1.SmtpRelay) []Listener {
 	out := make([]Listener, 0, len(src))
 	for _, l := range src {
 		r := Listener{Name: l.Name, Port: l.Port, TLS: l.TLS, RequireAuth: l.RequireAuth}
+		if l.MaxConnections != nil {
+			r.MaxConnections = *l.MaxConnections
+		}
 		switch {
 		case l.ContainerPort != nil:
 			r.ContainerPort = *l.ContainerPort
@@ -108,10 +113,11 @@ func checkListeners(ls []Listener) *Error {
 // port on every interface.
 func configListener(l Listener) config.Listener {
 	return config.Listener{
-		Name:        l.Name,
-		Address:     fmt.Sprintf(":%d", l.ContainerPort),
-		TLS:         config.TLSMode(l.TLS),
-		RequireAuth: l.RequireAuth,
+		Name:           l.Name,
+		Address:        fmt.Sprintf(":%d", l.ContainerPort),
+		TLS:            config.TLSMode(l.TLS),
+		RequireAuth:    l.RequireAuth,
+		MaxConnections: int(l.MaxConnections),
 	}
 }
 

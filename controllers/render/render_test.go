@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 	corev1 "k8s.io/api/core/v1"
@@ -42,7 +43,7 @@ func goldenCases(t *testing.T) []struct {
 		TLS:      &v1alpha1.RelayTLS{SecretRef: v1alpha1.LocalObjectReference{Name: "relay-tls"}},
 		Auth:     &v1alpha1.RelayAuth{Users: []v1alpha1.RelayUser{{SecretRef: v1alpha1.LocalObjectReference{Name: "user-app"}}}},
 		Listeners: []v1alpha1.Listener{
-			{Name: "smtp", Port: 25, TLS: v1alpha1.TLSNone},
+			{Name: "smtp", Port: 25, TLS: v1alpha1.TLSNone, MaxConnections: ptr(int32(400))},
 			{Name: "submission", Port: 587, RequireAuth: true},
 			{Name: "smtps", Port: 465, ContainerPort: ptr(int32(2465)), TLS: v1alpha1.TLSImplicit, RequireAuth: true},
 		},
@@ -61,6 +62,12 @@ func goldenCases(t *testing.T) []struct {
 		}},
 		PriorityClassName:   "mail-critical",
 		PodDisruptionBudget: &v1alpha1.PodDisruptionBudgetSpec{MinAvailable: ptr(intstr.FromString("50%"))},
+		Limits: &v1alpha1.RelayLimits{
+			MaxConnections: ptr(int32(500)), MaxConnectionsPerClient: ptr(int32(40)), ReservedAuthConnections: ptr(int32(100)),
+			Auth: &v1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(5)), MaxFailuresPerUser: ptr(int32(20)),
+				FailureWindow: &metav1.Duration{Duration: time.Hour}, UserLockout: &metav1.Duration{Duration: 2 * time.Minute},
+				FailureDelay: &metav1.Duration{Duration: 2 * time.Second}},
+		},
 	}
 
 	single := minimalRelay()
@@ -661,6 +668,14 @@ func TestPodTemplateStable(t *testing.T) {
 		}},
 		{"DKIM key rotated", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
 			w.secrets[key(relayNS, "dkim-example-com")].Data["dkim.key"] = fixture(t, "dkim-ed25519.key")
+		}},
+		{"connection and AUTH limits", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+			// The default listeners, written out, with a limit of their own: a reload,
+			// not a rollout.
+			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(300))},
+				{Name: "submission", Port: 587, TLS: v1alpha1.TLSStartTLS, RequireAuth: true}}
+			r.Spec.Limits.MaxConnectionsPerClient = ptr(int32(20))
+			r.Spec.Limits.Auth = &v1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(3))}
 		}},
 		{"limits, networks, null sender, route", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
 			r.Spec.Limits = &v1alpha1.RelayLimits{MaxRecipients: ptr(int32(10))}
