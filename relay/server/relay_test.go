@@ -251,41 +251,6 @@ func TestSenderPolicy(t *testing.T) {
 	s.cmd("MAIL FROM:<noreply@example.com>", 250)
 }
 
-func TestSmugglingRefused(t *testing.T) {
-	up := startCapture(t)
-	e := startRelay(t, baseConfig(up.Addr(), ""), testSecrets(t, "one"))
-	payloads := map[string]string{
-		"bare LF dot":        "Subject: a\r\n\r\nfirst\n.\nMAIL FROM:<noreply@example.com>\r\n",
-		"bare LF dot CRLF":   "Subject: a\r\n\r\nfirst\n.\r\nMAIL FROM:<noreply@example.com>\r\n",
-		"CR LF dot LF":       "Subject: a\r\n\r\nfirst\r\n.\nRCPT TO:<x@example.net>\r\n",
-		"bare CR":            "Subject: a\r\n\r\nfirst\r.\rsecond\r\n",
-		"NUL":                "Subject: a\r\n\r\nfi\x00rst\r\n",
-		"bare LF in headers": "Subject: a\nX: b\r\n\r\nbody\r\n",
-	}
-	for name, body := range payloads {
-		t.Run(name, func(t *testing.T) {
-			c := dialRaw(t, e.addr("plain"))
-			c.cmd("EHLO client.test", 250)
-			if code := c.transaction("noreply@example.com", "x@example.net", body); code != 550 {
-				t.Fatalf("want 550 for %q, got %d", body, code)
-			}
-			// The session stays usable and the next clean message goes through.
-			if code := c.transaction("noreply@example.com", "x@example.net", message("clean")); code != 250 {
-				t.Fatalf("clean message after a refused one: got %d", code)
-			}
-		})
-	}
-	msgs := up.Messages()
-	if len(msgs) != len(payloads) {
-		t.Fatalf("upstream got %d messages, want only the %d clean ones", len(msgs), len(payloads))
-	}
-	for _, m := range msgs {
-		if !strings.Contains(string(m.Data), "Subject: clean") {
-			t.Fatalf("a refused message reached the upstream:\n%q", m.Data)
-		}
-	}
-}
-
 func TestPlaintextPipelinedAfterSTARTTLSIgnored(t *testing.T) {
 	up := startCapture(t)
 	e := startRelay(t, baseConfig(up.Addr(), ""), testSecrets(t, "one"))
