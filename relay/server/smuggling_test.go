@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"testing"
@@ -101,4 +102,54 @@ func TestSmugglingEndingsRefused(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzDataPath sends arbitrary message data through a relay and checks what the
+// upstream received whenever the relay answered 250: only CRLF line endings, no NUL,
+// so nothing the client wrote can look like the end of data, or split a message, to
+// any SMTP implementation further on.
+func FuzzDataPath(f *testing.F) {
+	up := startCapture(f)
+	// The SMTP library misses the end of data after a CR CR pair ("\r\r\n.\r\n"); such
+	// a case then ends at the data timeout, kept short here.
+	e := startRelay(f, baseConfig(up.Addr(), "limits: {dataTimeout: 1s}\n"), testSecrets(f, "one"))
+	for _, ending := range smugglingEndings {
+		f.Add([]byte("Subject: seed\r\n\r\nfirst" + ending + "second\r\n"))
+	}
+	f.Add([]byte("Subject: seed\r\n\r\n..stuffed\r\n.\r\x00\r\n"))
+	f.Add([]byte("Subject: seed\r\n\r\nfirst\r\n.\rsecond\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// The client's own end of data, or a line over the limit, ends the test case
+		// early for reasons that are not the relay's.
+		if bytes.Contains(data, []byte("\r\n.\r\n")) || bytes.HasPrefix(data, []byte(".\r\n")) || len(data) > 1900 {
+			return
+		}
+		if !bytes.HasSuffix(data, []byte("\r\n")) {
+			data = append(data, '\r', '\n')
+		}
+		c := dialRaw(t, e.addr("plain"))
+		c.cmd("EHLO client.test", 250)
+		before := len(up.Messages())
+		c.cmd("MAIL FROM:<noreply@example.com>", 250)
+		c.cmd("RCPT TO:<x@example.net>", 250)
+		c.cmd("DATA", 354)
+		c.send(string(data) + ".\r\n")
+		code, text, err := c.reply()
+		if err != nil || code != 250 {
+			return // refused, timed out or closed: nothing to check upstream
+		}
+		msgs := up.Wait(before+1, wait)
+		if len(msgs) <= before {
+			t.Fatalf("250 %s but nothing reached the upstream", text)
+		}
+		got := msgs[len(msgs)-1].Data
+		if i := bytes.IndexByte(got, 0); i >= 0 {
+			t.Fatalf("NUL at %d upstream for input %q", i, data)
+		}
+		for i, b := range got {
+			if b == '\r' && (i+1 >= len(got) || got[i+1] != '\n') || b == '\n' && (i == 0 || got[i-1] != '\r') {
+				t.Fatalf("bare CR or LF at %d upstream for input %q:\n%q", i, data, got)
+			}
+		}
+	})
 }
