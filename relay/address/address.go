@@ -36,6 +36,9 @@ var (
 type Mailbox struct {
 	Local  string
 	Domain string
+	// wire is Wire's result, kept from Parse: for the usual mailbox it is the client's
+	// own text, so nothing is allocated per command.
+	wire string
 }
 
 // String is the mailbox as the policy sees it: Local "@" Domain, unquoted.
@@ -44,10 +47,17 @@ func (m Mailbox) String() string { return m.Local + "@" + m.Domain }
 // Wire is the mailbox as RFC 5321 section 4.1.2 writes it: the local part as a
 // Dot-string when it is one, otherwise as a Quoted-string.
 func (m Mailbox) Wire() string {
-	if isDotString(m.Local) {
-		return m.String()
+	if m.wire != "" {
+		return m.wire
 	}
-	return quote(m.Local) + "@" + m.Domain
+	return wire(m.Local, m.Domain)
+}
+
+func wire(local, domain string) string {
+	if isDotString(local) {
+		return local + "@" + domain
+	}
+	return quote(local) + "@" + domain
 }
 
 // Parse checks a mailbox as the SMTP library decoded it. The domain is what follows
@@ -74,7 +84,12 @@ func Parse(decoded string) (Mailbox, error) {
 	if err := checkDomain(m.Domain); err != nil {
 		return Mailbox{}, err
 	}
-	if len(m.Wire())-len(m.Domain)-1 > MaxLocalPart {
+	if m.Domain == domain && isDotString(local) {
+		m.wire = decoded
+	} else {
+		m.wire = wire(local, m.Domain)
+	}
+	if len(m.wire)-len(m.Domain)-1 > MaxLocalPart {
 		return Mailbox{}, ErrLocalTooLong
 	}
 	return m, nil

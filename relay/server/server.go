@@ -358,13 +358,7 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 		g.conns++
 		g.mu.Unlock()
 		if reason, reply := s.admit(g, tc); reply != nil {
-			g.mu.Lock()
-			g.conns--
-			done := g.retired && g.conns == 0
-			g.mu.Unlock()
-			if done {
-				s.release(g)
-			}
+			s.leave(g)
 			s.log.V(1).Info("connection refused", "listener", name, "client", tc.ip.String(), "reason", reason)
 			s.refuse(l, c, reason, reply)
 			return
@@ -455,16 +449,21 @@ func (s *Server) connClosed(tc *trackedConn) {
 		s.openNoAuth--
 	}
 	s.mu.Unlock()
-	g := tc.gen
+	s.leave(tc.gen)
+	if left == 0 && s.shuttingDown.Load() {
+		s.signalDrained()
+	}
+}
+
+// leave ends a connection's hold on generation g, releasing a retired generation's
+// upstream pools with its last connection.
+func (s *Server) leave(g *generation) {
 	g.mu.Lock()
 	g.conns--
 	done := g.retired && g.conns == 0
 	g.mu.Unlock()
 	if done {
 		s.release(g)
-	}
-	if left == 0 && s.shuttingDown.Load() {
-		s.signalDrained()
 	}
 }
 
