@@ -249,6 +249,17 @@ func dialRaw(t *testing.T, addr string) *smtpConn {
 	return s
 }
 
+// refusedAt connects to addr and returns the text of the 421 the relay greets it with.
+func refusedAt(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := netDial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return (&smtpConn{t: t, conn: c, r: newReader(c)}).expect(421)
+}
+
 // reply reads one (possibly multi-line) reply.
 func (s *smtpConn) reply() (int, string, error) {
 	_ = s.conn.SetReadDeadline(time.Now().Add(wait))

@@ -382,13 +382,7 @@ func TestLimits(t *testing.T) {
 			c.cmd("EHLO client.test", 250)
 			held = append(held, c)
 		}
-		c, err := netDial(e.addr("plain"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		extra := &smtpConn{t: t, conn: c, r: newReader(c)}
-		if text := extra.expect(421); !strings.Contains(text, "Too many connections") {
+		if text := refusedAt(t, e.addr("plain")); !strings.Contains(text, "Too many connections") {
 			t.Fatalf("over the limit: %s", text)
 		}
 		if got := testutil.ToFloat64(e.metrics.ConnectionsRefused.WithLabelValues("plain", "limit")); got != 1 {
@@ -398,12 +392,7 @@ func TestLimits(t *testing.T) {
 		sub := dialRaw(t, e.addr("submission"))
 		sub.cmd("EHLO client.test", 250)
 		held = append(held, sub)
-		c2, err := netDial(e.addr("submission"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c2.Close()
-		if text := (&smtpConn{t: t, conn: c2, r: newReader(c2)}).expect(421); !strings.Contains(text, "Too many connections") {
+		if text := refusedAt(t, e.addr("submission")); !strings.Contains(text, "Too many connections") {
 			t.Fatalf("over the total limit: %s", text)
 		}
 		for _, h := range held {
