@@ -23,3 +23,5 @@ func mapFS(files map[string][]byte) fstest.MapFS {
 	}
 	return fs
 }
+
+func ptr[T any](v T) *T { return &v }

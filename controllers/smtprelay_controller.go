@@ -131,7 +131,7 @@ func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope
 	s.result = result
 	apimeta.RemoveStatusCondition(&s.relay.Status.Conditions, v1.StalledCondition)
 	for _, obj := range []client.Object{render.ConfigMap(s.relay, result), render.Secret(s.relay, result)} {
-		if _, err := applyOwned(ctx, r.Client, obj); err != nil {
+		if err := applyOwned(ctx, r.Client, obj); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -151,12 +151,12 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 		render.Deployment(s.relay, r.Image),
 	}
 	for _, obj := range objs {
-		if _, err := applyOwned(ctx, r.Client, obj); err != nil {
+		if err := applyOwned(ctx, r.Client, obj); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
 	if pdb := render.PodDisruptionBudget(s.relay); pdb != nil {
-		if _, err := applyOwned(ctx, r.Client, pdb); err != nil {
+		if err := applyOwned(ctx, r.Client, pdb); err != nil {
 			return ctrl.Result{}, err
 		}
 	} else {
