@@ -39,6 +39,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Image:     o.RelayImage,
 		Hasher:    o.Hasher,
 		Pods:      &HTTPPodStatus{Client: &http.Client{Timeout: 2 * time.Second}},
+		owned:     newApplier(),
 	}
 	if err := relays.SetupWithManager(mgr, o.Concurrency); err != nil {
 		return err

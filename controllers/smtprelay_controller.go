@@ -44,6 +44,9 @@ type SmtpRelayReconciler struct {
 	Hasher render.PasswordHasher
 	// Pods asks ready relay pods which configuration they run.
 	Pods PodStatus
+
+	// owned applies the objects each relay owns.
+	owned *applier
 }
 
 // While some ready pods still run an older configuration they are asked again: every
@@ -84,10 +87,14 @@ type phase func(ctx context.Context, s *relayScope) (ctrl.Result, error)
 func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	relay := &v1.SmtpRelay{}
 	if err := r.Get(ctx, req.NamespacedName, relay); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.owned.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !relay.DeletionTimestamp.IsZero() {
 		// Owner references remove everything the relay owns.
+		r.owned.forget(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 	s := &relayScope{relay: relay}
@@ -131,7 +138,7 @@ func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope
 	s.result = result
 	apimeta.RemoveStatusCondition(&s.relay.Status.Conditions, v1.StalledCondition)
 	for _, obj := range []client.Object{render.ConfigMap(s.relay, result), render.Secret(s.relay, result)} {
-		if err := applyOwned(ctx, r.Client, obj); err != nil {
+		if err := r.owned.apply(ctx, r.Client, client.ObjectKeyFromObject(s.relay), obj); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -151,12 +158,12 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 		render.Deployment(s.relay, r.Image),
 	}
 	for _, obj := range objs {
-		if err := applyOwned(ctx, r.Client, obj); err != nil {
+		if err := r.owned.apply(ctx, r.Client, client.ObjectKeyFromObject(s.relay), obj); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
 	if pdb := render.PodDisruptionBudget(s.relay); pdb != nil {
-		if err := applyOwned(ctx, r.Client, pdb); err != nil {
+		if err := r.owned.apply(ctx, r.Client, client.ObjectKeyFromObject(s.relay), pdb); err != nil {
 			return ctrl.Result{}, err
 		}
 	} else {
