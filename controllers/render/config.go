@@ -371,7 +371,7 @@ func (r *renderer) domains(haveDefault bool) (map[types.NamespacedName]DomainRes
 	var pending []*pendingDomain
 	for _, d := range ordered {
 		key := types.NamespacedName{Namespace: d.Namespace, Name: d.Name}
-		name := normalizeDomain(d.Spec.Domain)
+		name := config.NormalizeDomain(d.Spec.Domain)
 		if owner, ok := owners[name]; ok {
 			if owner != key {
 				results[key] = DomainResult{Reason: v1alpha1.ReasonDomainConflict, Message: fmt.Sprintf(
@@ -699,12 +699,6 @@ func duration(d *metav1.Duration, def metav1.Duration) config.Duration {
 		d = &def
 	}
 	return config.Duration{Duration: d.Duration}
-}
-
-// normalizeDomain is the relay's spelling of a domain (config.SetDefaults), so two
-// RelayDomains that the relay would see as one conflict here.
-func normalizeDomain(s string) string {
-	return strings.ToLower(strings.TrimSuffix(s, "."))
 }
 
 // sortedSet sorts and de-duplicates a list with set semantics, so reordering it in

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+
+	"github.com/kuberelay/kuberelay/relay/config"
 )
 
 // RFC 5321 section 4.5.3.1: the longest local part and domain.
@@ -32,7 +34,7 @@ var (
 )
 
 // Mailbox is a checked Local-part "@" Domain. Local is the local part as the client
-// meant it (unquoted); Domain is in lower case, without a trailing dot.
+// meant it (unquoted); Domain is config.NormalizeDomain's spelling.
 type Mailbox struct {
 	Local  string
 	Domain string
@@ -80,7 +82,7 @@ func Parse(decoded string) (Mailbox, error) {
 			return Mailbox{}, ErrNonASCII
 		}
 	}
-	m := Mailbox{Local: local, Domain: strings.ToLower(strings.TrimSuffix(domain, "."))}
+	m := Mailbox{Local: local, Domain: config.NormalizeDomain(domain)}
 	if err := checkDomain(m.Domain); err != nil {
 		return Mailbox{}, err
 	}

@@ -73,7 +73,7 @@ func (c *Config) SetDefaults() {
 		c.NullSender = NullSenderReject
 	}
 	for i := range c.Domains {
-		c.Domains[i].Domain = strings.ToLower(strings.TrimSuffix(c.Domains[i].Domain, "."))
+		c.Domains[i].Domain = NormalizeDomain(c.Domains[i].Domain)
 		if d := c.Domains[i].DKIM; d != nil && len(d.Headers) == 0 {
 			d.Headers = append([]string(nil), DefaultDKIMHeaders...)
 		}
@@ -508,7 +508,7 @@ func isHostname(s string) bool {
 	if len(s) == 0 || len(s) > 253 {
 		return false
 	}
-	for _, l := range strings.Split(strings.ToLower(strings.TrimSuffix(s, ".")), ".") {
+	for _, l := range strings.Split(NormalizeDomain(s), ".") {
 		if !labelRE.MatchString(l) {
 			return false
 		}

@@ -164,7 +164,7 @@ func (p *Policy) CheckSender(from, username string) (upstream string, err *smtp.
 	if at <= 0 || at == len(from)-1 {
 		return "", ErrBadSender
 	}
-	local, dom := strings.ToLower(from[:at]), strings.ToLower(strings.TrimSuffix(from[at+1:], "."))
+	local, dom := strings.ToLower(from[:at]), config.NormalizeDomain(from[at+1:])
 	d, ok := p.domains[dom]
 	if !ok {
 		return "", ErrUnknownDomain

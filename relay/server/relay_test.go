@@ -410,7 +410,7 @@ func TestDKIMSigned(t *testing.T) {
 	for name, key := range map[string]crypto.Signer{"rsa": rsaKey, "ed25519": edKey} {
 		t.Run(name, func(t *testing.T) {
 			up := startCapture(t)
-			cfg := strings.Replace(baseConfig(up.Addr(), ""), "  allowedSenders: [noreply, \"alerts-*\"]\n",
+			cfg := strings.Replace(baseConfig(up.Addr(), "nullSender: Allow\n"), "  allowedSenders: [noreply, \"alerts-*\"]\n",
 				"  allowedSenders: [noreply, \"alerts-*\"]\n  dkim: {selector: s1, privateKeyFile: dkim/example.com.key}\n", 1)
 			secrets := testSecrets(t, "one")
 			der, _ := x509.MarshalPKCS8PrivateKey(key)
@@ -445,11 +445,19 @@ func TestDKIMSigned(t *testing.T) {
 			if len(verifs) != 1 || verifs[0].Err != nil || verifs[0].Domain != "example.com" {
 				t.Fatalf("DKIM verification: %+v\n%s", verifs, msgs[0].Data)
 			}
+			// A bounce (null sender) right after it, in the same session, is not signed
+			// with the previous sender's key.
+			if code := c.transaction("", "x@example.net", message("bounce")); code != 250 {
+				t.Fatalf("null sender: got %d", code)
+			}
+			if m := up.Wait(2, wait); len(m) != 2 || strings.Contains(string(m[1].Data), "DKIM-Signature") {
+				t.Fatalf("null-sender message signed or missing:\n%s", m[len(m)-1].Data)
+			}
 			// Mail from a domain without a key is not signed.
 			if code := c.transaction("x@example.org", "x@example.net", message("unsigned")); code != 250 {
 				t.Fatalf("got %d", code)
 			}
-			if m := up.Wait(2, wait); len(m) != 2 || strings.Contains(string(m[1].Data), "DKIM-Signature") {
+			if m := up.Wait(3, wait); len(m) != 3 || strings.Contains(string(m[2].Data), "DKIM-Signature") {
 				t.Fatalf("example.org message signed or missing")
 			}
 		})

@@ -221,6 +221,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	// The null reverse-path stays empty; any other is checked and re-quoted, so the
 	// policy and the upstream see one address.
+	var sender address.Mailbox
 	if from != "" {
 		mb, err := address.Parse(from)
 		if err != nil {
@@ -228,7 +229,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			s.b.srv.metrics.Messages.WithLabelValues(metrics.OutcomeRejected, "sender-syntax", "").Inc()
 			return s.fail(pathError(err, smtp.EnhancedCode{5, 1, 7}))
 		}
-		from = mb.Wire()
+		sender, from = mb, mb.Wire()
 	}
 	route, perr := g.policy.CheckSender(from, s.user)
 	if perr != nil {
@@ -247,9 +248,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.inTx = true
 	s.from = from
 	s.route = route
-	if at := strings.LastIndexByte(from, '@'); at >= 0 {
-		s.domain = strings.ToLower(strings.TrimSuffix(from[at+1:], "."))
-	}
+	// The null sender has no domain, so it is never signed with another sender's key.
+	s.domain = sender.Domain
 	s.queueID = s.id + "." + strconv.Itoa(s.seq)
 	s.tx = pool.Begin(s.ctx, from, &smtp.MailOptions{Body: opts.Body})
 	s.rcptOK, s.rcptSeen = 0, 0
