@@ -109,7 +109,8 @@ func TestConnectionFloodLeavesSubmissionServing(t *testing.T) {
 
 }
 
-// authOn opens a session on kind ("submission": STARTTLS, or "smtps": implicit TLS)
+// authOn opens a session on the listener kind (submission or smtp: STARTTLS; smtps:
+// implicit TLS)
 // from the address local and answers AUTH PLAIN with password; it returns the reply.
 func authOn(t *testing.T, e *relayEnv, kind, local, password string) (*smtpConn, int, string) {
 	t.Helper()
@@ -149,13 +150,13 @@ func TestBruteForceAcrossConnections(t *testing.T) {
 	e := startRelay(t, baseConfig(up.Addr(), `limits:
   auth:
     maxFailuresPerClient: 4
-    maxFailuresPerUser: 10
+    maxFailuresPerUser: 14
     failureWindow: 1h
     userLockout: 300ms
     failureDelay: 1ms
 `), testSecrets(t, "one"))
 
-	for i, kind := range []string{"submission", "smtps"} {
+	for i, kind := range []string{"submission", "smtp", "smtps"} {
 		attacker := fmt.Sprintf("127.0.1.%d", i+1)
 		for guess := 0; guess < 4; guess++ {
 			if _, code, text := authOn(t, e, kind, attacker, fmt.Sprintf("guess-%d", guess)); code != 535 {
@@ -179,7 +180,7 @@ func TestBruteForceAcrossConnections(t *testing.T) {
 		t.Errorf("client throttles on submission counted %v, want 1", got)
 	}
 
-	// 8 failures so far for the user; two more addresses spend the user's budget of 10.
+	// 12 failures so far for the user; two more addresses spend the user's budget of 14.
 	for i := 0; i < 2; i++ {
 		if _, code, _ := authOn(t, e, "submission", fmt.Sprintf("127.0.3.%d", i+1), "wrong"); code != 535 {
 			t.Fatalf("failure %d for the user: got %d", i, code)
