@@ -109,9 +109,9 @@ func TestConnectionFloodLeavesSubmissionServing(t *testing.T) {
 
 }
 
-// authOn opens a session on the listener kind (submission or smtp: STARTTLS; smtps:
-// implicit TLS)
-// from the address local and answers AUTH PLAIN with password; it returns the reply.
+// authOn opens a session from the address local on the listener kind (submission or
+// smtp: STARTTLS; smtps: implicit TLS), sends AUTH PLAIN with password and returns the
+// reply.
 func authOn(t *testing.T, e *relayEnv, kind, local, password string) (*smtpConn, int, string) {
 	t.Helper()
 	var c *smtpConn
