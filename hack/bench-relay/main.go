@@ -32,8 +32,8 @@ import (
 	"time"
 
 	"github.com/kuberelay/kuberelay/hack/internal/proc"
+	"github.com/kuberelay/kuberelay/internal/kubeletdir"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/kubeletdir"
 )
 
 const (

@@ -39,8 +39,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/kuberelay/kuberelay/hack/internal/proc"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/internal/testcerts"
-	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
 const (

@@ -31,10 +31,10 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/kuberelay/kuberelay/internal/gobuild"
+	"github.com/kuberelay/kuberelay/internal/kubeletdir"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/dkim"
-	"github.com/kuberelay/kuberelay/relay/kubeletdir"
-	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
 const (

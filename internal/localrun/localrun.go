@@ -40,11 +40,11 @@ import (
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers"
 	"github.com/kuberelay/kuberelay/controllers/render"
+	"github.com/kuberelay/kuberelay/internal/kubeletdir"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/internal/testcerts"
 	"github.com/kuberelay/kuberelay/internal/testenv"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/kubeletdir"
-	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
 // The samples' names the local run relies on.

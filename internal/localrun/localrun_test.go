@@ -18,9 +18,9 @@ import (
 
 	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/internal/gobuild"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/internal/testenv"
 	"github.com/kuberelay/kuberelay/internal/testpeers"
-	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
 // TestEndToEnd runs the samples as `make run` does and sends real mail through them:

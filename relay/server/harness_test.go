@@ -25,9 +25,9 @@ import (
 	"github.com/go-logr/logr/funcr"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/kuberelay/kuberelay/internal/kubeletdir"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/kubeletdir"
-	"github.com/kuberelay/kuberelay/relay/mailcapture"
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/reload"
 	"github.com/kuberelay/kuberelay/relay/server"

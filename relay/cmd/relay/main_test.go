@@ -19,9 +19,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/kuberelay/kuberelay/internal/gobuild"
+	"github.com/kuberelay/kuberelay/internal/kubeletdir"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/relay/config"
-	"github.com/kuberelay/kuberelay/relay/kubeletdir"
-	"github.com/kuberelay/kuberelay/relay/mailcapture"
 )
 
 const cfgTemplate = `apiVersion: relay.kuberelay.io/v1alpha1
