@@ -8,18 +8,13 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"flag"
 	"fmt"
 	"log"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -33,6 +28,7 @@ import (
 	"github.com/kuberelay/kuberelay/internal/gobuild"
 	"github.com/kuberelay/kuberelay/internal/kubeletdir"
 	"github.com/kuberelay/kuberelay/internal/mailcapture"
+	"github.com/kuberelay/kuberelay/internal/testcerts"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/dkim"
 )
@@ -206,27 +202,13 @@ func demoSecrets() (map[string][]byte, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	tlsKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := testcerts.SelfSigned("relay.localhost.localdomain", "localhost", "127.0.0.1")
 	if err != nil {
 		return nil, "", err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "relay.localhost.localdomain"},
-		DNSNames:     []string{"relay.localhost.localdomain", "localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &tlsKey.PublicKey, tlsKey)
-	if err != nil {
-		return nil, "", err
-	}
-	tlsDER, _ := x509.MarshalPKCS8PrivateKey(tlsKey)
 	return map[string][]byte{
-		"tls.crt":              pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		"tls.key":              pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: tlsDER}),
+		"tls.crt":              certPEM,
+		"tls.key":              keyPEM,
 		"users/" + demoUser:    hash,
 		"dkim/example.com.key": pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(dkimKey)}),
 	}, txt, nil

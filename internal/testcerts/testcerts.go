@@ -75,23 +75,41 @@ func NewCA(name string) (*CA, error) {
 	return &CA{PEM: pemBlock("CERTIFICATE", der), cert: cert, key: key}, nil
 }
 
-// ServerTLS issues a server certificate for hosts and returns a TLS configuration
-// that serves it.
-func (ca *CA) ServerTLS(hosts ...string) (*tls.Config, error) {
+// Issue makes a server certificate for hosts (DNS names or IP addresses; the first is
+// also the common name) and returns it and its PKCS #8 key in PEM, as a
+// kubernetes.io/tls Secret holds them.
+func (ca *CA) Issue(hosts ...string) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tmpl, err := serverTemplate(hosts)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
+		return nil, nil, err
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pemBlock("CERTIFICATE", der), pemBlock("PRIVATE KEY", kb), nil
+}
+
+// ServerTLS issues a server certificate for hosts and returns a TLS configuration
+// that serves it.
+func (ca *CA) ServerTLS(hosts ...string) (*tls.Config, error) {
+	certPEM, keyPEM, err := ca.Issue(hosts...)
+	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS12,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, nil
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
 }
 
 // Ed25519Key returns an Ed25519 private key, PKCS #8 PEM: a DKIM signing key.

@@ -3,16 +3,10 @@ package server_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -27,6 +21,7 @@ import (
 
 	"github.com/kuberelay/kuberelay/internal/kubeletdir"
 	"github.com/kuberelay/kuberelay/internal/mailcapture"
+	"github.com/kuberelay/kuberelay/internal/testcerts"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/reload"
@@ -116,22 +111,15 @@ func testSecrets(t testing.TB, certName string) map[string][]byte {
 	return map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM, "users/app": hash}
 }
 
+// selfSigned is a certificate for relay.test whose common name, cn, tells one
+// certificate from its renewal.
 func selfSigned(t testing.TB, cn string) (certPEM, keyPEM []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certPEM, keyPEM, err := testcerts.SelfSigned(cn, "relay.test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		DNSNames: []string{"relay.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	return certPEM, keyPEM
 }
 
 func startRelay(t testing.TB, yaml string, secrets map[string][]byte) *relayEnv {
