@@ -137,7 +137,10 @@ func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope
 	}
 	s.result = result
 	apimeta.RemoveStatusCondition(&s.relay.Status.Conditions, v1.StalledCondition)
-	for _, obj := range []client.Object{render.ConfigMap(s.relay, result), render.Secret(s.relay, result)} {
+	// The Secret goes first: a pod that starts between the two writes then finds every
+	// file the configuration names (a new DKIM key, a new user), instead of failing its
+	// first load and restarting.
+	for _, obj := range []client.Object{render.Secret(s.relay, result), render.ConfigMap(s.relay, result)} {
 		if err := r.owned.apply(ctx, r.Client, client.ObjectKeyFromObject(s.relay), obj); err != nil {
 			return ctrl.Result{}, err
 		}
