@@ -225,14 +225,42 @@ type smtpConn struct {
 	r    *bufio.Reader
 }
 
-func dialRaw(t *testing.T, addr string) *smtpConn {
+// connect opens a raw conversation with addr, from the loopback address local ("" for
+// any), over TLS from the first byte when cfg is set. It reads nothing; the connection
+// is closed when the test ends.
+func connect(t *testing.T, addr, local string, cfg *tls.Config) *smtpConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if local != "" {
+		// Linux routes all of 127.0.0.0/8 to lo, so one test can be many clients.
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	var c net.Conn
+	var err error
+	if cfg != nil {
+		c, err = tls.DialWithDialer(d, "tcp", addr, cfg)
+	} else {
+		c, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	s := &smtpConn{t: t, conn: c, r: bufio.NewReader(c)}
+	return &smtpConn{t: t, conn: c, r: bufio.NewReader(c)}
+}
+
+// dialRaw connects to addr and reads the greeting.
+func dialRaw(t *testing.T, addr string) *smtpConn {
+	t.Helper()
+	s := connect(t, addr, "", nil)
+	s.expect(220)
+	return s
+}
+
+// dialTLSRaw connects to an implicit TLS listener and reads the greeting.
+func dialTLSRaw(t *testing.T, addr string, cfg *tls.Config) *smtpConn {
+	t.Helper()
+	s := connect(t, addr, "", cfg)
 	s.expect(220)
 	return s
 }
@@ -240,12 +268,7 @@ func dialRaw(t *testing.T, addr string) *smtpConn {
 // refusedAt connects to addr and returns the text of the 421 the relay greets it with.
 func refusedAt(t *testing.T, addr string) string {
 	t.Helper()
-	c, err := netDial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return (&smtpConn{t: t, conn: c, r: newReader(c)}).expect(421)
+	return connect(t, addr, "", nil).expect(421)
 }
 
 // reply reads one (possibly multi-line) reply.

@@ -1,31 +1,14 @@
 package server_test
 
 import (
-	"bufio"
-	"crypto/tls"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
-
-// dialFrom connects to addr from the loopback address local (Linux routes all of
-// 127.0.0.0/8 to lo), so one test can be many clients.
-func dialFrom(t *testing.T, local, addr string) *smtpConn {
-	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &smtpConn{t: t, conn: c, r: bufio.NewReader(c)}
-}
 
 // TestConnectionFloodLeavesSubmissionServing floods the open listener from many
 // addresses that may not relay, as a scan or an attack would, and checks that each
@@ -49,12 +32,9 @@ func TestConnectionFloodLeavesSubmissionServing(t *testing.T) {
 	if got := testutil.ToFloat64(e.metrics.ConnectionsRefused.WithLabelValues("smtps", "listener-limit")); got != 0 {
 		t.Fatalf("listener-limit refusals before the limit: %v", got)
 	}
-	if c, err := net.DialTimeout("tcp", e.addr("smtps"), 5*time.Second); err == nil {
-		defer c.Close()
-		// Implicit TLS gets no plain-text 421: the connection is closed.
-		if !(&smtpConn{t: t, conn: c, r: bufio.NewReader(c)}).closed() {
-			t.Fatal("third connection to smtps (maxConnections 2) not closed")
-		}
+	// Implicit TLS gets no plain-text 421: the connection is closed.
+	if !connect(t, e.addr("smtps"), "", nil).closed() {
+		t.Fatal("third connection to smtps (maxConnections 2) not closed")
 	}
 	if got := testutil.ToFloat64(e.metrics.ConnectionsRefused.WithLabelValues("smtps", "listener-limit")); got != 1 {
 		t.Fatalf("listener-limit refusals: %v, want 1", got)
@@ -64,7 +44,7 @@ func TestConnectionFloodLeavesSubmissionServing(t *testing.T) {
 	greeted, refused := map[int]int{}, map[string]int{}
 	for a := 0; a < 10; a++ {
 		for i := 0; i < 9; i++ {
-			c := dialFrom(t, fmt.Sprintf("127.0.0.%d", 10+a), e.addr("plain"))
+			c := connect(t, e.addr("plain"), fmt.Sprintf("127.0.0.%d", 10+a), nil)
 			code, text, err := c.reply()
 			if err != nil {
 				t.Fatalf("flood connection %d from address %d: %v", i, a, err)
@@ -116,17 +96,11 @@ func authOn(t *testing.T, e *relayEnv, kind, local, password string) (*smtpConn,
 	t.Helper()
 	var c *smtpConn
 	if kind == "smtps" {
-		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
-		tc, err := tls.DialWithDialer(d, "tcp", e.addr("smtps"), e.clientTLS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tc.Close() })
-		c = &smtpConn{t: t, conn: tc, r: bufio.NewReader(tc)}
+		c = connect(t, e.addr("smtps"), local, e.clientTLS)
 		c.expect(220)
 		c.cmd("EHLO client.test", 250)
 	} else {
-		c = dialFrom(t, local, e.addr(kind))
+		c = connect(t, e.addr(kind), local, nil)
 		c.expect(220)
 		c.cmd("EHLO client.test", 250)
 		c.startTLS(e.clientTLS)

@@ -1,13 +1,9 @@
 package server_test
 
 import (
-	"bufio"
-	"crypto/tls"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
@@ -44,18 +40,6 @@ var listenerKinds = []struct {
 		c.cmd("EHLO client.test", 250)
 		return c
 	}},
-}
-
-func dialTLSRaw(t *testing.T, addr string, cfg *tls.Config) *smtpConn {
-	t.Helper()
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	s := &smtpConn{t: t, conn: c, r: bufio.NewReader(c)}
-	s.expect(220)
-	return s
 }
 
 // TestPathsReachUpstreamAsQuoted sends mailboxes with quotes, spaces, '>', '@', NUL,
