@@ -23,6 +23,12 @@ const validity = 30 * 24 * time.Hour
 // SelfSigned returns a self-signed ECDSA P-256 server certificate for hosts (DNS
 // names or IP addresses; the first is also the common name) and its PKCS #8 key, PEM.
 func SelfSigned(hosts ...string) (certPEM, keyPEM []byte, err error) {
+	return issue(hosts, nil, nil)
+}
+
+// issue makes a server certificate for hosts signed by parent with parentKey, or by
+// itself when parent is nil, and returns it and its key in PEM.
+func issue(hosts []string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -31,7 +37,10 @@ func SelfSigned(hosts ...string) (certPEM, keyPEM []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -79,23 +88,7 @@ func NewCA(name string) (*CA, error) {
 // also the common name) and returns it and its PKCS #8 key in PEM, as a
 // kubernetes.io/tls Secret holds them.
 func (ca *CA) Issue(hosts ...string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl, err := serverTemplate(hosts)
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return nil, nil, err
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pemBlock("CERTIFICATE", der), pemBlock("PRIVATE KEY", kb), nil
+	return issue(hosts, ca.cert, ca.key)
 }
 
 // ServerTLS issues a server certificate for hosts and returns a TLS configuration
