@@ -168,3 +168,27 @@ func pathOf(arg string) string {
 	}
 	return arg
 }
+
+// TestBodyParameterPassedOn checks, on every kind of listener, that the upstream's MAIL
+// FROM carries the client's BODY parameter (RFC 6152) exactly when the client gave one:
+// a relay must not declare a body 8-bit that its client did not.
+func TestBodyParameterPassedOn(t *testing.T) {
+	sink := testpeers.StartSink(t) // offers 8BITMIME
+	e := startRelay(t, baseConfig(sink.Addr, ""), testSecrets(t, "one"))
+	for _, kind := range listenerKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			for i, param := range []string{"", " BODY=8BITMIME", " BODY=7BIT"} {
+				c := kind.open(t, e)
+				subject := fmt.Sprintf("body-%s-%d", kind.name, i)
+				c.cmd("MAIL FROM:<noreply@example.com>"+param, 250)
+				c.cmd("RCPT TO:<someone@example.net>", 250)
+				c.cmd("DATA", 354)
+				c.send("Subject: " + subject + "\r\n\r\nbody\r\n.\r\n")
+				c.expect(250)
+				if got, want := sinkMessage(t, sink, subject).MailFrom, "<noreply@example.com>"+param; got != want {
+					t.Errorf("client sent MAIL FROM:<noreply@example.com>%s; upstream got MAIL FROM:%s, want %s", param, got, want)
+				}
+			}
+		})
+	}
+}

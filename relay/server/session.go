@@ -251,7 +251,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	// The null sender has no domain, so it is never signed with another sender's key.
 	s.domain = sender.Domain
 	s.queueID = s.id + "." + strconv.Itoa(s.seq)
-	s.tx = pool.Begin(s.ctx, from, &smtp.MailOptions{Body: opts.Body})
+	s.tx = pool.Begin(s.ctx, from, &upstream.MailOptions{Body: string(opts.Body)})
 	s.rcptOK, s.rcptSeen = 0, 0
 	return nil
 }
@@ -270,7 +270,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.log.Info("recipient refused", "queue", s.queueID, "reason", perr.Error())
 		return s.fail(pathError(perr, smtp.EnhancedCode{5, 1, 3}))
 	}
-	err := tx.Rcpt(s.ctx, mb.Wire(), &smtp.RcptOptions{})
+	err := tx.Rcpt(s.ctx, mb.Wire(), nil)
 	if err == nil {
 		s.rcptOK++
 		s.b.srv.metrics.Recipients.WithLabelValues("accepted", s.route).Inc()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/internal/crlf"
@@ -24,17 +24,30 @@ import (
 // connection to an unresponsive upstream does not hold anything up for long.
 const quitTimeout = 5 * time.Second
 
-// conn is one SMTP connection to one endpoint.
+// writeBufferSize is how much a connection holds before it writes: commands sent
+// together (MAIL with the first RCPT) and the body of a message with its final dot
+// leave in one write, and a full buffer is one TLS record.
+const writeBufferSize = 16 << 10
+
+// maxReplyBytes bounds what is read for one reply, so an upstream cannot make the relay
+// hold an endless line or an endless multi-line reply.
+const maxReplyBytes = 64 << 10
+
+// conn is one SMTP client connection to one endpoint, spoken over net/textproto.
+// Commands are buffered and leave when a reply is awaited, which is all RFC 2920
+// pipelining needs: the replies are then read in the order the commands were sent.
 type conn struct {
 	p    *Pool
 	ep   int
 	addr string
 	// raw is the TCP connection under any TLS layer: deadlines and forced closes act on
 	// it, which also works while a TLS read or write is blocked.
-	raw net.Conn
-	c   *smtp.Client
-	// wire is what the SMTP client writes to; message bodies are written to it directly.
-	wire *coalescingConn
+	raw  net.Conn
+	lim  *replyLimit
+	text *textproto.Reader
+	w    *bufio.Writer
+	// ext holds the EHLO keywords (upper case) and their parameters.
+	ext map[string]string
 
 	messages  int       // MAIL transactions started on this connection
 	idleSince time.Time // when it was put back into the pool
@@ -54,6 +67,35 @@ type conn struct {
 	// transaction, instead of one per command; the pool undoes it on release.
 	watched   context.Context
 	stopWatch func() bool
+}
+
+// replyLimit is what the reply reader reads through: it fails once more than n bytes
+// were read since the last reset.
+type replyLimit struct {
+	r io.Reader
+	n int
+}
+
+var errReplyTooLong = errors.New("upstream reply too long")
+
+func (l *replyLimit) Read(b []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errReplyTooLong
+	}
+	if len(b) > l.n {
+		b = b[:l.n]
+	}
+	n, err := l.r.Read(b)
+	l.n -= n
+	return n, err
+}
+
+// use makes nc (the TCP connection or the TLS layer over it) the one commands and
+// replies travel on.
+func (cn *conn) use(nc net.Conn) {
+	cn.lim = &replyLimit{r: nc}
+	cn.text = textproto.NewReader(bufio.NewReader(cn.lim))
+	cn.w = bufio.NewWriterSize(nc, writeBufferSize)
 }
 
 // watch makes the end of ctx close the connection, which unblocks any read or write.
@@ -89,8 +131,8 @@ func (p *Pool) dial(ctx context.Context, ep int) (*conn, *Error) {
 	if err != nil {
 		return nil, &Error{Endpoint: addr, Err: fmt.Errorf("connecting: %w", err)}
 	}
-	// go-smtp sets and clears per-command deadlines itself, so the connect phase as a
-	// whole is bounded by closing the connection when cctx ends.
+	// Each exchange sets its own deadline; the connect phase as a whole is bounded by
+	// closing the connection when cctx ends.
 	stop := context.AfterFunc(cctx, func() { raw.Close() })
 	cn := &conn{p: p, ep: ep, addr: addr, raw: raw}
 	e := cn.setup(cctx)
@@ -110,104 +152,129 @@ func (p *Pool) dial(ctx context.Context, ep int) (*conn, *Error) {
 	return cn, nil
 }
 
-// setup runs TLS, EHLO and AUTH on a fresh connection.
+// setup runs TLS, the greeting, EHLO and AUTH on a fresh connection.
 func (cn *conn) setup(ctx context.Context) *Error {
 	p := cn.p
 	host := p.u.Endpoints[cn.ep].Host
-	var nc net.Conn
 	switch p.u.TLS.Mode {
 	case config.TLSImplicit:
 		tc := tls.Client(cn.raw, p.tlsConfig(host))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("TLS handshake: %w", err)}
 		}
-		nc = tc
-	case config.TLSNone:
-		nc = cn.raw
-	default: // STARTTLS, the default mode
-		if e := cn.startTLS(); e != nil {
+		cn.use(tc)
+		if e := cn.greet(); e != nil {
 			return e
+		}
+	case config.TLSNone:
+		cn.use(cn.raw)
+		if e := cn.greet(); e != nil {
+			return e
+		}
+	default: // STARTTLS, the default mode
+		cn.use(cn.raw)
+		if e := cn.greet(); e != nil {
+			return e
+		}
+		if _, ok := cn.ext["STARTTLS"]; !ok {
+			return &Error{Endpoint: cn.addr, Err: errors.New("upstream does not offer STARTTLS, which this upstream's TLS mode requires; refusing to continue in plain text")}
+		}
+		if e := cn.setupStep("STARTTLS", 220, "STARTTLS"); e != nil {
+			return e
+		}
+		// Anything already read past the reply arrived before TLS and could be
+		// injected by a man in the middle (the reverse of CVE-2011-0411): refuse it.
+		if cn.text.R.Buffered() > 0 {
+			return &Error{Endpoint: cn.addr, Err: errors.New("upstream sent data after its reply to STARTTLS")}
 		}
 		tc := tls.Client(cn.raw, p.tlsConfig(host))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("TLS handshake after STARTTLS: %w", err)}
 		}
-		// go-smtp starts every client by reading a greeting, but a session resumed
-		// after STARTTLS has none: hand it a synthetic one.
-		nc = &greetedConn{Conn: tc, pending: []byte("220 resumed after STARTTLS\r\n")}
+		// RFC 3207 section 4.2: what was learnt before TLS is forgotten and the
+		// session starts again with EHLO, without a greeting.
+		cn.use(tc)
+		if e := cn.ehlo(); e != nil {
+			return e
+		}
 	}
-	cn.wire = &coalescingConn{Conn: nc, addr: cn.addr}
-	cn.c = smtp.NewClient(cn.wire)
-	cn.c.CommandTimeout = p.u.Timeouts.Command.Duration
-	cn.c.SubmissionTimeout = p.u.Timeouts.Data.Duration
-	if err := cn.c.Hello(p.opts.LocalName); err != nil {
-		return cn.setupError("greeting/EHLO", err)
-	}
-	cn.pipelining, _ = cn.c.Extension("PIPELINING")
 	if p.creds != nil {
 		return cn.auth()
 	}
 	return nil
 }
 
-// startTLS speaks the plain-text part of a STARTTLS session (greeting, EHLO, STARTTLS)
-// itself: go-smtp's own STARTTLS helper would greet with "localhost" instead of the
-// relay's name.
-func (cn *conn) startTLS() *Error {
-	cmdTimeout := cn.p.u.Timeouts.Command.Duration
-	br := bufio.NewReader(cn.raw)
-	tr := textproto.NewReader(br)
-	step := func(cmd string, expect int) (string, *Error) {
-		cn.raw.SetDeadline(time.Now().Add(cmdTimeout))
-		if cmd != "" {
-			if _, err := io.WriteString(cn.raw, cmd+"\r\n"); err != nil {
-				return "", &Error{Endpoint: cn.addr, Err: fmt.Errorf("sending %s: %w", strings.Fields(cmd)[0], err)}
-			}
-		}
-		_, msg, err := tr.ReadResponse(expect)
-		if err != nil {
-			var te *textproto.Error
-			if errors.As(err, &te) {
-				return "", textprotoReplyError(cn.addr, te)
-			}
-			what := "greeting"
-			if cmd != "" {
-				what = "reply to " + strings.Fields(cmd)[0]
-			}
-			return "", &Error{Endpoint: cn.addr, Err: fmt.Errorf("reading %s: %w", what, err)}
-		}
-		return msg, nil
-	}
-	if _, e := step("", 220); e != nil {
+// greet reads the greeting and says EHLO.
+func (cn *conn) greet() *Error {
+	if e := cn.setupStep("", 220, "greeting"); e != nil {
 		return e
 	}
-	ehlo, e := step("EHLO "+cn.p.opts.LocalName, 250)
-	if e != nil {
+	return cn.ehlo()
+}
+
+// ehlo says EHLO and learns the extensions the upstream offers.
+func (cn *conn) ehlo() *Error {
+	cn.sendLine("EHLO ", cn.p.opts.LocalName)
+	msg, r, err := cn.exchange(250, time.Now().Add(cn.p.u.Timeouts.Command.Duration))
+	cn.ext = map[string]string{}
+	cn.pipelining = false
+	if err == nil && r != nil && r.Code/100 == 5 {
+		// An old server without EHLO: HELO, and no extensions (RFC 5321 section 3.2).
+		cn.sendLine("HELO ", cn.p.opts.LocalName)
+		_, e := cn.setupReply(250, "HELO")
 		return e
 	}
-	offered := false
-	for i, line := range strings.Split(ehlo, "\n") {
-		if f := strings.Fields(line); i > 0 && len(f) > 0 && strings.EqualFold(f[0], "STARTTLS") {
-			offered = true
+	if err != nil || r != nil {
+		return cn.setupError("EHLO", r, err)
+	}
+	for i, line := range strings.Split(msg, "\n") {
+		if i == 0 {
+			continue // the server's name and greeting text
+		}
+		kw, param, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if kw != "" {
+			cn.ext[strings.ToUpper(kw)] = param
 		}
 	}
-	if !offered {
-		return &Error{Endpoint: cn.addr, Err: errors.New("upstream does not offer STARTTLS, which this upstream's TLS mode requires; refusing to continue in plain text")}
-	}
-	if _, e := step("STARTTLS", 220); e != nil {
-		return e
-	}
-	// Anything already buffered arrived before TLS and could be injected by a man in
-	// the middle (the reverse of CVE-2011-0411): refuse it.
-	if br.Buffered() > 0 {
-		return &Error{Endpoint: cn.addr, Err: errors.New("upstream sent data after its reply to STARTTLS")}
-	}
-	cn.raw.SetDeadline(time.Time{})
+	_, cn.pipelining = cn.ext["PIPELINING"]
 	return nil
 }
 
-// auth authenticates with the configured mechanism; the password never appears in
-// errors or logs.
+// setupStep sends cmd (none for the greeting) and reads its reply, which must have
+// code expect.
+func (cn *conn) setupStep(cmd string, expect int, stage string) *Error {
+	if cmd != "" {
+		cn.sendLine(cmd, "")
+	}
+	_, e := cn.setupReply(expect, stage)
+	return e
+}
+
+// setupReply reads a reply while connecting; anything but expect is a setupError.
+func (cn *conn) setupReply(expect int, stage string) (string, *Error) {
+	msg, r, err := cn.exchange(expect, time.Now().Add(cn.p.u.Timeouts.Command.Duration))
+	if err != nil || r != nil {
+		return "", cn.setupError(stage, r, err)
+	}
+	return msg, nil
+}
+
+// setupError is the *Error for a failed step of connecting: a refusal r keeps its reply
+// code only when it is a 4xx, since a failed endpoint must never produce a permanent
+// verdict on the message; err is a failure of the connection.
+func (cn *conn) setupError(stage string, r *Error, err error) *Error {
+	switch {
+	case err != nil:
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}
+	case r.Temporary():
+		return r
+	default:
+		return &Error{Endpoint: cn.addr, Message: r.Message, Err: fmt.Errorf("%s refused with %d", stage, r.Code)}
+	}
+}
+
+// auth authenticates with the configured mechanism (RFC 4954); the password never
+// appears in errors or logs.
 func (cn *conn) auth() *Error {
 	p := cn.p
 	if p.u.TLS.Mode == config.TLSNone {
@@ -217,8 +284,8 @@ func (cn *conn) auth() *Error {
 	if p.u.Auth != nil && p.u.Auth.Mechanism != "" {
 		mech = strings.ToUpper(p.u.Auth.Mechanism)
 	}
-	if !cn.c.SupportsAuth(mech) {
-		_, offered := cn.c.Extension("AUTH")
+	offered, ok := cn.ext["AUTH"]
+	if !ok || !hasWord(offered, mech) {
 		if offered == "" {
 			offered = "none"
 		}
@@ -233,78 +300,136 @@ func (cn *conn) auth() *Error {
 	default:
 		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("unsupported AUTH mechanism %q: use PLAIN or LOGIN", mech)}
 	}
-	if err := cn.c.Auth(sc); err != nil {
+	user := sanitize(p.creds.Username)
+	refused := func(err error) *Error {
 		// Code stays 0: a refused login is the relay's problem, not a verdict on the
 		// message, and must never turn into a 5xx for the client.
-		e := &Error{Endpoint: cn.addr}
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			e.Message = sanitize(se.Message)
-			e.Err = fmt.Errorf("AUTH %s as %q refused with %d", mech, sanitize(p.creds.Username), se.Code)
-		} else {
-			e.Err = fmt.Errorf("AUTH %s as %q: %w", mech, sanitize(p.creds.Username), err)
-		}
-		return e
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("AUTH %s as %q: %w", mech, user, err)}
 	}
-	return nil
+	_, ir, err := sc.Start()
+	if err != nil {
+		return refused(err)
+	}
+	line := "AUTH " + mech
+	switch {
+	case len(ir) > 0:
+		line += " " + base64.StdEncoding.EncodeToString(ir)
+	case ir != nil:
+		line += " =" // an empty initial response (RFC 4954 section 4)
+	}
+	cn.sendLine(line, "")
+	deadline := time.Now().Add(p.u.Timeouts.Command.Duration)
+	for {
+		msg, r, err := cn.exchange(3, deadline)
+		if err != nil {
+			return refused(err)
+		}
+		if r != nil {
+			if r.Code/100 == 2 {
+				return nil
+			}
+			return &Error{Endpoint: cn.addr, Message: r.Message, Err: fmt.Errorf("AUTH %s as %q refused with %d", mech, user, r.Code)}
+		}
+		challenge, err := base64.StdEncoding.DecodeString(strings.TrimSpace(msg))
+		var resp []byte
+		if err == nil {
+			resp, err = sc.Next(challenge)
+		}
+		if err != nil {
+			// Cancel the exchange (RFC 4954 section 4) and give up on this connection.
+			cn.sendLine("*", "")
+			_, _, _ = cn.exchange(5, deadline)
+			return refused(err)
+		}
+		cn.sendLine(base64.StdEncoding.EncodeToString(resp), "")
+	}
 }
 
-// setupError reports a failure while greeting: any reply code is kept only when it is a
-// 4xx, since a failed endpoint must never produce a permanent verdict on the message.
-func (cn *conn) setupError(stage string, err error) *Error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		e := replyError(cn.addr, se.Code, se.EnhancedCode, se.Message)
-		if e.Temporary() {
-			return e
+// hasWord reports whether the space-separated list holds w, ignoring case.
+func hasWord(list, w string) bool {
+	for _, f := range strings.Fields(list) {
+		if strings.EqualFold(f, w) {
+			return true
 		}
-		return &Error{Endpoint: cn.addr, Message: e.Message, Err: fmt.Errorf("%s refused with %d", stage, se.Code)}
 	}
-	return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}
+	return false
 }
 
-// do runs one exchange, closing the connection if ctx ends meanwhile. ok is false when
-// the connection can no longer be used.
-func (cn *conn) do(ctx context.Context, stage string, f func() error) (e *Error, ok bool) {
+// sendLine buffers one command line, a+b; it leaves with the next reply awaited.
+// Write errors stay in the buffer and are returned by that wait.
+func (cn *conn) sendLine(a, b string) {
+	cn.w.WriteString(a)
+	cn.w.WriteString(b)
+	cn.w.WriteString("\r\n")
+}
+
+// exchange flushes what is buffered and reads one reply, both before deadline. A reply
+// whose code does not start with expect (a 2 for any 2xx, or a whole code) comes back
+// as r; err is a failure of the connection itself (I/O, timeout, a malformed reply).
+func (cn *conn) exchange(expect int, deadline time.Time) (msg string, r *Error, err error) {
+	cn.raw.SetDeadline(deadline)
+	if err := cn.w.Flush(); err != nil {
+		return "", nil, err
+	}
+	cn.lim.n = maxReplyBytes
+	_, msg, err = cn.text.ReadResponse(expect)
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		return "", parseReply(cn.addr, te.Code, te.Msg), nil
+	}
+	return msg, nil, err
+}
+
+// await reads the reply to a command already buffered, within the command timeout,
+// closing the connection if ctx ends meanwhile. ok is false when the connection can no
+// longer be used (it is then marked broken).
+func (cn *conn) await(ctx context.Context, stage string, expect int) (e *Error, ok bool) {
+	return cn.awaitBy(ctx, stage, expect, time.Now().Add(cn.p.u.Timeouts.Command.Duration))
+}
+
+func (cn *conn) awaitBy(ctx context.Context, stage string, expect int, deadline time.Time) (e *Error, ok bool) {
 	cn.watch(ctx)
-	err := f()
-	if ctx.Err() != nil {
+	_, r, err := cn.exchange(expect, deadline)
+	switch {
+	case ctx.Err() != nil:
 		// The watch has closed the connection, or is about to.
-		cn.broken = true
-		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, ctx.Err())}, false
-	}
-	if err == nil {
+		e, ok = &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, ctx.Err())}, false
+	case err != nil:
+		e, ok = &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}, false
+	case r != nil:
+		// 421 means the upstream is closing the connection (RFC 5321 3.8).
+		e, ok = r, r.Code != 421
+	default:
 		return nil, true
 	}
-	e, ok = cn.classify(stage, err)
 	if !ok {
 		cn.broken = true
 	}
 	return e, ok
 }
 
-// classify turns what a go-smtp call returned into an *Error and says whether the
-// connection is still usable.
-func (cn *conn) classify(stage string, err error) (*Error, bool) {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		// 421 means the upstream is closing the connection (RFC 5321 3.8).
-		return replyError(cn.addr, se.Code, se.EnhancedCode, se.Message), se.Code != 421
+// sendMail buffers MAIL FROM. The client's BODY parameter is passed on when the
+// upstream offers 8BITMIME (RFC 6152), and none is added when the client gave none.
+func (cn *conn) sendMail(from string, opts *MailOptions) {
+	if opts != nil && opts.Body != "" {
+		if _, ok := cn.ext["8BITMIME"]; ok {
+			cn.w.WriteString("MAIL FROM:<")
+			cn.w.WriteString(from)
+			cn.sendLine("> BODY=", opts.Body)
+			return
+		}
 	}
-	if isNetworkError(err) {
-		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}, false
-	}
-	// A local refusal by go-smtp (e.g. an option the upstream does not support): nothing
-	// was sent, the connection is fine.
-	return &Error{Endpoint: cn.addr, Err: fmt.Errorf("%s: %w", stage, err)}, true
+	cn.sendLine("MAIL FROM:<", from+">")
 }
 
-func (cn *conn) mail(ctx context.Context, from string, opts *smtp.MailOptions) (*Error, bool) {
-	return cn.do(ctx, "MAIL FROM", func() error { return cn.c.Mail(from, opts) })
+func (cn *conn) sendRcpt(to string) {
+	cn.w.WriteString("RCPT TO:<")
+	cn.sendLine(to, ">")
 }
 
-func (cn *conn) rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) (*Error, bool) {
-	return cn.do(ctx, "RCPT TO", func() error { return cn.c.Rcpt(to, opts) })
+func (cn *conn) rcpt(ctx context.Context, to string) (*Error, bool) {
+	cn.sendRcpt(to)
+	return cn.await(ctx, "RCPT TO", 2)
 }
 
 // reset prepares a connection for its next transaction (RFC 5321 4.1.1.5).
@@ -312,43 +437,25 @@ func (cn *conn) reset() error {
 	if cn.broken {
 		return errors.New("connection is broken")
 	}
-	if err := cn.c.Reset(); err != nil {
-		cn.broken = true
-		return err
+	cn.sendLine("RSET", "")
+	_, r, err := cn.exchange(2, time.Now().Add(cn.p.u.Timeouts.Command.Duration))
+	if err == nil && r != nil {
+		err = r
 	}
-	// go-smtp forgets the EHLO after RSET; greeting again now keeps the next MAIL FROM
-	// free to be pipelined and the extensions current.
-	if err := cn.c.Hello(cn.p.opts.LocalName); err != nil {
+	if err != nil {
 		cn.broken = true
-		return err
 	}
-	cn.pipelining, _ = cn.c.Extension("PIPELINING")
-	return nil
+	return err
 }
 
 // close ends the connection: politely with QUIT when it is still usable.
 func (cn *conn) close() {
-	if !cn.broken && cn.c != nil {
-		cn.c.CommandTimeout = min(cn.p.u.Timeouts.Command.Duration, quitTimeout)
-		_ = cn.c.Quit()
+	if !cn.broken && cn.w != nil {
+		cn.sendLine("QUIT", "")
+		_, _, _ = cn.exchange(2, time.Now().Add(min(cn.p.u.Timeouts.Command.Duration, quitTimeout)))
 	}
 	cn.broken = true
 	cn.raw.Close()
-}
-
-// greetedConn serves a fixed greeting before the real stream.
-type greetedConn struct {
-	net.Conn
-	pending []byte
-}
-
-func (g *greetedConn) Read(b []byte) (int, error) {
-	if len(g.pending) > 0 {
-		n := copy(b, g.pending)
-		g.pending = g.pending[n:]
-		return n, nil
-	}
-	return g.Conn.Read(b)
 }
 
 // lineEndingReader fails on a CR or LF that is not part of a CRLF pair.
@@ -368,111 +475,6 @@ func (l *lineEndingReader) Read(b []byte) (int, error) {
 		return 0, ErrBareLineEnding
 	}
 	return n, err
-}
-
-// coalescingConn holds writes until the next read, so everything sent before waiting
-// for a reply leaves in one write: the body of a message and its final dot, for
-// instance, instead of a write per 4 KiB buffer of the SMTP library. Every reply is
-// awaited with a read, so nothing waits longer than it would have.
-//
-// It can also defer one reply (RFC 2920 pipelining): the SMTP library is handed a
-// stand-in "250" for the deferred command, which stays held with its successor, and
-// the real reply is read off the wire, before the successor's, on the next read.
-type coalescingConn struct {
-	net.Conn
-	addr string // the endpoint, for errors
-	buf  []byte
-	// mute discards writes until the next read: the SMTP library's own end-of-data
-	// marker, when the body and its marker were already written directly.
-	mute bool
-
-	deferNext bool          // the next read gets the stand-in reply
-	awaiting  bool          // the stand-in was handed out; the real reply is unread
-	br        *bufio.Reader // reads through here once a reply has been deferred
-	held      *Error        // the deferred reply when it was not a 2xx
-	heldDone  bool          // the deferred reply was read
-}
-
-// coalesceLimit bounds the held bytes, and so the memory, per connection.
-const coalesceLimit = 64 << 10
-
-// standIn is what the SMTP library reads in place of a deferred reply.
-var standIn = []byte("250 deferred\r\n")
-
-func (c *coalescingConn) Write(b []byte) (int, error) {
-	if c.mute {
-		return len(b), nil
-	}
-	if len(c.buf)+len(b) > coalesceLimit {
-		if err := c.flush(); err != nil {
-			return 0, err
-		}
-		if len(b) > coalesceLimit {
-			return c.Conn.Write(b)
-		}
-	}
-	c.buf = append(c.buf, b...)
-	return len(b), nil
-}
-
-func (c *coalescingConn) Read(b []byte) (int, error) {
-	c.mute = false
-	if c.deferNext && len(b) >= len(standIn) {
-		c.deferNext, c.awaiting, c.heldDone, c.held = false, true, false, nil
-		return copy(b, standIn), nil
-	}
-	if err := c.flush(); err != nil {
-		return 0, err
-	}
-	if c.awaiting {
-		c.awaiting = false
-		_, _, err := textproto.NewReader(c.br).ReadResponse(2)
-		var te *textproto.Error
-		switch {
-		case errors.As(err, &te):
-			c.held = textprotoReplyError(c.addr, te)
-		case err != nil:
-			return 0, err
-		}
-		c.heldDone = true
-	}
-	if c.br != nil {
-		return c.br.Read(b)
-	}
-	return c.Conn.Read(b)
-}
-
-// deferReply makes the reply to the next command wait for the one after it.
-func (c *coalescingConn) deferReply() {
-	if c.br == nil {
-		c.br = bufio.NewReaderSize(c.Conn, 1024)
-	}
-	c.deferNext, c.heldDone = true, false
-}
-
-// deferred returns the deferred reply's verdict once the next command's reply has been
-// read: got is false when it never arrived (or the SMTP library did not read the
-// stand-in, which would misalign replies: the connection must then be dropped).
-func (c *coalescingConn) deferred() (e *Error, got bool) {
-	if c.deferNext || c.awaiting {
-		c.deferNext, c.awaiting = false, false
-		return nil, false
-	}
-	return c.held, c.heldDone
-}
-
-func (c *coalescingConn) flush() error {
-	if len(c.buf) == 0 {
-		return nil
-	}
-	_, err := c.Conn.Write(c.buf)
-	c.buf = c.buf[:0]
-	return err
-}
-
-func (c *coalescingConn) Close() error {
-	_ = c.flush()
-	return c.Conn.Close()
 }
 
 // dotStuffer writes message data with RFC 5321 section 4.5.2 transparency: a line that

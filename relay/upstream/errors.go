@@ -9,8 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-
-	"github.com/emersion/go-smtp"
 )
 
 var (
@@ -111,40 +109,41 @@ func sanitize(s string) string {
 	return strings.TrimRight(b.String(), " ")
 }
 
-// replyError makes an *Error of an upstream reply.
-func replyError(endpoint string, code int, enhanced smtp.EnhancedCode, msg string) *Error {
-	e := &Error{Code: code, Message: sanitize(msg), Endpoint: endpoint}
-	if enhanced != smtp.NoEnhancedCode && enhanced != smtp.EnhancedCodeNotSet {
-		e.Enhanced = [3]int(enhanced)
+// parseReply makes an *Error of an upstream reply: code and its text as
+// net/textproto reads them (lines joined with "\n"), with the enhanced status code
+// (RFC 3463) that leads the text taken off each line.
+func parseReply(endpoint string, code int, msg string) *Error {
+	e := &Error{Code: code, Endpoint: endpoint}
+	first, _, _ := strings.Cut(msg, "\n")
+	if enh, ok := parseEnhanced(first, code); ok {
+		e.Enhanced = enh
+		prefix := first[:strings.IndexByte(first+" ", ' ')]
+		lines := strings.Split(msg, "\n")
+		for i, l := range lines {
+			lines[i] = strings.TrimPrefix(strings.TrimPrefix(l, prefix), " ")
+		}
+		msg = strings.Join(lines, "\n")
 	}
+	e.Message = sanitize(msg)
 	return e
 }
 
-// textprotoReplyError converts a reply read with net/textproto (the plain-text part of
-// STARTTLS, which is spoken without go-smtp) the way go-smtp would.
-func textprotoReplyError(endpoint string, te *textproto.Error) *Error {
-	var enh smtp.EnhancedCode
-	msg := te.Msg
-	if first, rest, ok := strings.Cut(msg, " "); ok {
-		parts := strings.Split(first, ".")
-		if len(parts) == 3 {
-			okAll := true
-			for i, p := range parts {
-				n, err := strconv.Atoi(p)
-				if err != nil {
-					okAll = false
-					break
-				}
-				enh[i] = n
-			}
-			if okAll {
-				msg = rest
-			} else {
-				enh = smtp.EnhancedCode{}
-			}
-		}
+// parseEnhanced reads the enhanced status code that starts line, if any: three
+// numbers, the first one the reply code's class.
+func parseEnhanced(line string, code int) (enh [3]int, ok bool) {
+	word, _, _ := strings.Cut(line, " ")
+	parts := strings.Split(word, ".")
+	if len(parts) != 3 {
+		return enh, false
 	}
-	return replyError(endpoint, te.Code, enh, msg)
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || len(p) > 3 {
+			return enh, false
+		}
+		enh[i] = n
+	}
+	return enh, enh[0] == code/100
 }
 
 // isNetworkError reports whether err means the connection can no longer be used: I/O

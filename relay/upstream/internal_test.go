@@ -89,3 +89,25 @@ func TestValidAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestParseReply(t *testing.T) {
+	for _, tc := range []struct {
+		code     int
+		msg      string
+		enhanced [3]int
+		text     string
+	}{
+		{451, "4.3.0 try later", [3]int{4, 3, 0}, "try later"},
+		{550, "5.1.1 no such user\n5.1.1 see the docs", [3]int{5, 1, 1}, "no such user see the docs"},
+		{421, "service closing", [3]int{}, "service closing"},
+		{550, "4.1.1 class differs", [3]int{}, "4.1.1 class differs"},
+		{554, "5.x.1 not a code", [3]int{}, "5.x.1 not a code"},
+		{452, "4.5.3", [3]int{4, 5, 3}, ""},
+		{550, "evil\r 250 \x1b[31m", [3]int{}, "evil 250 ?[31m"},
+	} {
+		e := parseReply("mx:25", tc.code, tc.msg)
+		if e.Code != tc.code || e.Enhanced != tc.enhanced || e.Message != tc.text || e.Endpoint != "mx:25" {
+			t.Errorf("parseReply(%d, %q) = %d %v %q, want %d %v %q", tc.code, tc.msg, e.Code, e.Enhanced, e.Message, tc.code, tc.enhanced, tc.text)
+		}
+	}
+}

@@ -167,3 +167,42 @@ func TestPipelinedThroughSmtpSink(t *testing.T) {
 		t.Fatalf("smtp-sink has %d of the 3 messages", countMarker(t, s, "sink-pipelined"))
 	}
 }
+
+// An upstream that never ends its reply line costs one bounded read, not unbounded
+// memory: the endpoint fails as an unusable connection and the message is deferred.
+func TestEndlessReplyBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	written := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		chunk := []byte(strings.Repeat("x", 4096))
+		n := int64(0)
+		if _, err := c.Write([]byte("220 ")); err == nil {
+			for n < 64<<20 {
+				m, err := c.Write(chunk)
+				n += int64(m)
+				if err != nil {
+					break
+				}
+			}
+		}
+		written <- n
+	}()
+	p := newPool(t, testUpstream(t, config.TLSNone, ln.Addr().String()), upstream.Options{})
+	o := send(ctxFor(t), p, "endless", "a@example.net")
+	if e := asError(t, o.err); !e.Temporary() || !strings.Contains(e.Error(), "reply too long") {
+		t.Fatalf("got %v, want a temporary error saying the reply was too long", e)
+	}
+	if n := <-written; n >= 64<<20 {
+		t.Fatalf("the relay read all %d bytes of the endless reply", n)
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/go-logr/logr"
 
 	"github.com/kuberelay/kuberelay/relay/config"
@@ -131,7 +130,7 @@ func (p *Pool) Stats() Stats {
 
 // Begin starts a transaction for envelope sender from ("" is the null sender). Nothing
 // is sent until the first Rcpt (or Open). The caller must Close the transaction.
-func (p *Pool) Begin(ctx context.Context, from string, opts *smtp.MailOptions) *Tx {
+func (p *Pool) Begin(ctx context.Context, from string, opts *MailOptions) *Tx {
 	tx := &Tx{p: p, from: from, mailOpts: opts}
 	if !validAddress(from) {
 		tx.err = &Error{Err: fmt.Errorf("invalid sender address %q", sanitize(from))}

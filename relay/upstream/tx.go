@@ -7,16 +7,25 @@ import (
 	"io"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
+
+// MailOptions are what the client asked for in its MAIL command that is passed on.
+type MailOptions struct {
+	// Body is the client's BODY parameter (RFC 6152: "7BIT" or "8BITMIME"); "" when it
+	// gave none, and then none is sent upstream either.
+	Body string
+}
+
+// RcptOptions are the RCPT parameters passed on. There are none yet: the relay offers
+// its clients no RCPT extension (DSN is not offered).
+type RcptOptions struct{}
 
 // Tx is one message on its way to an upstream. Its methods serialise, but a Tx is meant
 // to be driven by one goroutine: Begin, Rcpt..., Data, Close.
 type Tx struct {
 	p        *Pool
 	from     string
-	mailOpts *smtp.MailOptions
+	mailOpts *MailOptions
 
 	mu       sync.Mutex
 	permit   bool   // holds one of the pool's permits (released by Close)
@@ -44,8 +53,7 @@ var bodyBuffers = sync.Pool{New: func() any {
 }}
 
 type rcpt struct {
-	to   string
-	opts *smtp.RcptOptions
+	to string
 }
 
 // Open connects (or takes a pooled connection) and sends MAIL FROM now, so a refused
@@ -63,7 +71,7 @@ func (tx *Tx) Open(ctx context.Context) error {
 // when accepted, otherwise an *Error to pass on to the client. A failure of the
 // transaction as a whole (no endpoint could take the message, sender refused) is also
 // returned as an *Error, and every later call returns it too.
-func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error {
+func (tx *Tx) Rcpt(ctx context.Context, to string, _ *RcptOptions) error {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	if tx.closed || tx.dataUsed {
@@ -72,7 +80,7 @@ func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
 	if !validAddress(to) {
 		return &Error{Err: fmt.Errorf("invalid recipient address %q", sanitize(to))}
 	}
-	r := &rcpt{to: to, opts: opts}
+	r := &rcpt{to: to}
 	for {
 		if err := tx.ensure(ctx, r); err != nil {
 			return err
@@ -84,10 +92,10 @@ func (tx *Tx) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
 			e, ok = tx.firstErr, tx.firstOK
 			tx.firstSent, tx.firstErr = false, nil
 		} else {
-			e, ok = tx.cn.rcpt(ctx, to, opts)
+			e, ok = tx.cn.rcpt(ctx, to)
 		}
 		if e == nil {
-			tx.rcpts = append(tx.rcpts, rcpt{to: to, opts: opts})
+			tx.rcpts = append(tx.rcpts, *r)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -121,18 +129,13 @@ func (tx *Tx) Data(ctx context.Context, r io.Reader) (string, error) {
 	if len(tx.rcpts) == 0 {
 		return "", tx.fail(&Error{Endpoint: tx.endpoint, Err: ErrNoRecipients})
 	}
-	var w *smtp.DataCommand
 	for {
 		if err := tx.ensure(ctx, nil); err != nil {
 			return "", err
 		}
-		var dc *smtp.DataCommand
-		e, ok := tx.cn.do(ctx, "DATA", func() (err error) {
-			dc, err = tx.cn.c.Data()
-			return err
-		})
+		tx.cn.sendLine("DATA", "")
+		e, ok := tx.cn.await(ctx, "DATA", 3)
 		if e == nil {
-			w = dc
 			break
 		}
 		if ctx.Err() != nil {
@@ -146,16 +149,16 @@ func (tx *Tx) Data(ctx context.Context, r io.Reader) (string, error) {
 		// have been delivered yet, so the next endpoint may take the message.
 		tx.failEndpoint(e)
 	}
-	return tx.stream(ctx, w, r)
+	return tx.stream(ctx, r)
 }
 
 // stream sends the body after 354 and reads the reply to the final dot, all within the
 // data timeout.
-func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (string, error) {
+func (tx *Tx) stream(ctx context.Context, r io.Reader) (string, error) {
 	cn := tx.cn
 	tx.midData = true
 	deadline := time.Now().Add(tx.p.u.Timeouts.Data.Duration)
-	cn.raw.SetWriteDeadline(deadline)
+	cn.raw.SetDeadline(deadline)
 	cn.watch(ctx)
 	abort := func(e *Error) (string, error) {
 		// Closing without the final dot: the upstream discards what it got.
@@ -164,9 +167,9 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 		return "", tx.fail(e)
 	}
 	lr := &lineEndingReader{r: r}
-	// The body bypasses the SMTP library's byte-by-byte dot writer: it is dot-stuffed in
-	// chunks straight onto the wire, which holds it until the reply is read.
-	ds := &dotStuffer{w: cn.wire, bol: true}
+	// The body is dot-stuffed in chunks into the connection's buffer, which writes
+	// whenever it fills and last with the final dot.
+	ds := &dotStuffer{w: cn.w, bol: true}
 	bp := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(bp)
 	buf := *bp
@@ -190,31 +193,27 @@ func (tx *Tx) stream(ctx context.Context, w *smtp.DataCommand, r io.Reader) (str
 	if err := ds.end(); err != nil {
 		return abort(&Error{Endpoint: cn.addr, Err: fmt.Errorf("sending the message: %w", err)})
 	}
-	cn.c.SubmissionTimeout = max(time.Until(deadline), time.Nanosecond)
-	// The library's own end-of-data marker is discarded: ours is already written.
-	cn.wire.mute = true
-	resp, err := w.CloseWithResponse()
+	text, reply, err := cn.exchange(2, deadline)
 	if ctx.Err() != nil {
 		cn.broken = true
 		return "", tx.fail(&Error{Endpoint: cn.addr, Err: fmt.Errorf("after the final dot: %w", ctx.Err())})
 	}
 	if err != nil {
-		// The final dot was (maybe) sent: no failover, or the message could arrive twice.
-		e, ok := cn.classify("reply to the final dot", err)
-		if !ok {
-			cn.broken = true
-		} else if e.Code == 0 {
-			// The dot writer failed (a write error): the connection is unusable.
-			cn.broken = true
-		} else {
-			tx.midData = false
-			cn.ended = true
-		}
-		return "", tx.fail(e)
+		// The final dot was (maybe) sent: no failover, or the message could arrive
+		// twice. The connection is unusable.
+		cn.broken = true
+		return "", tx.fail(&Error{Endpoint: cn.addr, Err: fmt.Errorf("reply to the final dot: %w", err)})
 	}
+	// Whatever the verdict, the transaction is over on the upstream's side.
 	tx.midData = false
 	cn.ended = true
-	return sanitize(resp.StatusText), nil
+	if reply != nil {
+		if reply.Code == 421 {
+			cn.broken = true
+		}
+		return "", tx.fail(reply)
+	}
+	return sanitize(text), nil
 }
 
 // Close ends the transaction. Its connection goes back to the pool after a successful
@@ -338,37 +337,22 @@ func (tx *Tx) open(ctx context.Context, ep int, first *rcpt) (e *Error, failover
 			}
 		}
 		tx.endpoint = cn.addr
-		// With PIPELINING, MAIL FROM waits to leave with the first RCPT TO, and its
-		// reply is read just before that recipient's.
+		// With PIPELINING, MAIL FROM leaves with the first RCPT TO, and their replies
+		// are read in that order.
 		pipelined := cn.pipelining && len(todo) > 0
+		cn.sendMail(tx.from, tx.mailOpts)
 		if pipelined {
-			cn.wire.deferReply()
+			cn.sendRcpt(todo[0].to)
 		}
-		e, ok := cn.mail(ctx, tx.from, tx.mailOpts)
-		if e == nil && pipelined && !cn.wire.awaiting {
-			// The stand-in reply went to some other read: replies would be out of step.
-			cn.broken = true
-			e, ok = &Error{Endpoint: cn.addr, Err: errors.New("MAIL FROM: pipelined reply out of step")}, false
-		}
+		e, ok := cn.await(ctx, "MAIL FROM", 2)
 		var re *Error
 		rok := true
-		if e == nil && pipelined {
-			re, rok = cn.rcpt(ctx, todo[0].to, todo[0].opts)
-			switch me, got := cn.wire.deferred(); {
-			case !got:
-				// The reply to MAIL FROM never arrived: the connection failed (or
-				// the replies would be out of step).
+		if pipelined && ok {
+			// After a refused MAIL the recipient's reply (a 503, most likely) says
+			// nothing more, but it must still be read.
+			re, rok = cn.await(ctx, "RCPT TO", 2)
+			if !rok && e == nil {
 				e, ok = re, false
-				if e == nil {
-					e = &Error{Endpoint: cn.addr, Err: errors.New("MAIL FROM: no reply before the reply to RCPT TO")}
-				}
-				cn.broken = true
-			case me != nil:
-				// The recipient's reply (a 503, most likely) says nothing more.
-				e, ok = me, me.Code != 421
-				if !ok {
-					cn.broken = true
-				}
 			}
 		}
 		if e != nil {
@@ -393,7 +377,7 @@ func (tx *Tx) open(ctx context.Context, ep int, first *rcpt) (e *Error, failover
 		tx.cn = cn
 		for i, r := range todo {
 			if !pipelined || i > 0 {
-				re, rok = cn.rcpt(ctx, r.to, r.opts)
+				re, rok = cn.rcpt(ctx, r.to)
 			}
 			if first != nil && i == len(todo)-1 {
 				// The new recipient's verdict is the caller's to act on.
