@@ -1,7 +1,6 @@
 // Package address checks the mailboxes of MAIL FROM and RCPT TO and gives the form
-// they are sent upstream in. The SMTP library hands the relay a mailbox with a
-// quoted-string local part already unquoted, so `<"a b"@example.com>` arrives as
-// `a b@example.com`; sent on as it is, that text would be another address, or carry
+// they are sent upstream in. SplitPath hands the relay a mailbox with a quoted-string
+// local part already unquoted, so `<"a b"@example.com>` arrives as `a b@example.com`; sent on as it is, that text would be another address, or carry
 // ESMTP parameters of the client's choosing, to the upstream. Mailbox.Wire quotes the
 // local part again exactly as RFC 5321 section 4.1.2 requires, so the upstream reads
 // the very address the relay's policy checked.
@@ -62,7 +61,7 @@ func wire(local, domain string) string {
 	return quote(local) + "@" + domain
 }
 
-// Parse checks a mailbox as the SMTP library decoded it. The domain is what follows
+// Parse checks a mailbox as SplitPath decoded it. The domain is what follows
 // the last "@": a valid domain holds none, so an "@" before it belongs to the local
 // part, whether the client quoted it or not, and is quoted on the wire.
 func Parse(decoded string) (Mailbox, error) {

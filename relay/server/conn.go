@@ -15,7 +15,7 @@ import (
 
 // trackedConn is the relay's view of one client connection, under any TLS layer. It
 // lets the relay close a connection right after its next reply (too many errors, a
-// data timeout) and drain it on shutdown, without reaching into the SMTP library.
+// data timeout) and drain it on shutdown.
 type trackedConn struct {
 	net.Conn
 	srv      *Server
@@ -27,7 +27,7 @@ type trackedConn struct {
 
 	closeAfterWrite atomic.Bool
 	// draining makes every read deadline "now": the next command read times out, so the
-	// SMTP server answers 421 and closes, with correct TLS framing.
+	// conversation answers 421 and closes, with correct TLS framing.
 	draining atomic.Bool
 
 	mu      sync.Mutex
@@ -41,7 +41,7 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if err != nil && isTimeout(err) {
 		// After a read timeout the client's remaining bytes are unknown (the rest of a
-		// message, perhaps): whatever the SMTP library replies next is the last thing this
+		// message, perhaps): whatever the relay replies next is the last thing this
 		// connection carries, so nothing the client sent late is read as a command.
 		c.closeAfterWrite.Store(true)
 	}
@@ -89,20 +89,11 @@ func lastReply(w io.Writer, raw net.Conn, e *smtp.SMTPError) {
 }
 
 // drain makes the session end at its next command read: the read times out and the
-// SMTP library answers 421 between two commands, through the TLS layer if any. It is
-// safe from any goroutine; the library's text is "Idle timeout".
+// conversation answers 421 between two commands, through the TLS layer if any. It is
+// safe from any goroutine.
 func (c *trackedConn) drain() {
 	c.draining.Store(true)
 	_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
-}
-
-// shutdown ends s now with errShuttingDown and closes the connection. It must run on
-// the session's own goroutine, between two replies of the SMTP library (so nothing
-// else is being written), through s.top, so TLS framing is kept. RFC 5321 section 3.8
-// lets a server that is shutting down answer any command with 421.
-func (c *trackedConn) shutdown(s *session) {
-	lastReply(s.top, c.Conn, errShuttingDown)
-	c.Close()
 }
 
 func (c *trackedConn) setSession(s *session) {
@@ -135,55 +126,3 @@ func (c *trackedConn) Close() error {
 	}
 	return err
 }
-
-// chanListener hands accepted connections to one generation's SMTP server. Each
-// configuration generation has its own SMTP server, so the limits a session starts
-// with never change under it.
-type chanListener struct {
-	addr   net.Addr
-	ch     chan net.Conn
-	mu     sync.Mutex
-	closed bool
-	done   chan struct{}
-}
-
-func newChanListener(addr net.Addr) *chanListener {
-	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// offer hands c to the server; false when this listener has been retired.
-func (l *chanListener) offer(c net.Conn) bool {
-	l.mu.Lock()
-	closed := l.closed
-	l.mu.Unlock()
-	if closed {
-		return false
-	}
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.done:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.closed {
-		l.closed = true
-		close(l.done)
-	}
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return l.addr }

@@ -2,106 +2,69 @@ package server
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/emersion/go-smtp"
-
-	"github.com/kuberelay/kuberelay/relay/internal/crlf"
 )
 
 // errAmbiguousLineEnding refuses data that two SMTP implementations could split into
 // messages differently (SMTP smuggling): RFC 5321 section 2.3.8 allows CR and LF only
 // together as CRLF, and NUL is never valid text.
-var errAmbiguousLineEnding = &smtp.SMTPError{
+var errAmbiguousLineEnding = &smtpError{
 	Code:         550,
-	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	EnhancedCode: enhancedCode{5, 5, 2},
 	Message:      "Message contains a bare CR, a bare LF or a NUL byte: end every line with CRLF (RFC 5321 section 2.3.8)",
 }
 
 // errDataTimeout ends a session whose client stopped sending message data.
-var errDataTimeout = &smtp.SMTPError{
+var errDataTimeout = &smtpError{
 	Code:         421,
-	EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+	EnhancedCode: enhancedCode{4, 4, 2},
 	Message:      "Timeout waiting for message data, closing connection",
 }
 
 // errClientRead ends a session whose connection failed while reading message data.
-var errClientRead = &smtp.SMTPError{
+var errClientRead = &smtpError{
 	Code:         421,
-	EnhancedCode: smtp.EnhancedCode{4, 4, 0},
+	EnhancedCode: enhancedCode{4, 4, 0},
 	Message:      "Connection error while reading message data, closing connection",
 }
 
 // errDataLineTooLong refuses a message with a line over the line limit. It is
 // permanent, as RFC 5321 section 4.5.3.1.10 has it ("500 Line too long"): the same
 // message would fail again, so a 4xx would only make the client retry for days. The
-// connection is closed, since the SMTP library cannot find the next line in the stream.
-var errDataLineTooLong = &smtp.SMTPError{
+// connection is closed rather than the rest of an endless line read.
+var errDataLineTooLong = &smtpError{
 	Code:         500,
-	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	EnhancedCode: enhancedCode{5, 5, 2},
 	Message:      "Line too long in message data (RFC 5321 section 4.5.3.1.6), closing connection",
 }
 
-// dataReader checks message data as it streams past: it refuses ambiguous line
-// endings and NUL bytes, and keeps the read deadline dataTimeout ahead while data
-// keeps arriving. It records when the client's data ended (the final dot).
+// dataReader passes the message data on and records how much there was, when the
+// client's data ended (the final dot) and the first error, which says why the message
+// was refused.
 type dataReader struct {
-	r       io.Reader
-	conn    net.Conn
-	timeout time.Duration
-	prevCR  bool
-	n       int64
-	eofAt   time.Time
-	err     error
+	r     io.Reader
+	n     int64
+	eofAt time.Time
+	err   error
 }
 
 func (d *dataReader) Read(p []byte) (int, error) {
 	if d.err != nil {
 		return 0, d.err
 	}
-	if d.conn != nil && d.timeout > 0 {
-		_ = d.conn.SetReadDeadline(time.Now().Add(d.timeout))
-	}
 	n, err := d.r.Read(p)
-	ok, cr := crlf.Check(p[:n], d.prevCR)
-	if !ok {
-		d.err = errAmbiguousLineEnding
-		return 0, d.err
-	}
-	d.prevCR = cr
 	d.n += int64(n)
-	if err == io.EOF {
-		if d.prevCR {
-			d.err = errAmbiguousLineEnding
-			return 0, d.err
-		}
+	switch {
+	case err == io.EOF:
 		d.eofAt = time.Now()
-	} else if err != nil {
-		d.err = classifyReadError(err)
-		return n, d.err
+	case err != nil:
+		d.err = err
 	}
 	return n, err
-}
-
-func classifyReadError(err error) error {
-	if errors.Is(err, smtp.ErrTooLongLine) {
-		return errDataLineTooLong
-	}
-	var smtpErr *smtp.SMTPError
-	if errors.As(err, &smtpErr) {
-		return smtpErr // e.g. go-smtp's ErrDataTooLarge
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return errDataTimeout
-	}
-	return errClientRead
 }
 
 // receivedHeader is the trace field of RFC 5321 section 4.4. Client-supplied text (the

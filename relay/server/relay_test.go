@@ -122,7 +122,8 @@ func TestAuthOnlyAfterTLS(t *testing.T) {
 	if strings.Contains(ehlo, "AUTH") || !strings.Contains(ehlo, "STARTTLS") {
 		t.Fatalf("before TLS EHLO must offer STARTTLS and not AUTH:\n%s", ehlo)
 	}
-	c.cmd("AUTH PLAIN "+plainIR(testUser, testPassword), 523)
+	// RFC 4954 section 6: 538 when the mechanism needs an encrypted connection.
+	c.cmd("AUTH PLAIN "+plainIR(testUser, testPassword), 538)
 	c.cmd("MAIL FROM:<noreply@example.com>", 530)
 	c.startTLS(e.clientTLS)
 	ehlo = c.cmd("EHLO client.test", 250)
@@ -218,7 +219,8 @@ func TestClosedByDefault(t *testing.T) {
 	if !strings.Contains(text, "5.7.1") {
 		t.Errorf("relay denied reply: %s", text)
 	}
-	c.cmd("RCPT TO:<x@example.net>", 502)
+	// RFC 5321 section 4.1.4: RCPT without a MAIL that was accepted is out of sequence.
+	c.cmd("RCPT TO:<x@example.net>", 503)
 	if len(up.Messages()) != 0 {
 		t.Fatal("a message got through a closed relay")
 	}
@@ -271,7 +273,7 @@ func TestPlaintextPipelinedAfterSTARTTLSIgnored(t *testing.T) {
 		t.Fatalf("a pipelined plaintext command was processed after STARTTLS: %q", text)
 	}
 	// MAIL without a fresh EHLO is refused: the session was reset by STARTTLS.
-	c.cmd("MAIL FROM:<noreply@example.com>", 502)
+	c.cmd("MAIL FROM:<noreply@example.com>", 503)
 }
 
 func TestLimits(t *testing.T) {

@@ -84,7 +84,6 @@ type generation struct {
 	policy   *policy.Policy
 	pools    map[string]*upstream.Pool
 	dkim     map[string]*dkim.Key
-	servers  map[string]*chanListener
 
 	mu      sync.Mutex
 	conns   int
@@ -229,12 +228,11 @@ func listenersEqual(a, b []config.Listener) bool {
 
 func (s *Server) apply(l *config.Loaded) {
 	g := &generation{
-		loaded:  l,
-		since:   time.Now(),
-		policy:  policy.New(l, s.authCache),
-		pools:   map[string]*upstream.Pool{},
-		dkim:    map[string]*dkim.Key{},
-		servers: map[string]*chanListener{},
+		loaded: l,
+		since:  time.Now(),
+		policy: policy.New(l, s.authCache),
+		pools:  map[string]*upstream.Pool{},
+		dkim:   map[string]*dkim.Key{},
 	}
 	hostname := hostnameOf(l.Config)
 	g.hostname = hostname
@@ -257,28 +255,10 @@ func (s *Server) apply(l *config.Loaded) {
 	}
 	s.mu.Lock()
 	if s.boundListeners == nil {
+		// Listeners are bound once; every generation serves those same listeners.
 		s.boundListeners = l.Config.Listeners
 	}
-	bound := s.boundListeners
 	s.mu.Unlock()
-	// Listeners are bound once; every generation serves those same listeners.
-	for _, lc := range bound {
-		cl := newChanListener(nil)
-		srv := smtp.NewServer(&backend{srv: s, gen: g, listener: lc})
-		srv.Domain = hostname
-		srv.MaxMessageBytes = l.Config.Limits.MaxMessageBytes
-		srv.MaxRecipients = l.Config.Limits.MaxRecipients
-		srv.MaxLineLength = l.Config.Limits.MaxLineLength
-		srv.ReadTimeout = l.Config.Limits.CommandTimeout.Duration
-		srv.WriteTimeout = l.Config.Limits.CommandTimeout.Duration
-		srv.ErrorLog = errorLog{s.log.WithValues("listener", lc.Name)}
-		if lc.TLS == config.TLSStartTLS {
-			srv.TLSConfig = s.tlsConfig
-		}
-		g.servers[lc.Name] = cl
-		go func() { _ = srv.Serve(cl) }()
-	}
-
 	s.mu.Lock()
 	old := s.gen
 	s.gen = g
@@ -303,9 +283,6 @@ func hostnameOf(c *config.Config) string {
 // retire stops old from taking new connections and releases it once its last
 // connection has closed.
 func (s *Server) retire(g *generation) {
-	for _, cl := range g.servers {
-		cl.Close()
-	}
 	g.mu.Lock()
 	g.retired = true
 	done := g.conns == 0
@@ -352,6 +329,7 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 		tc := &trackedConn{Conn: c, srv: s, listener: name, gen: g, ip: remoteIP(c)}
 		g.mu.Lock()
 		if g.retired {
+			// Replaced meanwhile: the connection starts on the new generation.
 			g.mu.Unlock()
 			continue
 		}
@@ -366,18 +344,10 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 		s.metrics.Sessions.WithLabelValues(name).Inc()
 		s.metrics.ConnectionsOpen.WithLabelValues(name).Inc()
 		tc.release = func() { s.connClosed(tc) }
-
-		var conn net.Conn = tc
-		if l.cfg.TLS == config.TLSImplicit {
-			conn = tls.Server(tc, s.tlsConfig)
-		}
-		if g.servers[name].offer(conn) {
-			return
-		}
-		// The generation was retired between the check and the offer: undo and retry
-		// on the new one.
-		tc.release = nil
-		s.connClosed(tc)
+		// A session keeps the generation it started with, so the limits and policy it
+		// starts with never change under it.
+		go s.serve(&backend{srv: s, gen: g, listener: l.cfg}, tc, l.cfg.TLS == config.TLSImplicit)
+		return
 	}
 }
 
@@ -585,15 +555,4 @@ func sameCA(a, b *x509.CertPool) bool {
 		return a == b
 	}
 	return a.Equal(b)
-}
-
-// errorLog passes the SMTP library's internal errors to the structured log.
-type errorLog struct{ log logr.Logger }
-
-func (e errorLog) Printf(format string, v ...any) {
-	e.log.V(1).Info("smtp server", "detail", fmt.Sprintf(format, v...))
-}
-
-func (e errorLog) Println(v ...any) {
-	e.log.V(1).Info("smtp server", "detail", fmt.Sprint(v...))
 }

@@ -3,11 +3,9 @@ package server
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"github.com/go-logr/logr"
 
 	"github.com/kuberelay/kuberelay/relay/address"
@@ -26,68 +23,64 @@ import (
 )
 
 var (
-	errTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+	errTooManyErrors = &smtpError{Code: 421, EnhancedCode: enhancedCode{4, 7, 0},
 		Message: "Too many errors, closing connection"}
-	errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+	errShuttingDown = &smtpError{Code: 421, EnhancedCode: enhancedCode{4, 3, 2},
 		Message: "Service shutting down, try again later"}
-	errTooManyConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+	errTooManyConnections = &smtpError{Code: 421, EnhancedCode: enhancedCode{4, 3, 2},
 		Message: "Too many connections, try again later"}
-	errTooManyFromClient = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+	errTooManyFromClient = &smtpError{Code: 421, EnhancedCode: enhancedCode{4, 7, 0},
 		Message: "Too many connections from your address, try again later"}
-	errAuthThrottled = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+	errAuthThrottled = &smtpError{Code: 421, EnhancedCode: enhancedCode{4, 7, 0},
 		Message: "Too many failed authentications, try again later"}
-	errUpstreamUnavailable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1},
+	errUpstreamUnavailable = &smtpError{Code: 451, EnhancedCode: enhancedCode{4, 4, 1},
 		Message: "Upstream temporarily unavailable, try again later"}
-	errNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+	errNestedMail = &smtpError{Code: 503, EnhancedCode: enhancedCode{5, 5, 1},
 		Message: "Nested MAIL command: send RSET first"}
-	errLocal = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+	errTooManyRecipients = &smtpError{Code: 452, EnhancedCode: enhancedCode{4, 5, 3},
+		Message: "Too many recipients: send the rest in another transaction"}
+	errLocal = &smtpError{Code: 451, EnhancedCode: enhancedCode{4, 3, 0},
 		Message: "Local error, try again later"}
 )
 
+// backend is what a connection's session serves with: the server, the configuration
+// generation the connection started on, and its listener.
 type backend struct {
 	srv      *Server
 	gen      *generation
 	listener config.Listener
 }
 
-func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	tc := findTracked(c.Conn())
-	if tc == nil {
-		return nil, errLocal
-	}
-	ip := tc.ip
+// mailParams are the MAIL parameters the relay acts on.
+type mailParams struct {
+	// Body is BODY=7BIT or BODY=8BITMIME (RFC 6152) as the client gave it, or "".
+	Body string
+}
+
+func newSession(b *backend, tc *trackedConn, isTLS bool) *session {
 	id := newID()
 	ctx, cancel := context.WithCancel(context.Background())
-	_, isTLS := c.TLSConnectionState()
 	s := &session{
 		b:      b,
-		conn:   c,
-		top:    c.Conn(),
 		tc:     tc,
 		id:     id,
-		ip:     ip,
-		helo:   c.Hostname(),
+		ip:     tc.ip,
 		tls:    isTLS,
 		ctx:    ctx,
 		cancel: cancel,
-		log:    b.srv.log.WithValues("session", id, "listener", b.listener.Name, "client", ip.String()),
+		log:    b.srv.log.WithValues("session", id, "listener", b.listener.Name, "client", tc.ip.String()),
 	}
 	tc.setSession(s)
-	return s, nil
+	return s
 }
 
-// findTracked finds the relay's connection under a TLS layer, if any.
-func findTracked(c net.Conn) *trackedConn {
-	for {
-		switch v := c.(type) {
-		case *trackedConn:
-			return v
-		case *tls.Conn:
-			c = v.NetConn()
-		default:
-			return nil
-		}
-	}
+// restart forgets what the session learnt before STARTTLS (RFC 3207 section 4.2):
+// the transaction, the EHLO name and any authentication.
+func (s *session) restart() {
+	s.endTx()
+	s.tls = true
+	s.helo = ""
+	s.user = ""
 }
 
 func newID() string {
@@ -99,11 +92,7 @@ func newID() string {
 // session is one client connection's SMTP conversation (from EHLO, or from the EHLO
 // after STARTTLS, to the end).
 type session struct {
-	b    *backend
-	conn *smtp.Conn
-	// top is the connection the SMTP library speaks through for this session: the TLS
-	// layer when there is one. A shutdown reply is written to it.
-	top    net.Conn
+	b      *backend
 	tc     *trackedConn
 	id     string
 	ip     netip.Addr
@@ -136,7 +125,7 @@ func (s *session) inTransaction() bool {
 
 // fail counts a rejected command and turns the rejection into a 421 and a closed
 // connection once the session has had too many.
-func (s *session) fail(err *smtp.SMTPError) error {
+func (s *session) fail(err *smtpError) error {
 	s.errors++
 	if s.errors >= s.b.gen.loaded.Config.Limits.MaxErrors {
 		s.log.Info("closing session after too many errors", "errors", s.errors)
@@ -178,7 +167,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Login:
 		return &loginServer{check: check}, nil
 	}
-	return nil, smtp.ErrAuthUnknownMechanism
+	return nil, errAuthMechanism
 }
 
 // authFailed counts a failed AUTH against the client's and the username's budgets
@@ -195,7 +184,7 @@ func (s *session) authFailed(lim config.AuthLimits, username string) error {
 	case <-t.C:
 	case <-s.ctx.Done():
 	}
-	return s.fail(smtp.ErrAuthFailed)
+	return s.fail(errAuthFailed)
 }
 
 // authThrottled refuses AUTH from a client, or for a username, whose failure budget is
@@ -207,7 +196,7 @@ func (s *session) authThrottled(scope, username string) error {
 	return errAuthThrottled
 }
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts mailParams) error {
 	if s.b.srv.shuttingDown.Load() {
 		s.tc.closeAfterWrite.Store(true)
 		return errShuttingDown
@@ -227,7 +216,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err != nil {
 			s.log.Info("sender refused", "user", sanitizeToken(s.user, 64), "reason", err.Error())
 			s.b.srv.metrics.Messages.WithLabelValues(metrics.OutcomeRejected, "sender-syntax", "").Inc()
-			return s.fail(pathError(err, smtp.EnhancedCode{5, 1, 7}))
+			return s.fail(pathError(err, enhancedCode{5, 1, 7}))
 		}
 		sender, from = mb, mb.Wire()
 	}
@@ -251,24 +240,28 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	// The null sender has no domain, so it is never signed with another sender's key.
 	s.domain = sender.Domain
 	s.queueID = s.id + "." + strconv.Itoa(s.seq)
-	s.tx = pool.Begin(s.ctx, from, &upstream.MailOptions{Body: string(opts.Body)})
+	s.tx = pool.Begin(s.ctx, from, &upstream.MailOptions{Body: opts.Body})
 	s.rcptOK, s.rcptSeen = 0, 0
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string) error {
 	s.mu.Lock()
 	tx := s.tx
 	s.mu.Unlock()
 	if tx == nil {
-		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+		return errMailFirst
+	}
+	if max := s.b.gen.loaded.Config.Limits.MaxRecipients; max > 0 && s.rcptOK >= max {
+		// RFC 5321 section 4.5.3.1.10: the client sends the rest in another transaction.
+		return errTooManyRecipients
 	}
 	s.rcptSeen++
 	mb, perr := address.Parse(to)
 	if perr != nil {
 		s.b.srv.metrics.Recipients.WithLabelValues("rejected", s.route).Inc()
 		s.log.Info("recipient refused", "queue", s.queueID, "reason", perr.Error())
-		return s.fail(pathError(perr, smtp.EnhancedCode{5, 1, 3}))
+		return s.fail(pathError(perr, enhancedCode{5, 1, 3}))
 	}
 	err := tx.Rcpt(s.ctx, mb.Wire(), nil)
 	if err == nil {
@@ -286,16 +279,29 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	return s.fail(reply)
 }
 
+// dataReady says whether DATA may start: after MAIL and an accepted recipient (RFC
+// 5321 section 3.3).
+func (s *session) dataReady() *smtpError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.tx == nil:
+		return errMailFirst
+	case s.rcptOK == 0:
+		return errNoRecipients
+	}
+	return nil
+}
+
+// Data relays the message r holds (the dot-decoded data, checked as it is read) and
+// returns the verdict for the client.
 func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
 	tx := s.tx
 	s.mu.Unlock()
-	if tx == nil || s.rcptOK == 0 {
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
-	}
 	g := s.b.gen
 	m := s.b.srv.metrics
-	dr := &dataReader{r: r, conn: s.conn.Conn(), timeout: g.loaded.Config.Limits.DataTimeout.Duration}
+	dr := &dataReader{r: r}
 
 	proto := "ESMTP"
 	if s.tls {
@@ -343,13 +349,13 @@ func (s *session) Data(r io.Reader) error {
 // logs it.
 func (s *session) dataFailed(dr *dataReader, err error) error {
 	m := s.b.srv.metrics
-	var reply *smtp.SMTPError
+	var reply *smtpError
 	reason := "upstream"
 	switch {
 	case dr.err != nil:
 		// The client's data was at fault (or its connection); the upstream never got a
 		// final dot.
-		reply, _ = dr.err.(*smtp.SMTPError)
+		reply, _ = dr.err.(*smtpError)
 		switch dr.err {
 		case errAmbiguousLineEnding:
 			reason = "line-ending"
@@ -390,7 +396,7 @@ func (s *session) dataFailed(dr *dataReader, err error) error {
 
 // upstreamReply maps an upstream failure to the client's reply: upstream 4xx and 5xx
 // pass through (sanitised), every local failure is a 4xx so the client retries.
-func (s *session) upstreamReply(err error) *smtp.SMTPError {
+func (s *session) upstreamReply(err error) *smtpError {
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
 		return errLocal
@@ -403,32 +409,29 @@ func (s *session) upstreamReply(err error) *smtp.SMTPError {
 		// The upstream closing its connection is not a reason to close the client's.
 		code = 451
 	}
-	enh := smtp.EnhancedCode(ue.Enhanced)
-	if enh == (smtp.EnhancedCode{}) || enh[0] != code/100 {
-		enh = smtp.EnhancedCodeNotSet
+	enh := enhancedCode(ue.Enhanced)
+	if enh == (enhancedCode{}) || enh[0] != code/100 {
+		enh = enhancedCode{}
 	}
 	// The upstream package has already reduced the text to bounded printable ASCII.
 	msg := "Upstream: " + ue.Message
-	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+	return &smtpError{Code: code, EnhancedCode: enh, Message: msg}
 }
 
 // pathError is the reply to a mailbox that address.Parse refused; enh is X.1.7 for
 // the sender and X.1.3 for a recipient (RFC 3463).
-func pathError(err error, enh smtp.EnhancedCode) *smtp.SMTPError {
+func pathError(err error, enh enhancedCode) *smtpError {
 	if errors.Is(err, address.ErrNonASCII) {
 		// RFC 6531 section 3.5: an address that needs SMTPUTF8 without it.
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: err.Error()}
+		return &smtpError{Code: 553, EnhancedCode: enhancedCode{5, 6, 7}, Message: err.Error()}
 	}
-	return &smtp.SMTPError{Code: 501, EnhancedCode: enh, Message: err.Error()}
+	return &smtpError{Code: 501, EnhancedCode: enh, Message: err.Error()}
 }
 
+// Reset ends the transaction, if any: after the reply to the final dot, for RSET and
+// for a new EHLO.
 func (s *session) Reset() {
 	s.endTx()
-	if s.b.srv.shuttingDown.Load() {
-		// The SMTP library calls Reset on this goroutine (after the reply to the final
-		// dot, or for RSET or a new EHLO), never while it writes a reply.
-		s.tc.shutdown(s)
-	}
 }
 
 // endTx drops the transaction, if any, and gives its upstream connection back.
@@ -443,12 +446,10 @@ func (s *session) endTx() {
 	}
 }
 
-// Logout ends the session. It never writes a shutdown reply: the SMTP library also
-// logs a session out right after STARTTLS, when plain text would corrupt the TLS stream.
-func (s *session) Logout() error {
+// Logout ends the session with its connection.
+func (s *session) Logout() {
 	s.endTx()
 	s.cancel()
-	return nil
 }
 
 // loginServer is the server side of the LOGIN mechanism
