@@ -1121,7 +1121,7 @@ func startCapture(addr string) (*mailcapture.Server, error) {
 		return nil, err
 	}
 	captureCAPEM = ca.PEM
-	return mailcapture.StartTLS(addr, "", cfg)
+	return mailcapture.Start(addr, mailcapture.Options{TLS: cfg, Auth: true})
 }
 
 // --- under load ------------------------------------------------------------------

@@ -87,7 +87,7 @@ func run(dir string, smtpPort, subPort, capturePort, httpPort int) error {
 		return err
 	}
 
-	capture, err := mailcapture.Start(fmt.Sprintf("127.0.0.1:%d", capturePort), mailDir)
+	capture, err := mailcapture.Start(fmt.Sprintf("127.0.0.1:%d", capturePort), mailcapture.Options{Dir: mailDir})
 	if err != nil {
 		return err
 	}

@@ -131,7 +131,7 @@ func Start(ctx context.Context, o Options) (_ *Run, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.Capture, err = mailcapture.StartTLS("127.0.0.1:0", filepath.Join(o.Dir, "mail"), captureTLS); err != nil {
+	if r.Capture, err = mailcapture.Start("127.0.0.1:0", mailcapture.Options{Dir: filepath.Join(o.Dir, "mail"), TLS: captureTLS, Auth: true}); err != nil {
 		return nil, err
 	}
 

@@ -1,11 +1,13 @@
-// Package mailcapture is a small SMTP server that accepts every message and keeps it:
-// in memory for tests, and as an .eml file a person can open when a directory is given.
-// The local run uses it as its smarthost.
+// Package mailcapture is a small SMTP server that accepts messages and keeps them: in
+// memory for tests, and as .eml files a person can open when a directory is given. It
+// offers real TLS (STARTTLS or implicit) and AUTH, so it can stand in for a smarthost:
+// the local run and the e2e test use it as theirs, and testpeers wraps it for tests.
 package mailcapture
 
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -21,51 +23,75 @@ import (
 
 // Message is one captured message with its envelope.
 type Message struct {
+	// Helo is the name the client gave in EHLO.
+	Helo string
 	From string
 	To   []string
 	Data []byte
-	// File is where the message was saved, if a directory was given.
-	File string
+	// TLS says whether the message came over TLS.
+	TLS bool
 	// User is the name the client authenticated as, if it did.
 	User string
+	// File is where the message was saved, if a directory was given.
+	File string
+}
+
+// Options configure Start. The zero value is a plain server without AUTH.
+type Options struct {
+	// Dir, when set, receives each message as an .eml file, envelope first as
+	// X-Envelope-* fields.
+	Dir string
+	// TLS, when set, is offered with STARTTLS, or from the first byte when Implicit.
+	TLS      *tls.Config
+	Implicit bool
+	// Auth offers AUTH once TLS is on (never in plain text). Users maps user names to
+	// passwords; without Users any credentials are accepted. With Users, MAIL is
+	// refused until the client authenticated.
+	Auth  bool
+	Users map[string]string
+	// Mechanisms are the AUTH mechanisms offered: "PLAIN" and/or "LOGIN". Default both.
+	Mechanisms []string
 }
 
 // Server captures messages.
 type Server struct {
-	dir  string
+	opts Options
 	smtp *smtp.Server
 	ln   net.Listener
 
 	mu       sync.Mutex
 	messages []Message
 	notify   chan struct{}
+	conns    []net.Conn
+	accepted int
 }
 
-// Start listens on addr ("127.0.0.1:0" for any free port). When dir is not empty each
-// message is also written there as an .eml file, envelope first as X-Envelope-* fields.
-func Start(addr, dir string) (*Server, error) {
-	return StartTLS(addr, dir, nil)
-}
-
-// StartTLS is Start with STARTTLS offered using cfg, and, once TLS is on, AUTH PLAIN
-// accepting any credentials: enough to stand in for a smarthost that requires both.
-func StartTLS(addr, dir string, cfg *tls.Config) (*Server, error) {
-	s := &Server{dir: dir, notify: make(chan struct{})}
-	s.smtp = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		if cfg != nil {
-			return &authSession{session: session{s: s}}, nil
-		}
-		return &session{s: s}, nil
+// Start listens on addr ("127.0.0.1:0" for any free port) and serves until Close.
+func Start(addr string, opts Options) (*Server, error) {
+	if len(opts.Mechanisms) == 0 {
+		opts.Mechanisms = []string{sasl.Plain, sasl.Login}
+	}
+	s := &Server{opts: opts, notify: make(chan struct{})}
+	s.smtp = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &session{s: s, c: c}, nil
 	}))
-	s.smtp.TLSConfig = cfg
 	s.smtp.Domain = "capture.localhost"
+	s.smtp.ReadTimeout = time.Minute
+	s.smtp.WriteTimeout = time.Minute
+	s.smtp.MaxMessageBytes = 64 << 20
 	s.smtp.ErrorLog = log.New(io.Discard, "", 0)
-	ln, err := net.Listen("tcp", addr)
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("capture smarthost: %w", err)
 	}
-	s.ln = ln
-	go func() { _ = s.smtp.Serve(ln) }()
+	s.ln = &trackingListener{Listener: l, s: s}
+	switch {
+	case opts.TLS != nil && opts.Implicit:
+		s.ln = tls.NewListener(s.ln, opts.TLS)
+	case opts.TLS != nil:
+		s.smtp.TLSConfig = opts.TLS
+	}
+	go func() { _ = s.smtp.Serve(s.ln) }()
 	return s, nil
 }
 
@@ -101,11 +127,30 @@ func (s *Server) Wait(n int, timeout time.Duration) []Message {
 	}
 }
 
+// Accepted returns how many connections the server accepted so far.
+func (s *Server) Accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
+// DropConnections closes every open connection from the server side, as a restarting or
+// idle-timing-out upstream would.
+func (s *Server) DropConnections() {
+	s.mu.Lock()
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
 func (s *Server) add(m Message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.dir != "" {
-		name := filepath.Join(s.dir, fmt.Sprintf("%s-%04d.eml", time.Now().Format("20060102-150405"), len(s.messages)+1))
+	if s.opts.Dir != "" {
+		name := filepath.Join(s.opts.Dir, fmt.Sprintf("%s-%04d.eml", time.Now().Format("20060102-150405"), len(s.messages)+1))
 		var b bytes.Buffer
 		fmt.Fprintf(&b, "X-Envelope-From: <%s>\r\n", m.From)
 		for _, t := range m.To {
@@ -123,44 +168,124 @@ func (s *Server) add(m Message) error {
 	return nil
 }
 
+// trackingListener remembers accepted connections (under any TLS layer, so the SMTP
+// server still sees *tls.Conn where it looks for one) for DropConnections.
+type trackingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.s.mu.Lock()
+		l.s.conns = append(l.s.conns, c)
+		l.s.accepted++
+		l.s.mu.Unlock()
+	}
+	return c, err
+}
+
 type session struct {
 	s    *Server
+	c    *smtp.Conn
 	user string
 	from string
 	to   []string
 }
 
-// authSession offers AUTH PLAIN (go-smtp offers it only after STARTTLS).
-type authSession struct {
-	session
-}
+var _ smtp.AuthSession = (*session)(nil)
 
-func (c *authSession) AuthMechanisms() []string { return []string{sasl.Plain} }
-
-func (c *authSession) Auth(mech string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, username, _ string) error {
-		c.user = username
+// AuthMechanisms offers AUTH when configured; the SMTP server offers it only over TLS.
+func (ss *session) AuthMechanisms() []string {
+	if !ss.s.opts.Auth {
 		return nil
-	}), nil
+	}
+	return ss.s.opts.Mechanisms
 }
 
-func (c *session) Mail(from string, _ *smtp.MailOptions) error {
-	c.from = from
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	check := func(user, pass string) error {
+		if users := ss.s.opts.Users; users != nil {
+			if want, ok := users[user]; !ok || pass != want {
+				return smtp.ErrAuthFailed
+			}
+		}
+		ss.user = user
+		return nil
+	}
+	for _, m := range ss.AuthMechanisms() {
+		if m != mech {
+			continue
+		}
+		switch mech {
+		case sasl.Plain:
+			return sasl.NewPlainServer(func(identity, user, pass string) error {
+				if identity != "" && identity != user {
+					return smtp.ErrAuthFailed
+				}
+				return check(user, pass)
+			}), nil
+		case sasl.Login:
+			return &loginServer{check: check}, nil
+		}
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	if ss.s.opts.Users != nil && ss.user == "" {
+		return smtp.ErrAuthRequired
+	}
+	ss.from = from
+	ss.to = nil
 	return nil
 }
 
-func (c *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	c.to = append(c.to, to)
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.to = append(ss.to, to)
 	return nil
 }
 
-func (c *session) Data(r io.Reader) error {
+func (ss *session) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
 	}
-	return c.s.add(Message{From: c.from, To: c.to, Data: b, User: c.user})
+	_, isTLS := ss.c.TLSConnectionState()
+	return ss.s.add(Message{Helo: ss.c.Hostname(), From: ss.from, To: append([]string(nil), ss.to...),
+		Data: b, TLS: isTLS, User: ss.user})
 }
 
-func (c *session) Reset()        { c.from, c.to = "", nil }
-func (c *session) Logout() error { return nil }
+func (ss *session) Reset() {
+	ss.from = ""
+	ss.to = nil
+}
+
+func (ss *session) Logout() error { return nil }
+
+// loginServer is the server side of AUTH LOGIN, which go-sasl only has as a client.
+type loginServer struct {
+	check func(user, pass string) error
+	user  string
+	state int
+}
+
+func (l *loginServer) Next(resp []byte) (challenge []byte, done bool, err error) {
+	switch l.state {
+	case 0:
+		if resp == nil {
+			l.state = 1
+			return []byte("Username:"), false, nil
+		}
+		l.user, l.state = string(resp), 2
+		return []byte("Password:"), false, nil
+	case 1:
+		l.user, l.state = string(resp), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.state = 3
+		return nil, true, l.check(l.user, string(resp))
+	}
+	return nil, false, errors.New("unexpected AUTH LOGIN step")
+}

@@ -209,7 +209,7 @@ func (e *relayEnv) publish(yaml string, secrets map[string][]byte) {
 
 func startCapture(t testing.TB) *mailcapture.Server {
 	t.Helper()
-	c, err := mailcapture.Start("127.0.0.1:0", "")
+	c, err := mailcapture.Start("127.0.0.1:0", mailcapture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

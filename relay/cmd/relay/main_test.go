@@ -115,7 +115,7 @@ func TestBinary(t *testing.T) {
 	if err := gobuild.Build(context.Background(), "./relay/cmd/relay", bin); err != nil {
 		t.Fatal(err)
 	}
-	up, err := mailcapture.Start("127.0.0.1:0", "")
+	up, err := mailcapture.Start("127.0.0.1:0", mailcapture.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
