@@ -71,10 +71,16 @@ type conversation struct {
 	esmtp bool
 }
 
+// use makes nc the connection the protocol travels on. After STARTTLS the buffers are
+// reused: the reader's plain text is dropped (see startTLS), the writer is empty.
 func (c *conversation) use(nc net.Conn) {
 	c.nc = nc
-	c.br = bufio.NewReader(nc)
-	c.bw = bufio.NewWriter(nc)
+	if c.br == nil {
+		c.br, c.bw = bufio.NewReader(nc), bufio.NewWriter(nc)
+		return
+	}
+	c.br.Reset(nc)
+	c.bw.Reset(nc)
 }
 
 // serve speaks SMTP on tc until the client quits, the connection fails or the relay
