@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers"
 	"github.com/kuberelay/kuberelay/controllers/render"
 )
@@ -78,7 +78,7 @@ func run(args []string) int {
 		log.Error(err, "building the scheme")
 		return 1
 	}
-	if err := v1.AddToScheme(scheme); err != nil {
+	if err := relayv1alpha1.AddToScheme(scheme); err != nil {
 		log.Error(err, "building the scheme")
 		return 1
 	}

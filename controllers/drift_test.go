@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
 
@@ -28,10 +28,10 @@ func TestOwnedObjectsRepaired(t *testing.T) {
 			StringData: map[string]string{"username": "app", "password": "client-secret-pw"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
 			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
-		&v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: v1.SmtpRelaySpec{
+		&relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
 			Replicas:        ptr(int32(2)),
-			TLS:             &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: "tls"}},
-			Auth:            &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "app"}}}},
+			TLS:             &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}},
+			Auth:            &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "app"}}}},
 			AllowedNetworks: []string{"10.0.0.0/8"}}},
 	)
 	key := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }

@@ -6,7 +6,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 )
 
 // Field indexes map what an object references to the object, so a change to a
@@ -32,7 +32,7 @@ func key(namespace, name string) string {
 }
 
 // domainRelay is the relay a RelayDomain names (its own namespace by default).
-func domainRelay(d *v1.RelayDomain) types.NamespacedName {
+func domainRelay(d *relayv1alpha1.RelayDomain) types.NamespacedName {
 	ns := d.Spec.RelayRef.Namespace
 	if ns == "" {
 		ns = d.Namespace
@@ -41,7 +41,7 @@ func domainRelay(d *v1.RelayDomain) types.NamespacedName {
 }
 
 // relaySecrets are the Secrets an SmtpRelay names: its certificate and its users.
-func relaySecrets(r *v1.SmtpRelay) []types.NamespacedName {
+func relaySecrets(r *relayv1alpha1.SmtpRelay) []types.NamespacedName {
 	var refs []types.NamespacedName
 	if r.Spec.TLS != nil {
 		refs = append(refs, types.NamespacedName{Namespace: r.Namespace, Name: r.Spec.TLS.SecretRef.Name})
@@ -55,7 +55,7 @@ func relaySecrets(r *v1.SmtpRelay) []types.NamespacedName {
 }
 
 // smarthostSecrets are the Secrets a Smarthost names: its credentials and its CA.
-func smarthostSecrets(s *v1.Smarthost) []types.NamespacedName {
+func smarthostSecrets(s *relayv1alpha1.Smarthost) []types.NamespacedName {
 	var refs []types.NamespacedName
 	if s.Spec.Auth != nil {
 		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.Auth.SecretRef.Name})
@@ -81,35 +81,35 @@ func setupIndexes(ctx context.Context, idx client.FieldIndexer) error {
 		field string
 		fn    client.IndexerFunc
 	}{
-		{&v1.RelayDomain{}, indexDomainRelay, func(o client.Object) []string {
-			return []string{domainRelay(o.(*v1.RelayDomain)).String()}
+		{&relayv1alpha1.RelayDomain{}, indexDomainRelay, func(o client.Object) []string {
+			return []string{domainRelay(o.(*relayv1alpha1.RelayDomain)).String()}
 		}},
-		{&v1.RelayDomain{}, indexDomainSmarthost, func(o client.Object) []string {
-			d := o.(*v1.RelayDomain)
+		{&relayv1alpha1.RelayDomain{}, indexDomainSmarthost, func(o client.Object) []string {
+			d := o.(*relayv1alpha1.RelayDomain)
 			if d.Spec.SmarthostRef == nil {
 				return nil
 			}
 			return []string{key(d.Namespace, d.Spec.SmarthostRef.Name)}
 		}},
-		{&v1.RelayDomain{}, indexDomainSecret, func(o client.Object) []string {
-			d := o.(*v1.RelayDomain)
+		{&relayv1alpha1.RelayDomain{}, indexDomainSecret, func(o client.Object) []string {
+			d := o.(*relayv1alpha1.RelayDomain)
 			if d.Spec.DKIM == nil {
 				return nil
 			}
 			return []string{key(d.Namespace, d.Spec.DKIM.PrivateKeySecretRef.Name)}
 		}},
-		{&v1.SmtpRelay{}, indexRelaySmarthost, func(o client.Object) []string {
-			r := o.(*v1.SmtpRelay)
+		{&relayv1alpha1.SmtpRelay{}, indexRelaySmarthost, func(o client.Object) []string {
+			r := o.(*relayv1alpha1.SmtpRelay)
 			if r.Spec.SmarthostRef == nil {
 				return nil
 			}
 			return []string{key(r.Namespace, r.Spec.SmarthostRef.Name)}
 		}},
-		{&v1.SmtpRelay{}, indexRelaySecret, func(o client.Object) []string {
-			return keys(relaySecrets(o.(*v1.SmtpRelay)))
+		{&relayv1alpha1.SmtpRelay{}, indexRelaySecret, func(o client.Object) []string {
+			return keys(relaySecrets(o.(*relayv1alpha1.SmtpRelay)))
 		}},
-		{&v1.Smarthost{}, indexSmarthostSecret, func(o client.Object) []string {
-			return keys(smarthostSecrets(o.(*v1.Smarthost)))
+		{&relayv1alpha1.Smarthost{}, indexSmarthostSecret, func(o client.Object) []string {
+			return keys(smarthostSecrets(o.(*relayv1alpha1.Smarthost)))
 		}},
 	}
 	for _, i := range indexes {

@@ -21,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/internal/testenv"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
@@ -70,7 +70,7 @@ func noSecretIn(t *testing.T, ns string, secrets ...string) {
 	for _, e := range evs.Items {
 		texts = append(texts, e.Note, e.Reason)
 	}
-	for _, l := range []client.ObjectList{&v1.SmtpRelayList{}, &v1.SmarthostList{}, &v1.RelayDomainList{}, &corev1.ConfigMapList{}} {
+	for _, l := range []client.ObjectList{&relayv1alpha1.SmtpRelayList{}, &relayv1alpha1.SmarthostList{}, &relayv1alpha1.RelayDomainList{}, &corev1.ConfigMapList{}} {
 		if err := env.Client.List(ctx, l, client.InNamespace(ns)); err != nil {
 			t.Fatal(err)
 		}
@@ -105,50 +105,50 @@ func warningEvent(ns, regarding, reason string) func() string {
 func TestSmarthostStatus(t *testing.T) {
 	startManager(t)
 	ns := namespace(t, "smarthost-status")
-	sh := &v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: v1.SmarthostSpec{
-		Endpoints: []v1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
-		TLS:       v1.SmarthostTLS{CASecretRef: &v1.SecretKeyReference{Name: "ca"}},
-		Auth:      &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}}}
+	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
+		Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
+		TLS:       relayv1alpha1.SmarthostTLS{CASecretRef: &relayv1alpha1.SecretKeyReference{Name: "ca"}},
+		Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}}}
 	create(t, sh)
 	conds := func() []metav1.Condition { return sh.Status.Conditions }
 
-	eventually(t, condition(t, sh, conds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonSecretNotFound))
-	eventually(t, condition(t, sh, conds, v1.StalledCondition, metav1.ConditionTrue, v1.ReasonSecretNotFound))
-	if msg := apimeta.FindStatusCondition(sh.Status.Conditions, v1.ReadyCondition).Message; !strings.Contains(msg, "creds") {
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretNotFound))
+	eventually(t, condition(t, sh, conds, relayv1alpha1.StalledCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSecretNotFound))
+	if msg := apimeta.FindStatusCondition(sh.Status.Conditions, relayv1alpha1.ReadyCondition).Message; !strings.Contains(msg, "creds") {
 		t.Errorf("the message does not name the missing Secret: %s", msg)
 	}
-	eventually(t, warningEvent(ns, "ses", v1.ReasonSecretNotFound))
+	eventually(t, warningEvent(ns, "ses", relayv1alpha1.ReasonSecretNotFound))
 
 	// Creating the Secrets it names makes it ready, without touching the Smarthost.
 	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
 		StringData: map[string]string{"username": "AKIASMARTHOSTUSER", "password": "smarthost-secret-pw"}}
 	create(t, creds)
 	eventually(t, func() string {
-		if why := condition(t, sh, conds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonSecretNotFound)(); why != "" {
+		if why := condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretNotFound)(); why != "" {
 			return why
 		}
-		if msg := apimeta.FindStatusCondition(sh.Status.Conditions, v1.ReadyCondition).Message; !strings.Contains(msg, "spec.tls.caSecretRef") {
+		if msg := apimeta.FindStatusCondition(sh.Status.Conditions, relayv1alpha1.ReadyCondition).Message; !strings.Contains(msg, "spec.tls.caSecretRef") {
 			return "still waiting for the CA Secret to be reported: " + msg
 		}
 		return ""
 	})
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ca", Namespace: ns},
 		Data: map[string][]byte{"ca.crt": fixture(t, "smarthost-ca.crt")}})
-	eventually(t, condition(t, sh, conds, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
 	if kstatus(sh, sh.Status.ObservedGeneration, sh.Status.Conditions) != "Current" {
 		t.Errorf("a ready Smarthost is not kstatus Current: %s", toString(sh.Status))
 	}
 
 	// A Secret that loses a key it must hold is reported, with the key's name.
 	update(t, creds, func() { delete(creds.Data, "password") })
-	eventually(t, condition(t, sh, conds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonSecretKeyMissing))
-	if msg := apimeta.FindStatusCondition(sh.Status.Conditions, v1.ReadyCondition).Message; !strings.Contains(msg, `"password"`) {
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretKeyMissing))
+	if msg := apimeta.FindStatusCondition(sh.Status.Conditions, relayv1alpha1.ReadyCondition).Message; !strings.Contains(msg, `"password"`) {
 		t.Errorf("the message does not name the missing key: %s", msg)
 	}
 	// Repairing it makes it ready again.
 	update(t, creds, func() { creds.StringData = map[string]string{"password": "smarthost-secret-pw2"} })
-	eventually(t, condition(t, sh, conds, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
-	if apimeta.FindStatusCondition(sh.Status.Conditions, v1.StalledCondition) != nil {
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
+	if apimeta.FindStatusCondition(sh.Status.Conditions, relayv1alpha1.StalledCondition) != nil {
 		t.Errorf("a ready Smarthost is still Stalled: %s", toString(sh.Status))
 	}
 
@@ -163,32 +163,32 @@ func TestDomainAttachment(t *testing.T) {
 	ctx := context.Background()
 	relayNS, teamNS := namespace(t, "attach-mail"), namespace(t, "attach-team")
 	create(t,
-		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: relayNS}, Spec: v1.SmarthostSpec{
-			Endpoints: []v1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: v1.SmarthostTLS{Mode: v1.TLSNone}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: relayNS}, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSNone}}},
 	)
-	local := &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: relayNS}, Spec: v1.RelayDomainSpec{
-		Domain: "local.example", RelayRef: v1.RelayReference{Name: "outbound"}}}
-	team := &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "team", Namespace: teamNS}, Spec: v1.RelayDomainSpec{
-		Domain: "team.example", RelayRef: v1.RelayReference{Name: "outbound", Namespace: relayNS}}}
+	local := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: relayNS}, Spec: relayv1alpha1.RelayDomainSpec{
+		Domain: "local.example", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"}}}
+	team := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "team", Namespace: teamNS}, Spec: relayv1alpha1.RelayDomainSpec{
+		Domain: "team.example", RelayRef: relayv1alpha1.RelayReference{Name: "outbound", Namespace: relayNS}}}
 	create(t, local, team)
 	localConds := func() []metav1.Condition { return local.Status.Conditions }
 	teamConds := func() []metav1.Condition { return team.Status.Conditions }
 
 	// No relay yet.
-	eventually(t, condition(t, local, localConds, v1.AcceptedCondition, metav1.ConditionFalse, v1.ReasonRelayNotFound))
-	eventually(t, condition(t, team, teamConds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonRelayNotFound))
-	eventually(t, warningEvent(relayNS, "local", v1.ReasonRelayNotFound))
+	eventually(t, condition(t, local, localConds, relayv1alpha1.AcceptedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonRelayNotFound))
+	eventually(t, condition(t, team, teamConds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonRelayNotFound))
+	eventually(t, warningEvent(relayNS, "local", relayv1alpha1.ReasonRelayNotFound))
 	if kstatus(local, local.Status.ObservedGeneration, local.Status.Conditions) != "Failed" {
 		t.Errorf("a domain without its relay is not kstatus Failed: %s", toString(local.Status))
 	}
 
 	// The relay appears: the local domain attaches, the other namespace is refused.
-	relay := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: relayNS}, Spec: v1.SmtpRelaySpec{
-		AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &v1.LocalObjectReference{Name: "mta"}}}
+	relay := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: relayNS}, Spec: relayv1alpha1.SmtpRelaySpec{
+		AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &relayv1alpha1.LocalObjectReference{Name: "mta"}}}
 	create(t, relay)
-	eventually(t, condition(t, local, localConds, v1.AcceptedCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
-	eventually(t, condition(t, local, localConds, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
-	eventually(t, condition(t, team, teamConds, v1.AcceptedCondition, metav1.ConditionFalse, v1.ReasonNamespaceNotAllowed))
+	eventually(t, condition(t, local, localConds, relayv1alpha1.AcceptedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
+	eventually(t, condition(t, local, localConds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
+	eventually(t, condition(t, team, teamConds, relayv1alpha1.AcceptedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonNamespaceNotAllowed))
 	relayed := func(want ...string) func() string {
 		return func() string {
 			cm := &corev1.ConfigMap{}
@@ -214,12 +214,12 @@ func TestDomainAttachment(t *testing.T) {
 	// The relay accepts namespaces labelled team=mail; labelling the namespace attaches
 	// the domain without touching it.
 	update(t, relay, func() {
-		relay.Spec.Domains.Namespaces = v1.DomainNamespaces{From: "Selector",
+		relay.Spec.Domains.Namespaces = relayv1alpha1.DomainNamespaces{From: "Selector",
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "mail"}}}
 	})
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: teamNS}}
 	update(t, ns, func() { ns.Labels = map[string]string{"team": "mail"} })
-	eventually(t, condition(t, team, teamConds, v1.AcceptedCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
+	eventually(t, condition(t, team, teamConds, relayv1alpha1.AcceptedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
 	eventually(t, relayed("local.example", "team.example"))
 	eventually(t, func() string {
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(relay), relay); err != nil {
@@ -233,12 +233,12 @@ func TestDomainAttachment(t *testing.T) {
 
 	// Removing the label detaches it again.
 	update(t, ns, func() { ns.Labels = nil })
-	eventually(t, condition(t, team, teamConds, v1.AcceptedCondition, metav1.ConditionFalse, v1.ReasonNamespaceNotAllowed))
+	eventually(t, condition(t, team, teamConds, relayv1alpha1.AcceptedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonNamespaceNotAllowed))
 	eventually(t, relayed("local.example"))
 
 	// A domain that moves to another relay leaves the first one's configuration.
 	update(t, local, func() { local.Spec.RelayRef.Name = "elsewhere" })
-	eventually(t, condition(t, local, localConds, v1.AcceptedCondition, metav1.ConditionFalse, v1.ReasonRelayNotFound))
+	eventually(t, condition(t, local, localConds, relayv1alpha1.AcceptedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonRelayNotFound))
 	eventually(t, relayed())
 
 	// Deleting the relay leaves its domains saying so.
@@ -247,7 +247,7 @@ func TestDomainAttachment(t *testing.T) {
 	if err := env.Client.Delete(ctx, relay); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, condition(t, local, localConds, v1.AcceptedCondition, metav1.ConditionFalse, v1.ReasonRelayNotFound))
+	eventually(t, condition(t, local, localConds, relayv1alpha1.AcceptedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonRelayNotFound))
 	if local.Status.DKIMRecord != nil {
 		t.Errorf("a detached domain still publishes a DKIM record")
 	}
@@ -269,20 +269,20 @@ func TestChangesReachTheConfig(t *testing.T) {
 			StringData: map[string]string{"username": "app", "password": "client-pw-1"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dkim", Namespace: ns},
 			Data: map[string][]byte{"dkim.key": fixture(t, "dkim-ed25519.key")}},
-		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "up", Namespace: ns}, Spec: v1.SmarthostSpec{
-			Endpoints: []v1.SmarthostEndpoint{{Host: "smtp.one.example", Port: 587}},
-			Auth:      &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}}},
-		&v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: v1.SmtpRelaySpec{
-			TLS:             &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: "tls"}},
-			Auth:            &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "app"}}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "up", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.one.example", Port: 587}},
+			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
+		&relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
+			TLS:             &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}},
+			Auth:            &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "app"}}}},
 			AllowedNetworks: []string{"10.0.0.0/8"},
-			SmarthostRef:    &v1.LocalObjectReference{Name: "up"}}},
-		&v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: v1.RelayDomainSpec{
-			Domain: "example.com", RelayRef: v1.RelayReference{Name: "relay"},
-			DKIM: &v1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: v1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
+			SmarthostRef:    &relayv1alpha1.LocalObjectReference{Name: "up"}}},
+		&relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
+			Domain: "example.com", RelayRef: relayv1alpha1.RelayReference{Name: "relay"},
+			DKIM: &relayv1alpha1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
 	)
-	relay := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}}
-	domain := &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}}
+	relay := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}}
+	domain := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}}
 
 	// rendered waits for a new hash, checks the pod template did not move, and returns
 	// the loaded configuration.
@@ -326,7 +326,7 @@ func TestChangesReachTheConfig(t *testing.T) {
 	hashBefore := first.PasswordHashes["app"]
 
 	// Each kind, updated.
-	sh := &v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "up", Namespace: ns}}
+	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "up", Namespace: ns}}
 	update(t, sh, func() { sh.Spec.Endpoints[0].Host = "smtp.two.example" })
 	if l := rendered("a Smarthost endpoint change"); l.Config.Upstreams[0].Endpoints[0].Host != "smtp.two.example" {
 		t.Errorf("upstream after the change: %+v", l.Config.Upstreams[0])
@@ -380,11 +380,11 @@ func TestChangesReachTheConfig(t *testing.T) {
 	// configuration; the relay keeps relaying its other domains.
 	rotate("dkim", map[string][]byte{"dkim.key": []byte("not a key")})
 	domainConds := func() []metav1.Condition { return domain.Status.Conditions }
-	eventually(t, condition(t, domain, domainConds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonInvalidDKIMKey))
+	eventually(t, condition(t, domain, domainConds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonInvalidDKIMKey))
 	if l := rendered("a broken DKIM key"); len(l.Config.Domains) != 0 {
 		t.Errorf("a domain with a broken key is still relayed: %+v", l.Config.Domains)
 	}
-	eventually(t, warningEvent(ns, "example-com", v1.ReasonInvalidDKIMKey))
+	eventually(t, warningEvent(ns, "example-com", relayv1alpha1.ReasonInvalidDKIMKey))
 
 	// Deleting the domain removes it for good.
 	rotate("dkim", map[string][]byte{"dkim.key": fixture(t, "dkim-ed25519.key")})
@@ -404,11 +404,11 @@ func TestChangesReachTheConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	relayConds := func() []metav1.Condition { return relay.Status.Conditions }
-	eventually(t, condition(t, relay, relayConds, v1.StalledCondition, metav1.ConditionTrue, v1.ReasonSecretNotFound))
-	eventually(t, condition(t, relay, relayConds, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonSecretNotFound))
-	eventually(t, warningEvent(ns, "relay", v1.ReasonSecretNotFound))
-	if after := resourceVersions(t, ns); after["*v1.ConfigMapList/relay-config"] != cmBefore["*v1.ConfigMapList/relay-config"] ||
-		after["*v1.SecretList/relay-secrets"] != cmBefore["*v1.SecretList/relay-secrets"] {
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.StalledCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSecretNotFound))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretNotFound))
+	eventually(t, warningEvent(ns, "relay", relayv1alpha1.ReasonSecretNotFound))
+	if after := resourceVersions(t, ns); after["*relayv1alpha1.ConfigMapList/relay-config"] != cmBefore["*relayv1alpha1.ConfigMapList/relay-config"] ||
+		after["*relayv1alpha1.SecretList/relay-secrets"] != cmBefore["*relayv1alpha1.SecretList/relay-secrets"] {
 		t.Error("the last good configuration was overwritten while the relay could not be rendered")
 	}
 	if relay.Status.ConfigHash != lastHash {
@@ -446,11 +446,11 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, "applied")
 	one := int32(1)
-	relay := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: v1.SmtpRelaySpec{
-		Replicas: &one, AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &v1.LocalObjectReference{Name: "mta"}}}
+	relay := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
+		Replicas: &one, AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &relayv1alpha1.LocalObjectReference{Name: "mta"}}}
 	create(t,
-		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: ns}, Spec: v1.SmarthostSpec{
-			Endpoints: []v1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: v1.SmarthostTLS{Mode: v1.TLSNone}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSNone}}},
 		relay)
 	relayConds := func() []metav1.Condition { return relay.Status.Conditions }
 
@@ -462,7 +462,7 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 		}
 		return ""
 	})
-	eventually(t, condition(t, relay, relayConds, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonRolloutInProgress))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonRolloutInProgress))
 	if got := kstatus(relay, relay.Status.ObservedGeneration, relay.Status.Conditions); got != "InProgress" {
 		t.Errorf("kstatus while rolling out: %s", got)
 	}
@@ -474,8 +474,8 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 	if err := env.Client.Status().Update(ctx, dep); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, condition(t, relay, relayConds, v1.ConfigAppliedCondition, metav1.ConditionTrue, v1.ReasonConfigApplied))
-	eventually(t, condition(t, relay, relayConds, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonConfigApplied))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
 	if relay.Status.ConfigAppliedReplicas != 1 || relay.Status.ReadyReplicas != 1 || relay.Status.Selector == "" {
 		t.Errorf("status: %s", toString(relay.Status))
 	}
@@ -485,9 +485,9 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 
 	// A change renders a new configuration: until the pod has it, the relay says so.
 	update(t, relay, func() { relay.Spec.AllowedNetworks = []string{"10.1.0.0/16"} })
-	eventually(t, condition(t, relay, relayConds, v1.ConfigAppliedCondition, metav1.ConditionFalse, v1.ReasonConfigPending))
-	eventually(t, condition(t, relay, relayConds, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonConfigPending))
-	if msg := apimeta.FindStatusCondition(relay.Status.Conditions, v1.ConfigAppliedCondition).Message; !strings.Contains(msg, "0 of 1") || !strings.Contains(msg, pod.name) {
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonConfigPending))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonConfigPending))
+	if msg := apimeta.FindStatusCondition(relay.Status.Conditions, relayv1alpha1.ConfigAppliedCondition).Message; !strings.Contains(msg, "0 of 1") || !strings.Contains(msg, pod.name) {
 		t.Errorf("ConfigApplied message does not say which pod lags: %s", msg)
 	}
 	if got := kstatus(relay, relay.Status.ObservedGeneration, relay.Status.Conditions); got != "InProgress" {
@@ -507,8 +507,8 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 	})
 	// The kubelet delivers the new files and the relay reloads them.
 	pod.load(t)
-	eventually(t, condition(t, relay, relayConds, v1.ConfigAppliedCondition, metav1.ConditionTrue, v1.ReasonConfigApplied))
-	eventually(t, condition(t, relay, relayConds, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonConfigApplied))
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
 	if pod.hash() != relay.Status.ConfigHash {
 		t.Errorf("ConfigApplied with the pod at %s and the relay at %s", pod.hash(), relay.Status.ConfigHash)
 	}
@@ -516,8 +516,8 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 	// A pod that stops answering is reported by name.
 	pod.srv.Close()
 	update(t, relay, func() { relay.Spec.AllowedNetworks = []string{"10.2.0.0/16"} })
-	eventually(t, condition(t, relay, relayConds, v1.ConfigAppliedCondition, metav1.ConditionFalse, v1.ReasonConfigPending))
-	if msg := apimeta.FindStatusCondition(relay.Status.Conditions, v1.ConfigAppliedCondition).Message; !strings.Contains(msg, pod.name+" did not answer") {
+	eventually(t, condition(t, relay, relayConds, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonConfigPending))
+	if msg := apimeta.FindStatusCondition(relay.Status.Conditions, relayv1alpha1.ConfigAppliedCondition).Message; !strings.Contains(msg, pod.name+" did not answer") {
 		t.Errorf("ConfigApplied message: %s", msg)
 	}
 }
@@ -552,7 +552,7 @@ func (p *relayPod) load(t *testing.T) {
 	p.mu.Unlock()
 }
 
-func startRelayPod(t *testing.T, ns string, relay *v1.SmtpRelay, dep *appsv1.Deployment) *relayPod {
+func startRelayPod(t *testing.T, ns string, relay *relayv1alpha1.SmtpRelay, dep *appsv1.Deployment) *relayPod {
 	t.Helper()
 	ctx := context.Background()
 	p := &relayPod{name: relay.Name + "-7d9f8-abcde", ns: ns, relay: relay.Name}
@@ -580,9 +580,9 @@ func kstatus(obj client.Object, observedGeneration int64, conds []metav1.Conditi
 	switch {
 	case observedGeneration != obj.GetGeneration():
 		return "InProgress"
-	case apimeta.IsStatusConditionTrue(conds, v1.ReconcilingCondition):
+	case apimeta.IsStatusConditionTrue(conds, relayv1alpha1.ReconcilingCondition):
 		return "InProgress"
-	case apimeta.IsStatusConditionTrue(conds, v1.StalledCondition):
+	case apimeta.IsStatusConditionTrue(conds, relayv1alpha1.StalledCondition):
 		return "Failed"
 	}
 	return "Current"

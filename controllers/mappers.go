@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
 )
 
@@ -40,7 +40,7 @@ func request(ns, name string) reconcile.Request {
 
 // domainRelay: a RelayDomain enqueues the relay it names.
 func (m *mapper) domainRelay(_ context.Context, o client.Object) []reconcile.Request {
-	d, ok := o.(*v1.RelayDomain)
+	d, ok := o.(*relayv1alpha1.RelayDomain)
 	if !ok {
 		return nil
 	}
@@ -65,7 +65,7 @@ func (m *mapper) naming(ctx context.Context, list client.ObjectList, field strin
 
 // relaysOfDomainsNaming enqueues the relays of the domains whose index field names o.
 func (m *mapper) relaysOfDomainsNaming(ctx context.Context, field string, o client.Object) []reconcile.Request {
-	var list v1.RelayDomainList
+	var list relayv1alpha1.RelayDomainList
 	if !m.list(ctx, &list, field, o) {
 		return nil
 	}
@@ -79,14 +79,14 @@ func (m *mapper) relaysOfDomainsNaming(ctx context.Context, field string, o clie
 // smarthostRelays: a Smarthost enqueues the relays that route through it, by default
 // or for one of their domains.
 func (m *mapper) smarthostRelays(ctx context.Context, o client.Object) []reconcile.Request {
-	return append(m.naming(ctx, &v1.SmtpRelayList{}, indexRelaySmarthost, o), m.relaysOfDomainsNaming(ctx, indexDomainSmarthost, o)...)
+	return append(m.naming(ctx, &relayv1alpha1.SmtpRelayList{}, indexRelaySmarthost, o), m.relaysOfDomainsNaming(ctx, indexDomainSmarthost, o)...)
 }
 
 // secretRelays: a Secret enqueues the relays that read it, directly, through a DKIM
 // key of one of their domains, or through a Smarthost they use.
 func (m *mapper) secretRelays(ctx context.Context, o client.Object) []reconcile.Request {
-	reqs := append(m.naming(ctx, &v1.SmtpRelayList{}, indexRelaySecret, o), m.relaysOfDomainsNaming(ctx, indexDomainSecret, o)...)
-	var shs v1.SmarthostList
+	reqs := append(m.naming(ctx, &relayv1alpha1.SmtpRelayList{}, indexRelaySecret, o), m.relaysOfDomainsNaming(ctx, indexDomainSecret, o)...)
+	var shs relayv1alpha1.SmarthostList
 	if !m.list(ctx, &shs, indexSmarthostSecret, o) {
 		return reqs
 	}
@@ -98,13 +98,13 @@ func (m *mapper) secretRelays(ctx context.Context, o client.Object) []reconcile.
 
 // crossNamespaceDomains are the domains in namespace ns that name a relay in another
 // namespace: whether they may attach depends on ns's labels.
-func (m *mapper) crossNamespaceDomains(ctx context.Context, ns string) []v1.RelayDomain {
-	var list v1.RelayDomainList
+func (m *mapper) crossNamespaceDomains(ctx context.Context, ns string) []relayv1alpha1.RelayDomain {
+	var list relayv1alpha1.RelayDomainList
 	if err := m.List(ctx, &list, client.InNamespace(ns)); err != nil {
 		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", ns)
 		return nil
 	}
-	var out []v1.RelayDomain
+	var out []relayv1alpha1.RelayDomain
 	for _, d := range list.Items {
 		if domainRelay(&d).Namespace != ns {
 			out = append(out, d)
@@ -134,12 +134,12 @@ func (m *mapper) namespaceDomains(ctx context.Context, o client.Object) []reconc
 
 // relayDomains: an SmtpRelay enqueues the domains that name it.
 func (m *mapper) relayDomains(ctx context.Context, o client.Object) []reconcile.Request {
-	return m.naming(ctx, &v1.RelayDomainList{}, indexDomainRelay, o)
+	return m.naming(ctx, &relayv1alpha1.RelayDomainList{}, indexDomainRelay, o)
 }
 
 // smarthostsNaming: a Secret enqueues the Smarthosts that name it.
 func (m *mapper) smarthostsNaming(ctx context.Context, o client.Object) []reconcile.Request {
-	return m.naming(ctx, &v1.SmarthostList{}, indexSmarthostSecret, o)
+	return m.naming(ctx, &relayv1alpha1.SmarthostList{}, indexSmarthostSecret, o)
 }
 
 // podRelay: a relay pod enqueues its relay, found by its instance label.

@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 )
 
 // RelayDomainReconciler writes the status of RelayDomains that are not attached to a
@@ -28,7 +28,7 @@ type RelayDomainReconciler struct {
 }
 
 func (r *RelayDomainReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	d := &v1.RelayDomain{}
+	d := &relayv1alpha1.RelayDomain{}
 	if err := r.Get(ctx, req.NamespacedName, d); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -37,10 +37,10 @@ func (r *RelayDomainReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	}
 	relayKey := domainRelay(d)
 	var reason, msg string
-	relay := &v1.SmtpRelay{}
+	relay := &relayv1alpha1.SmtpRelay{}
 	switch err := r.Get(ctx, relayKey, relay); {
 	case apierrors.IsNotFound(err) || err == nil && !relay.DeletionTimestamp.IsZero():
-		reason = v1.ReasonRelayNotFound
+		reason = relayv1alpha1.ReasonRelayNotFound
 		msg = fmt.Sprintf("SmtpRelay %s (spec.relayRef) not found: create it or point spec.relayRef at an existing SmtpRelay", relayKey)
 	case err != nil:
 		return ctrl.Result{}, err
@@ -53,19 +53,19 @@ func (r *RelayDomainReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 			// Attached: the relay's reconciler writes this domain's status.
 			return ctrl.Result{}, nil
 		}
-		reason = v1.ReasonNamespaceNotAllowed
+		reason = relayv1alpha1.ReasonNamespaceNotAllowed
 		msg = fmt.Sprintf("SmtpRelay %s does not accept RelayDomains from namespace %s: its spec.domains.namespaces must allow this namespace (from: All, or a selector matching its labels)", relayKey, d.Namespace)
 	}
 	base := d.DeepCopy()
 	d.Status.ObservedGeneration = d.Generation
-	for _, t := range []string{v1.AcceptedCondition, v1.ReadyCondition} {
+	for _, t := range []string{relayv1alpha1.AcceptedCondition, relayv1alpha1.ReadyCondition} {
 		setDomainCondition(d, t, metav1.ConditionFalse, reason, msg)
 	}
-	setDomainCondition(d, v1.StalledCondition, metav1.ConditionTrue, reason, msg)
-	apimeta.RemoveStatusCondition(&d.Status.Conditions, v1.ReconcilingCondition)
+	setDomainCondition(d, relayv1alpha1.StalledCondition, metav1.ConditionTrue, reason, msg)
+	apimeta.RemoveStatusCondition(&d.Status.Conditions, relayv1alpha1.ReconcilingCondition)
 	// A DKIM record is published for a domain that is relayed, not for this one.
 	d.Status.DKIMRecord = nil
-	if !conditionIs(base.Status.Conditions, v1.AcceptedCondition, reason, msg) {
+	if !conditionIs(base.Status.Conditions, relayv1alpha1.AcceptedCondition, reason, msg) {
 		r.Recorder.Eventf(d, nil, corev1.EventTypeWarning, reason, "Attach", "%s", msg)
 	}
 	return ctrl.Result{}, patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status)
@@ -77,8 +77,8 @@ func (r *RelayDomainReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 func (r *RelayDomainReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	m := &mapper{Client: r.Client}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1.RelayDomain{}).
-		Watches(&v1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(m.relayDomains),
+		For(&relayv1alpha1.RelayDomain{}).
+		Watches(&relayv1alpha1.SmtpRelay{}, handler.EnqueueRequestsFromMapFunc(m.relayDomains),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(m.namespaceDomains), builder.OnlyMetadata,
 			builder.WithPredicates(predicate.LabelChangedPredicate{})).

@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
 )
 
@@ -31,7 +31,7 @@ type SmarthostReconciler struct {
 }
 
 func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	sh := &v1.Smarthost{}
+	sh := &relayv1alpha1.Smarthost{}
 	if err := r.Get(ctx, req.NamespacedName, sh); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -56,16 +56,16 @@ func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			Reason: reason, Message: msg, ObservedGeneration: sh.Generation})
 	}
 	if problem := render.CheckSmarthost(sh, secrets); problem != nil {
-		if !conditionIs(base.Status.Conditions, v1.ReadyCondition, problem.Reason, problem.Message) {
+		if !conditionIs(base.Status.Conditions, relayv1alpha1.ReadyCondition, problem.Reason, problem.Message) {
 			r.Recorder.Eventf(sh, nil, corev1.EventTypeWarning, problem.Reason, "Check", "%s", problem.Message)
 		}
-		set(v1.ReadyCondition, metav1.ConditionFalse, problem.Reason, problem.Message)
-		set(v1.StalledCondition, metav1.ConditionTrue, problem.Reason, problem.Message)
+		set(relayv1alpha1.ReadyCondition, metav1.ConditionFalse, problem.Reason, problem.Message)
+		set(relayv1alpha1.StalledCondition, metav1.ConditionTrue, problem.Reason, problem.Message)
 	} else {
-		set(v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded, "Referenced Secrets hold usable credentials and settings")
-		apimeta.RemoveStatusCondition(&sh.Status.Conditions, v1.StalledCondition)
+		set(relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded, "Referenced Secrets hold usable credentials and settings")
+		apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.StalledCondition)
 	}
-	apimeta.RemoveStatusCondition(&sh.Status.Conditions, v1.ReconcilingCondition)
+	apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.ReconcilingCondition)
 	return ctrl.Result{}, patchStatusIfChanged(ctx, r.Client, base, sh, base.Status, sh.Status)
 }
 
@@ -73,7 +73,7 @@ func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 func (r *SmarthostReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	m := &mapper{Client: r.Client}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1.Smarthost{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		For(&relayv1alpha1.Smarthost{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(m.smarthostsNaming), builder.OnlyMetadata).
 		Named("smarthost").
 		Complete(r)

@@ -26,7 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
 )
 
@@ -65,8 +65,8 @@ const configHashAnnotation = "relay.kuberelay.io/config-hash"
 
 // relayScope carries one reconcile's state between its phases.
 type relayScope struct {
-	relay   *v1.SmtpRelay
-	domains []v1.RelayDomain
+	relay   *relayv1alpha1.SmtpRelay
+	domains []relayv1alpha1.RelayDomain
 	result  *render.Result
 	// renderErr is what the user must fix before the relay can be rendered.
 	renderErr *render.Error
@@ -85,7 +85,7 @@ type configApplied struct {
 type phase func(ctx context.Context, s *relayScope) (ctrl.Result, error)
 
 func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
-	relay := &v1.SmtpRelay{}
+	relay := &relayv1alpha1.SmtpRelay{}
 	if err := r.Get(ctx, req.NamespacedName, relay); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.owned.forget(req.NamespacedName)
@@ -126,17 +126,17 @@ func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope
 		var re *render.Error
 		if errors.As(err, &re) {
 			// The user must fix something: the last good configuration stays live.
-			if !conditionIs(s.relay.Status.Conditions, v1.StalledCondition, re.Reason, re.Message) {
+			if !conditionIs(s.relay.Status.Conditions, relayv1alpha1.StalledCondition, re.Reason, re.Message) {
 				r.Recorder.Eventf(s.relay, nil, corev1.EventTypeWarning, re.Reason, "Render", "%s", re.Message)
 			}
-			setCondition(s.relay, v1.StalledCondition, metav1.ConditionTrue, re.Reason, re.Message)
+			setCondition(s.relay, relayv1alpha1.StalledCondition, metav1.ConditionTrue, re.Reason, re.Message)
 			s.renderErr = re
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
 	}
 	s.result = result
-	apimeta.RemoveStatusCondition(&s.relay.Status.Conditions, v1.StalledCondition)
+	apimeta.RemoveStatusCondition(&s.relay.Status.Conditions, relayv1alpha1.StalledCondition)
 	// The Secret goes first: a pod that starts between the two writes then finds every
 	// file the configuration names (a new DKIM key, a new user), instead of failing its
 	// first load and restarting.
@@ -201,18 +201,18 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 		}
 		base := d.DeepCopy()
 		d.Status.ObservedGeneration = d.Generation
-		setDomainCondition(d, v1.AcceptedCondition, metav1.ConditionTrue, v1.ReasonSucceeded,
+		setDomainCondition(d, relayv1alpha1.AcceptedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded,
 			fmt.Sprintf("Attached to SmtpRelay %s/%s", s.relay.Namespace, s.relay.Name))
 		if dr.Included {
-			setDomainCondition(d, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded, "Relayed by "+s.relay.Name)
-			apimeta.RemoveStatusCondition(&d.Status.Conditions, v1.StalledCondition)
+			setDomainCondition(d, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded, "Relayed by "+s.relay.Name)
+			apimeta.RemoveStatusCondition(&d.Status.Conditions, relayv1alpha1.StalledCondition)
 		} else {
-			setDomainCondition(d, v1.ReadyCondition, metav1.ConditionFalse, dr.Reason, dr.Message)
-			setDomainCondition(d, v1.StalledCondition, metav1.ConditionTrue, dr.Reason, dr.Message)
+			setDomainCondition(d, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, dr.Reason, dr.Message)
+			setDomainCondition(d, relayv1alpha1.StalledCondition, metav1.ConditionTrue, dr.Reason, dr.Message)
 		}
-		apimeta.RemoveStatusCondition(&d.Status.Conditions, v1.ReconcilingCondition)
+		apimeta.RemoveStatusCondition(&d.Status.Conditions, relayv1alpha1.ReconcilingCondition)
 		d.Status.DKIMRecord = dr.DKIMRecord
-		if !dr.Included && s.result != nil && !conditionIs(base.Status.Conditions, v1.ReadyCondition, dr.Reason, dr.Message) {
+		if !dr.Included && s.result != nil && !conditionIs(base.Status.Conditions, relayv1alpha1.ReadyCondition, dr.Reason, dr.Message) {
 			r.Recorder.Eventf(d, s.relay, corev1.EventTypeWarning, dr.Reason, "Attach", "%s", dr.Message)
 		}
 		if err := patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status); err != nil {
@@ -259,7 +259,7 @@ func (r *SmtpRelayReconciler) reconcilePods(ctx context.Context, s *relayScope) 
 	if a.converged < a.ready {
 		log.FromContext(ctx).V(1).Info("waiting for pods to load the configuration", "hash", s.result.Hash, "problems", a.problems)
 		after := configPollSlow
-		if c := apimeta.FindStatusCondition(s.relay.Status.Conditions, v1.ConfigAppliedCondition); c == nil ||
+		if c := apimeta.FindStatusCondition(s.relay.Status.Conditions, relayv1alpha1.ConfigAppliedCondition); c == nil ||
 			c.Status == metav1.ConditionTrue || time.Since(c.LastTransitionTime.Time) < configPollFastFor {
 			after = configPollFast
 		}
@@ -288,18 +288,18 @@ func (r *SmtpRelayReconciler) stampPod(ctx context.Context, pod *corev1.Pod, has
 }
 
 // inputs fetches everything the relay's rendering depends on.
-func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (render.Inputs, []v1.RelayDomain, error) {
+func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *relayv1alpha1.SmtpRelay) (render.Inputs, []relayv1alpha1.RelayDomain, error) {
 	in := render.Inputs{
 		Relay:      relay,
-		Smarthosts: map[types.NamespacedName]*v1.Smarthost{},
+		Smarthosts: map[types.NamespacedName]*relayv1alpha1.Smarthost{},
 		Secrets:    map[types.NamespacedName]*corev1.Secret{},
 		Hasher:     r.Hasher,
 	}
-	var list v1.RelayDomainList
+	var list relayv1alpha1.RelayDomainList
 	if err := r.List(ctx, &list, client.MatchingFields{indexDomainRelay: key(relay.Namespace, relay.Name)}); err != nil {
 		return in, nil, err
 	}
-	var attached []v1.RelayDomain
+	var attached []relayv1alpha1.RelayDomain
 	for _, d := range list.Items {
 		ok, err := attachmentAllowed(ctx, r.Client, relay, d.Namespace)
 		if err != nil {
@@ -320,7 +320,7 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 		if _, seen := in.Smarthosts[k]; seen {
 			return nil
 		}
-		sh := &v1.Smarthost{}
+		sh := &relayv1alpha1.Smarthost{}
 		switch err := r.Get(ctx, k, sh); {
 		case apierrors.IsNotFound(err):
 			return nil
@@ -373,7 +373,7 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *v1.SmtpRelay) (
 
 // attachmentAllowed says whether a RelayDomain in namespace ns may attach to relay
 // (spec.domains.namespaces, as Gateway API's allowedRoutes).
-func attachmentAllowed(ctx context.Context, c client.Client, relay *v1.SmtpRelay, ns string) (bool, error) {
+func attachmentAllowed(ctx context.Context, c client.Client, relay *relayv1alpha1.SmtpRelay, ns string) (bool, error) {
 	from := relay.Spec.Domains.Namespaces.From
 	switch {
 	case ns == relay.Namespace, from == "All":
@@ -396,7 +396,7 @@ func attachmentAllowed(ctx context.Context, c client.Client, relay *v1.SmtpRelay
 }
 
 // patchStatus writes the relay's status once per reconcile, and only when it changed.
-func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRelay, s *relayScope, reconcileErr error) error {
+func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *relayv1alpha1.SmtpRelay, s *relayScope, reconcileErr error) error {
 	relay := s.relay
 	st := &relay.Status
 	st.ObservedGeneration = relay.Generation
@@ -420,7 +420,7 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRela
 		}
 	}
 
-	stalled := apimeta.IsStatusConditionTrue(st.Conditions, v1.StalledCondition)
+	stalled := apimeta.IsStatusConditionTrue(st.Conditions, relayv1alpha1.StalledCondition)
 	want := render.Replicas(relay)
 	rolledOut := depErr == nil && dep.Status.ObservedGeneration >= dep.Generation &&
 		dep.Status.UpdatedReplicas == want && dep.Status.ReadyReplicas == want && dep.Status.Replicas == want
@@ -430,39 +430,39 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *v1.SmtpRela
 		msg := fmt.Sprintf("%d of %d ready pods run configuration %s", a.converged, a.ready, st.ConfigHash)
 		switch {
 		case a.ready == 0:
-			setCondition(relay, v1.ConfigAppliedCondition, metav1.ConditionFalse, v1.ReasonNoReadyPods, "No relay pod is ready to report its configuration")
+			setCondition(relay, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonNoReadyPods, "No relay pod is ready to report its configuration")
 		case a.converged == a.ready:
-			setCondition(relay, v1.ConfigAppliedCondition, metav1.ConditionTrue, v1.ReasonConfigApplied, msg)
+			setCondition(relay, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonConfigApplied, msg)
 		default:
 			configPending = true
-			setCondition(relay, v1.ConfigAppliedCondition, metav1.ConditionFalse, v1.ReasonConfigPending, msg+": "+briefList(a.problems, 3))
+			setCondition(relay, relayv1alpha1.ConfigAppliedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonConfigPending, msg+": "+briefList(a.problems, 3))
 		}
 	}
 	switch {
 	case stalled:
-		c := apimeta.FindStatusCondition(st.Conditions, v1.StalledCondition)
-		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, c.Reason, c.Message)
-		apimeta.RemoveStatusCondition(&st.Conditions, v1.ReconcilingCondition)
+		c := apimeta.FindStatusCondition(st.Conditions, relayv1alpha1.StalledCondition)
+		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, c.Reason, c.Message)
+		apimeta.RemoveStatusCondition(&st.Conditions, relayv1alpha1.ReconcilingCondition)
 	case reconcileErr != nil:
-		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonProgressing, "Reconcile failed: "+reconcileErr.Error())
-		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonProgressing, "Retrying after an error")
+		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonProgressing, "Reconcile failed: "+reconcileErr.Error())
+		setCondition(relay, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonProgressing, "Retrying after an error")
 	case !rolledOut:
 		msg := fmt.Sprintf("%d of %d relay pods ready", st.ReadyReplicas, want)
-		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonRolloutInProgress, msg)
-		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonRolloutInProgress, msg)
+		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonRolloutInProgress, msg)
+		setCondition(relay, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonRolloutInProgress, msg)
 	case configPending:
 		msg := fmt.Sprintf("Waiting for pods to load configuration %s", st.ConfigHash)
-		setCondition(relay, v1.ReadyCondition, metav1.ConditionFalse, v1.ReasonConfigPending, msg)
-		setCondition(relay, v1.ReconcilingCondition, metav1.ConditionTrue, v1.ReasonConfigPending, msg)
+		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonConfigPending, msg)
+		setCondition(relay, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonConfigPending, msg)
 	default:
-		setCondition(relay, v1.ReadyCondition, metav1.ConditionTrue, v1.ReasonSucceeded,
+		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded,
 			fmt.Sprintf("%d relay pods ready, %d domains attached", st.ReadyReplicas, st.AttachedDomains))
-		apimeta.RemoveStatusCondition(&st.Conditions, v1.ReconcilingCondition)
+		apimeta.RemoveStatusCondition(&st.Conditions, relayv1alpha1.ReconcilingCondition)
 	}
 	return patchStatusIfChanged(ctx, r.Client, base, relay, base.Status, relay.Status)
 }
 
-func setCondition(relay *v1.SmtpRelay, t string, status metav1.ConditionStatus, reason, msg string) {
+func setCondition(relay *relayv1alpha1.SmtpRelay, t string, status metav1.ConditionStatus, reason, msg string) {
 	apimeta.SetStatusCondition(&relay.Status.Conditions, metav1.Condition{Type: t, Status: status,
 		Reason: reason, Message: msg, ObservedGeneration: relay.Generation})
 }
@@ -482,7 +482,7 @@ func briefList(items []string, n int) string {
 	return fmt.Sprintf("%s; and %d more", strings.Join(items[:n], "; "), len(items)-n)
 }
 
-func setDomainCondition(d *v1.RelayDomain, t string, status metav1.ConditionStatus, reason, msg string) {
+func setDomainCondition(d *relayv1alpha1.RelayDomain, t string, status metav1.ConditionStatus, reason, msg string) {
 	apimeta.SetStatusCondition(&d.Status.Conditions, metav1.Condition{Type: t, Status: status,
 		Reason: reason, Message: msg, ObservedGeneration: d.Generation})
 }
@@ -506,7 +506,7 @@ func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int
 	return ctrl.NewControllerManagedBy(mgr).
 		// The relay's own status is written here: its status updates are not changes.
 		// Labels and annotations pass, so touching either requests a reconcile.
-		For(&v1.SmtpRelay{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
+		For(&relayv1alpha1.SmtpRelay{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}, builder.OnlyMetadata).
@@ -515,9 +515,9 @@ func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int
 		Owns(&corev1.ServiceAccount{}, builder.OnlyMetadata).
 		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
 		// A domain's status is written by the relay: only spec changes re-render.
-		Watches(&v1.RelayDomain{}, handler.EnqueueRequestsFromMapFunc(m.domainRelay),
+		Watches(&relayv1alpha1.RelayDomain{}, handler.EnqueueRequestsFromMapFunc(m.domainRelay),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&v1.Smarthost{}, handler.EnqueueRequestsFromMapFunc(m.smarthostRelays),
+		Watches(&relayv1alpha1.Smarthost{}, handler.EnqueueRequestsFromMapFunc(m.smarthostRelays),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(m.secretRelays), builder.OnlyMetadata).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(m.namespaceRelays), builder.OnlyMetadata,

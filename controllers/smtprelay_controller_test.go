@@ -20,7 +20,7 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers"
 	"github.com/kuberelay/kuberelay/controllers/render"
 	"github.com/kuberelay/kuberelay/internal/testenv"
@@ -99,19 +99,19 @@ func TestRelayReconciled(t *testing.T) {
 			StringData: map[string]string{"username": "billing", "password": "client-secret-pw"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dkim", Namespace: ns},
 			Data: map[string][]byte{"dkim.key": fixture(t, "dkim-ed25519.key")}},
-		&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: v1.SmarthostSpec{
-			Endpoints: []v1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
-			Auth:      &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "ses-creds"}}}},
-		&v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: v1.SmtpRelaySpec{
-			TLS:             &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: "tls"}},
-			Auth:            &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "billing"}}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
+			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "ses-creds"}}}},
+		&relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
+			TLS:             &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}},
+			Auth:            &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "billing"}}}},
 			AllowedNetworks: []string{"10.0.0.0/8"},
-			SmarthostRef:    &v1.LocalObjectReference{Name: "ses"}}},
-		&v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: v1.RelayDomainSpec{
-			Domain: "example.com", RelayRef: v1.RelayReference{Name: "outbound"},
-			DKIM: &v1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: v1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
-		&v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-org", Namespace: ns}, Spec: v1.RelayDomainSpec{
-			Domain: "example.org", RelayRef: v1.RelayReference{Name: "outbound"}}},
+			SmarthostRef:    &relayv1alpha1.LocalObjectReference{Name: "ses"}}},
+		&relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
+			Domain: "example.com", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"},
+			DKIM: &relayv1alpha1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
+		&relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-org", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
+			Domain: "example.org", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"}}},
 	)
 	relayKey := types.NamespacedName{Namespace: ns, Name: "outbound"}
 
@@ -171,7 +171,7 @@ func TestRelayReconciled(t *testing.T) {
 
 	// Status: the rendered hash and both domains; the domains say they are attached and
 	// publish the DKIM record.
-	relay := &v1.SmtpRelay{}
+	relay := &relayv1alpha1.SmtpRelay{}
 	eventually(t, func() string {
 		if err := env.Client.Get(ctx, relayKey, relay); err != nil {
 			return err.Error()
@@ -181,16 +181,16 @@ func TestRelayReconciled(t *testing.T) {
 		}
 		return ""
 	})
-	if got := apimeta.FindStatusCondition(relay.Status.Conditions, v1.ReadyCondition); got == nil || got.Status != metav1.ConditionFalse || got.Reason != v1.ReasonRolloutInProgress {
+	if got := apimeta.FindStatusCondition(relay.Status.Conditions, relayv1alpha1.ReadyCondition); got == nil || got.Status != metav1.ConditionFalse || got.Reason != relayv1alpha1.ReasonRolloutInProgress {
 		// No kubelet runs here, so no pod ever gets ready.
 		t.Fatalf("Ready condition %+v, want False/RolloutInProgress without running pods", got)
 	}
-	d := &v1.RelayDomain{}
+	d := &relayv1alpha1.RelayDomain{}
 	eventually(t, func() string {
 		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "example-com"}, d); err != nil {
 			return err.Error()
 		}
-		if !apimeta.IsStatusConditionTrue(d.Status.Conditions, v1.AcceptedCondition) || !apimeta.IsStatusConditionTrue(d.Status.Conditions, v1.ReadyCondition) {
+		if !apimeta.IsStatusConditionTrue(d.Status.Conditions, relayv1alpha1.AcceptedCondition) || !apimeta.IsStatusConditionTrue(d.Status.Conditions, relayv1alpha1.ReadyCondition) {
 			return "domain status: " + toString(d.Status)
 		}
 		if d.Status.DKIMRecord == nil || d.Status.DKIMRecord.Name != "k1._domainkey.example.com" || !strings.HasPrefix(d.Status.DKIMRecord.Value, "v=DKIM1;") {
@@ -219,8 +219,8 @@ func TestRelayReconciled(t *testing.T) {
 	// A new domain changes the configuration only: the pod template stays as it was.
 	template := toString(dep.Spec.Template)
 	oldHash := relay.Status.ConfigHash
-	create(t, &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-net", Namespace: ns}, Spec: v1.RelayDomainSpec{
-		Domain: "example.net", RelayRef: v1.RelayReference{Name: "outbound"}}})
+	create(t, &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-net", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
+		Domain: "example.net", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"}}})
 	eventually(t, func() string {
 		if err := env.Client.Get(ctx, relayKey, relay); err != nil {
 			return err.Error()
@@ -272,7 +272,7 @@ func resourceVersions(t *testing.T, ns string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	lists := []client.ObjectList{&corev1.ConfigMapList{}, &corev1.SecretList{}, &corev1.ServiceList{},
-		&corev1.ServiceAccountList{}, &appsv1.DeploymentList{}, &v1.RelayDomainList{}}
+		&corev1.ServiceAccountList{}, &appsv1.DeploymentList{}, &relayv1alpha1.RelayDomainList{}}
 	for _, l := range lists {
 		if err := env.Client.List(context.Background(), l, client.InNamespace(ns)); err != nil {
 			t.Fatal(err)

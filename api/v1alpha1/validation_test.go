@@ -19,7 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/internal/testenv"
 )
 
@@ -99,16 +99,16 @@ func TestSamplesApply(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	namespace(t, "defaults")
 	ctx := ctxFor(t)
-	sh := &v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "sh", Namespace: "defaults"},
-		Spec: v1.SmarthostSpec{Endpoints: []v1.SmarthostEndpoint{{Host: "smtp.example.net"}}}}
+	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "sh", Namespace: "defaults"},
+		Spec: relayv1alpha1.SmarthostSpec{Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.example.net"}}}}
 	if err := env.Client.Create(ctx, sh); err != nil {
 		t.Fatal(err)
 	}
 	deleteAfter(t, sh)
-	if sh.Spec.TLS.Mode != v1.TLSStartTLS || sh.Spec.Endpoints[0].Port != 587 || sh.Spec.MaxConnections != 10 {
+	if sh.Spec.TLS.Mode != relayv1alpha1.TLSStartTLS || sh.Spec.Endpoints[0].Port != 587 || sh.Spec.MaxConnections != 10 {
 		t.Errorf("smarthost defaults: tls %q, port %d, maxConnections %d", sh.Spec.TLS.Mode, sh.Spec.Endpoints[0].Port, sh.Spec.MaxConnections)
 	}
-	r := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "r", Namespace: "defaults"}}
+	r := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "r", Namespace: "defaults"}}
 	if err := env.Client.Create(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -123,20 +123,20 @@ func TestDefaults(t *testing.T) {
 func TestAccepted(t *testing.T) {
 	namespace(t, "good")
 	meta := metav1.ObjectMeta{Namespace: "good", GenerateName: "good-"}
-	endpoints := []v1.SmarthostEndpoint{{Host: "smtp.example.net"}}
+	endpoints := []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.example.net"}}
 	objs := []client.Object{
-		&v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{Endpoints: endpoints,
-			TLS: v1.SmarthostTLS{CASecretRef: &v1.SecretKeyReference{Name: "ca"}}}},
-		&v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{Endpoints: endpoints,
-			TLS: v1.SmarthostTLS{InsecureSkipVerify: true}}},
-		&v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{Endpoints: endpoints,
-			Auth: &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}}},
-		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{Listeners: []v1.Listener{{Name: "smtp", Port: 25}}}},
-		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{Domains: v1.DomainAttachment{Namespaces: v1.DomainNamespaces{From: "All"}}}},
-		&v1.SmtpRelay{ObjectMeta: meta, Spec: v1.SmtpRelaySpec{
-			Listeners: []v1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(100))}},
-			Limits: &v1.RelayLimits{MaxConnections: ptr(int32(200)), ReservedAuthConnections: ptr(int32(199)), MaxConnectionsPerClient: ptr(int32(10)),
-				Auth: &v1.AuthLimits{MaxFailuresPerClient: ptr(int32(3)), FailureWindow: &metav1.Duration{Duration: time.Hour},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
+			TLS: relayv1alpha1.SmarthostTLS{CASecretRef: &relayv1alpha1.SecretKeyReference{Name: "ca"}}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
+			TLS: relayv1alpha1.SmarthostTLS{InsecureSkipVerify: true}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
+			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
+		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{Listeners: []relayv1alpha1.Listener{{Name: "smtp", Port: 25}}}},
+		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{Domains: relayv1alpha1.DomainAttachment{Namespaces: relayv1alpha1.DomainNamespaces{From: "All"}}}},
+		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{
+			Listeners: []relayv1alpha1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(100))}},
+			Limits: &relayv1alpha1.RelayLimits{MaxConnections: ptr(int32(200)), ReservedAuthConnections: ptr(int32(199)), MaxConnectionsPerClient: ptr(int32(10)),
+				Auth: &relayv1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(3)), FailureWindow: &metav1.Duration{Duration: time.Hour},
 					UserLockout: &metav1.Duration{Duration: time.Hour}, FailureDelay: &metav1.Duration{Duration: time.Second}}},
 		}},
 	}
@@ -150,101 +150,103 @@ func TestAccepted(t *testing.T) {
 func TestRejected(t *testing.T) {
 	namespace(t, "bad")
 	meta := metav1.ObjectMeta{Namespace: "bad", GenerateName: "bad-"}
-	relay := func(mut func(*v1.SmtpRelaySpec)) client.Object {
-		r := &v1.SmtpRelay{ObjectMeta: meta}
+	relay := func(mut func(*relayv1alpha1.SmtpRelaySpec)) client.Object {
+		r := &relayv1alpha1.SmtpRelay{ObjectMeta: meta}
 		mut(&r.Spec)
 		return r
 	}
-	smarthost := func(mut func(*v1.SmarthostSpec)) client.Object {
-		s := &v1.Smarthost{ObjectMeta: meta, Spec: v1.SmarthostSpec{
-			Endpoints: []v1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 587}}}}
+	smarthost := func(mut func(*relayv1alpha1.SmarthostSpec)) client.Object {
+		s := &relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 587}}}}
 		mut(&s.Spec)
 		return s
 	}
-	domain := func(mut func(*v1.RelayDomainSpec)) client.Object {
-		d := &v1.RelayDomain{ObjectMeta: meta, Spec: v1.RelayDomainSpec{Domain: "example.com", RelayRef: v1.RelayReference{Name: "r"}}}
+	domain := func(mut func(*relayv1alpha1.RelayDomainSpec)) client.Object {
+		d := &relayv1alpha1.RelayDomain{ObjectMeta: meta, Spec: relayv1alpha1.RelayDomainSpec{Domain: "example.com", RelayRef: relayv1alpha1.RelayReference{Name: "r"}}}
 		mut(&d.Spec)
 		return d
 	}
-	tlsRef := &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: "tls"}}
-	users := &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "u"}}}}
+	tlsRef := &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}}
+	users := &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "u"}}}}
 	cases := []struct {
 		name string
 		obj  client.Object
 		want string
 	}{
-		{"open relay IPv4", relay(func(s *v1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.0/8", "0.0.0.0/0"} }), "open relay"},
-		{"open relay IPv6", relay(func(s *v1.SmtpRelaySpec) { s.AllowedNetworks = []string{"::/0"} }), "open relay"},
-		{"network not a CIDR", relay(func(s *v1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.1"} }), "must be CIDRs"},
-		{"AUTH on a listener without TLS", relay(func(s *v1.SmtpRelaySpec) {
+		{"open relay IPv4", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.0/8", "0.0.0.0/0"} }), "open relay"},
+		{"open relay IPv6", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.AllowedNetworks = []string{"::/0"} }), "open relay"},
+		{"network not a CIDR", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.1"} }), "must be CIDRs"},
+		{"AUTH on a listener without TLS", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
 			s.Auth = users
-			s.Listeners = []v1.Listener{{Name: "submission", Port: 587, TLS: v1.TLSNone, RequireAuth: true}}
+			s.Listeners = []relayv1alpha1.Listener{{Name: "submission", Port: 587, TLS: relayv1alpha1.TLSNone, RequireAuth: true}}
 		}), "requireAuth needs TLS"},
-		{"AUTH listener, TLS by default but no certificate", relay(func(s *v1.SmtpRelaySpec) {
+		{"AUTH listener, TLS by default but no certificate", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
 			s.Auth = users
-			s.Listeners = []v1.Listener{{Name: "submission", Port: 587, RequireAuth: true}}
+			s.Listeners = []relayv1alpha1.Listener{{Name: "submission", Port: 587, RequireAuth: true}}
 		}), "requireAuth needs TLS"},
-		{"TLS listener without certificate", relay(func(s *v1.SmtpRelaySpec) {
-			s.Listeners = []v1.Listener{{Name: "smtps", Port: 465, TLS: v1.TLSImplicit}}
+		{"TLS listener without certificate", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Listeners = []relayv1alpha1.Listener{{Name: "smtps", Port: 465, TLS: relayv1alpha1.TLSImplicit}}
 		}), "needs a certificate"},
-		{"AUTH listener without users", relay(func(s *v1.SmtpRelaySpec) {
+		{"AUTH listener without users", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
 			s.TLS = tlsRef
-			s.Listeners = []v1.Listener{{Name: "submission", Port: 587, TLS: v1.TLSStartTLS, RequireAuth: true}}
+			s.Listeners = []relayv1alpha1.Listener{{Name: "submission", Port: 587, TLS: relayv1alpha1.TLSStartTLS, RequireAuth: true}}
 		}), "unusable without users"},
-		{"duplicate listener ports", relay(func(s *v1.SmtpRelaySpec) {
-			s.Listeners = []v1.Listener{{Name: "a", Port: 25}, {Name: "b", Port: 25}}
+		{"duplicate listener ports", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Listeners = []relayv1alpha1.Listener{{Name: "a", Port: 25}, {Name: "b", Port: 25}}
 		}), "ports must be unique"},
-		{"duplicate listener names", relay(func(s *v1.SmtpRelaySpec) {
-			s.Listeners = []v1.Listener{{Name: "a", Port: 25}, {Name: "a", Port: 26}}
+		{"duplicate listener names", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Listeners = []relayv1alpha1.Listener{{Name: "a", Port: 25}, {Name: "a", Port: 26}}
 		}), "Duplicate value"},
-		{"unknown listener TLS mode", relay(func(s *v1.SmtpRelaySpec) {
-			s.Listeners = []v1.Listener{{Name: "a", Port: 25, TLS: "Opportunistic"}}
+		{"unknown listener TLS mode", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Listeners = []relayv1alpha1.Listener{{Name: "a", Port: 25, TLS: "Opportunistic"}}
 		}), "Unsupported value"},
-		{"privileged container port", relay(func(s *v1.SmtpRelaySpec) {
+		{"privileged container port", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
 			p := int32(25)
-			s.Listeners = []v1.Listener{{Name: "a", Port: 25, ContainerPort: &p}}
+			s.Listeners = []relayv1alpha1.Listener{{Name: "a", Port: 25, ContainerPort: &p}}
 		}), "containerPort"},
-		{"null sender allowed without a smarthost", relay(func(s *v1.SmtpRelaySpec) { s.NullSender = "Allow" }), "nullSender Allow"},
-		{"listener named http", relay(func(s *v1.SmtpRelaySpec) { s.Listeners = []v1.Listener{{Name: "http", Port: 25}} }), "taken by the relay's metrics"},
-		{"listener name with a double hyphen", relay(func(s *v1.SmtpRelaySpec) { s.Listeners = []v1.Listener{{Name: "a--b", Port: 25}} }), "listeners[0].name"},
-		{"duplicate user secrets", relay(func(s *v1.SmtpRelaySpec) {
-			s.Auth = &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: "u"}}, {SecretRef: v1.LocalObjectReference{Name: "u"}}}}
+		{"null sender allowed without a smarthost", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.NullSender = "Allow" }), "nullSender Allow"},
+		{"listener named http", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.Listeners = []relayv1alpha1.Listener{{Name: "http", Port: 25}} }), "taken by the relay's metrics"},
+		{"listener name with a double hyphen", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.Listeners = []relayv1alpha1.Listener{{Name: "a--b", Port: 25}} }), "listeners[0].name"},
+		{"duplicate user secrets", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Auth = &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "u"}}, {SecretRef: relayv1alpha1.LocalObjectReference{Name: "u"}}}}
 		}), "different Secret"},
-		{"reserved connections not below the total", relay(func(s *v1.SmtpRelaySpec) {
-			s.Limits = &v1.RelayLimits{MaxConnections: ptr(int32(50)), ReservedAuthConnections: ptr(int32(50))}
+		{"reserved connections not below the total", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Limits = &relayv1alpha1.RelayLimits{MaxConnections: ptr(int32(50)), ReservedAuthConnections: ptr(int32(50))}
 		}), "reservedAuthConnections must be below maxConnections"},
-		{"reserved connections not below the default total", relay(func(s *v1.SmtpRelaySpec) {
-			s.Limits = &v1.RelayLimits{ReservedAuthConnections: ptr(int32(1000))}
+		{"reserved connections not below the default total", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Limits = &relayv1alpha1.RelayLimits{ReservedAuthConnections: ptr(int32(1000))}
 		}), "reservedAuthConnections must be below maxConnections"},
-		{"user lockout longer than the failure window", relay(func(s *v1.SmtpRelaySpec) {
-			s.Limits = &v1.RelayLimits{Auth: &v1.AuthLimits{FailureWindow: &metav1.Duration{Duration: time.Minute},
+		{"user lockout longer than the failure window", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Limits = &relayv1alpha1.RelayLimits{Auth: &relayv1alpha1.AuthLimits{FailureWindow: &metav1.Duration{Duration: time.Minute},
 				UserLockout: &metav1.Duration{Duration: time.Hour}}}
 		}), "userLockout must not be longer than failureWindow"},
-		{"listener connection limit of zero", relay(func(s *v1.SmtpRelaySpec) {
-			s.Listeners = []v1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(0))}}
+		{"listener connection limit of zero", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(0))}}
 		}), "maxConnections"},
-		{"endpoint without host", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = []v1.SmarthostEndpoint{{Port: 587}} }), "host"},
-		{"endpoint with a port in the host", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = []v1.SmarthostEndpoint{{Host: "smtp.example.net:587"}} }), "without port or scheme"},
-		{"impossible port", smarthost(func(s *v1.SmarthostSpec) {
-			s.Endpoints = []v1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 70000}}
+		{"endpoint without host", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Endpoints = []relayv1alpha1.SmarthostEndpoint{{Port: 587}} }), "host"},
+		{"endpoint with a port in the host", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Endpoints = []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.example.net:587"}}
+		}), "without port or scheme"},
+		{"impossible port", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Endpoints = []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 70000}}
 		}), "65535"},
-		{"no endpoints", smarthost(func(s *v1.SmarthostSpec) { s.Endpoints = nil }), "endpoints"},
-		{"unknown TLS mode", smarthost(func(s *v1.SmarthostSpec) { s.TLS.Mode = "SSL" }), "Unsupported value"},
-		{"auth without TLS", smarthost(func(s *v1.SmarthostSpec) {
-			s.TLS.Mode = v1.TLSNone
-			s.Auth = &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}}
+		{"no endpoints", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Endpoints = nil }), "endpoints"},
+		{"unknown TLS mode", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.TLS.Mode = "SSL" }), "Unsupported value"},
+		{"auth without TLS", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.TLS.Mode = relayv1alpha1.TLSNone
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}
 		}), "auth needs TLS"},
-		{"unknown AUTH mechanism", smarthost(func(s *v1.SmarthostSpec) {
-			s.Auth = &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "creds"}, Mechanism: "CRAM-MD5"}
+		{"unknown AUTH mechanism", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}, Mechanism: "CRAM-MD5"}
 		}), "Unsupported value"},
-		{"invalid domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "exa mple.com" }), "DNS domain name"},
-		{"wildcard domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "*.example.com" }), "DNS domain name"},
-		{"single-label domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "localhost" }), "DNS domain name"},
-		{"upper-case domain", domain(func(s *v1.RelayDomainSpec) { s.Domain = "Example.com" }), "lower-case"},
-		{"bad DKIM selector", domain(func(s *v1.RelayDomainSpec) {
-			s.DKIM = &v1.DKIMSigning{Selector: "a b", PrivateKeySecretRef: v1.SecretKeyReference{Name: "k"}}
+		{"invalid domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "exa mple.com" }), "DNS domain name"},
+		{"wildcard domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "*.example.com" }), "DNS domain name"},
+		{"single-label domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "localhost" }), "DNS domain name"},
+		{"upper-case domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "Example.com" }), "lower-case"},
+		{"bad DKIM selector", domain(func(s *relayv1alpha1.RelayDomainSpec) {
+			s.DKIM = &relayv1alpha1.DKIMSigning{Selector: "a b", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "k"}}
 		}), "selector"},
-		{"bad allowed sender", domain(func(s *v1.RelayDomainSpec) { s.AllowedSenders = []string{"a@b"} }), "allowedSenders"},
+		{"bad allowed sender", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.AllowedSenders = []string{"a@b"} }), "allowedSenders"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -261,7 +263,7 @@ func TestRejected(t *testing.T) {
 
 func TestRelayNameTooLong(t *testing.T) {
 	namespace(t, "bad")
-	r := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Namespace: "bad", Name: strings.Repeat("r", 54)}}
+	r := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Namespace: "bad", Name: strings.Repeat("r", 54)}}
 	err := env.Client.Create(ctxFor(t), r)
 	if err == nil || !strings.Contains(err.Error(), "at most 53 characters") {
 		t.Fatalf("create: %v; want the name rule", err)
@@ -272,8 +274,8 @@ func TestRelayNameTooLong(t *testing.T) {
 func TestDomainImmutable(t *testing.T) {
 	namespace(t, "immutable")
 	ctx := ctxFor(t)
-	d := &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "d", Namespace: "immutable"},
-		Spec: v1.RelayDomainSpec{Domain: "example.com", RelayRef: v1.RelayReference{Name: "r"}}}
+	d := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "d", Namespace: "immutable"},
+		Spec: relayv1alpha1.RelayDomainSpec{Domain: "example.com", RelayRef: relayv1alpha1.RelayReference{Name: "r"}}}
 	if err := env.Client.Create(ctx, d); err != nil {
 		t.Fatal(err)
 	}

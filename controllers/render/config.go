@@ -17,7 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/dkim"
 )
@@ -26,14 +26,14 @@ import (
 // by the reconciler.
 type Inputs struct {
 	// Relay is the SmtpRelay to render.
-	Relay *v1alpha1.SmtpRelay
+	Relay *relayv1alpha1.SmtpRelay
 	// Domains are the RelayDomains attached to the relay (the caller decides
 	// attachment), in any order.
-	Domains []v1alpha1.RelayDomain
+	Domains []relayv1alpha1.RelayDomain
 	// Smarthosts holds every Smarthost referenced: the relay's spec.smarthostRef in
 	// the relay's namespace and each domain's in the domain's namespace. A missing
 	// entry means the Smarthost does not exist.
-	Smarthosts map[types.NamespacedName]*v1alpha1.Smarthost
+	Smarthosts map[types.NamespacedName]*relayv1alpha1.Smarthost
 	// Secrets holds every Secret referenced by the relay, the domains and the
 	// Smarthosts. A missing entry means the Secret does not exist.
 	Secrets map[types.NamespacedName]*corev1.Secret
@@ -71,7 +71,7 @@ type DomainResult struct {
 	Message string
 	// DKIMRecord is the DNS record publishing the domain's DKIM key, whenever the key
 	// could be read (even if the domain was left out for another reason).
-	DKIMRecord *v1alpha1.DKIMRecord
+	DKIMRecord *relayv1alpha1.DKIMRecord
 }
 
 // Error is a problem with the relay itself that the user must fix; nothing is
@@ -95,7 +95,7 @@ const (
 	maxPasswordBytes = 72
 )
 
-// Smarthost timeouts documented as defaults on v1alpha1.SmarthostTimeouts. The relay's
+// Smarthost timeouts documented as defaults on relayv1alpha1.SmarthostTimeouts. The relay's
 // own defaults are shorter, so they are written out to give users what the API says.
 var (
 	defaultSmarthostConnectTimeout = metav1.Duration{Duration: 30 * time.Second}
@@ -124,14 +124,14 @@ func Config(in Inputs) (*Result, error) {
 // CheckSmarthost says whether a Smarthost can be used: the Secrets it names (from
 // secrets, by namespace/name) exist and hold what they must, and the relay accepts its
 // settings. It returns nil when it can, and never puts a secret value in the Error.
-func CheckSmarthost(sh *v1alpha1.Smarthost, secrets map[types.NamespacedName]*corev1.Secret) *Error {
+func CheckSmarthost(sh *relayv1alpha1.Smarthost, secrets map[types.NamespacedName]*corev1.Secret) *Error {
 	r := &renderer{in: Inputs{Secrets: secrets}}
 	return r.resolveSmarthost(&smarthostSource{key: types.NamespacedName{Namespace: sh.Namespace, Name: sh.Name}, spec: &sh.Spec})
 }
 
 type renderer struct {
 	in       Inputs
-	relay    *v1alpha1.SmtpRelay
+	relay    *relayv1alpha1.SmtpRelay
 	relayKey types.NamespacedName
 	// files are the operator-owned Secret's files, by name.
 	files map[string][]byte
@@ -142,7 +142,7 @@ type renderer struct {
 // smarthostSource is a Smarthost with the contents of the Secrets it references.
 type smarthostSource struct {
 	key      types.NamespacedName
-	spec     *v1alpha1.SmarthostSpec
+	spec     *relayv1alpha1.SmarthostSpec
 	username []byte
 	password []byte
 	ca       []byte
@@ -157,7 +157,7 @@ type pendingDomain struct {
 
 func (r *renderer) render() (*Result, error) {
 	if errs := validation.IsDNS1035Label(r.relay.Name); len(errs) > 0 {
-		return nil, &Error{Reason: v1alpha1.ReasonRenderFailed, Message: fmt.Sprintf(
+		return nil, &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: fmt.Sprintf(
 			"SmtpRelay name %q cannot name its Service and labels (%s): recreate the relay with a name of at most 63 lowercase letters, digits and dashes that starts with a letter",
 			r.relay.Name, strings.Join(errs, "; "))}
 	}
@@ -194,7 +194,7 @@ func (r *renderer) render() (*Result, error) {
 		}
 		defaultSmarthost = &src.key
 	} else if cfg.NullSender == config.NullSenderAllow {
-		return nil, &Error{Reason: v1alpha1.ReasonNoSmarthost, Message: fmt.Sprintf(
+		return nil, &Error{Reason: relayv1alpha1.ReasonNoSmarthost, Message: fmt.Sprintf(
 			"SmtpRelay %s: spec.nullSender is Allow, which delivers bounces through spec.smarthostRef, but no smarthostRef is set: set one or set nullSender to Reject",
 			r.relayKey)}
 	}
@@ -250,7 +250,7 @@ func (r *renderer) render() (*Result, error) {
 	}
 	loaded, err := config.LoadBytes(raw, fsys)
 	if err != nil {
-		return nil, &Error{Reason: v1alpha1.ReasonRenderFailed, Message: fmt.Sprintf(
+		return nil, &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: fmt.Sprintf(
 			"SmtpRelay %s: the rendered relay configuration is invalid: %s", r.relayKey, oneLine(err))}
 	}
 	if loaded.Hash != res.Hash {
@@ -276,7 +276,7 @@ func (r *renderer) serverTLS(cfg *config.Config) *Error {
 		return err
 	}
 	if _, e := tlsKeyPair(cert, key); e != nil {
-		return &Error{Reason: v1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+		return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
 			"Secret %s/%s (%s): %s and %s are not a matching PEM certificate and private key: %v",
 			s.Namespace, s.Name, what, corev1.TLSCertKey, corev1.TLSPrivateKeyKey, e)}
 	}
@@ -312,7 +312,7 @@ func (r *renderer) users(cfg *config.Config) error {
 		username := string(trimNewline(rawUser))
 		password := trimNewline(rawPass)
 		invalid := func(format string, args ...any) *Error {
-			return &Error{Reason: v1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): ", s.Namespace, s.Name, what) + fmt.Sprintf(format, args...)}
+			return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): ", s.Namespace, s.Name, what) + fmt.Sprintf(format, args...)}
 		}
 		switch {
 		case username == "":
@@ -339,7 +339,7 @@ func (r *renderer) users(cfg *config.Config) error {
 		}
 		user := config.User{Username: username, PasswordHashFile: file, AllowedSenders: sortedSet(u.AllowedSenders)}
 		if err := validateAlone(config.Config{Users: []config.User{user}}, "users[0].", fmt.Sprintf("spec.auth.users[%d].", i)); err != nil {
-			return &Error{Reason: v1alpha1.ReasonRenderFailed, Message: fmt.Sprintf("SmtpRelay %s: %v", r.relayKey, err)}
+			return &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: fmt.Sprintf("SmtpRelay %s: %v", r.relayKey, err)}
 		}
 		cfg.Users = append(cfg.Users, user)
 		r.files[file] = hash
@@ -353,7 +353,7 @@ func (r *renderer) users(cfg *config.Config) error {
 // the other one breaks or is fixed.
 func (r *renderer) domains(haveDefault bool) (map[types.NamespacedName]DomainResult, []*pendingDomain) {
 	results := make(map[types.NamespacedName]DomainResult, len(r.in.Domains))
-	ordered := make([]*v1alpha1.RelayDomain, 0, len(r.in.Domains))
+	ordered := make([]*relayv1alpha1.RelayDomain, 0, len(r.in.Domains))
 	for i := range r.in.Domains {
 		ordered = append(ordered, &r.in.Domains[i])
 	}
@@ -374,7 +374,7 @@ func (r *renderer) domains(haveDefault bool) (map[types.NamespacedName]DomainRes
 		name := config.NormalizeDomain(d.Spec.Domain)
 		if owner, ok := owners[name]; ok {
 			if owner != key {
-				results[key] = DomainResult{Reason: v1alpha1.ReasonDomainConflict, Message: fmt.Sprintf(
+				results[key] = DomainResult{Reason: relayv1alpha1.ReasonDomainConflict, Message: fmt.Sprintf(
 					"domain %s is already served by RelayDomain %s, which was created first: delete one of the two RelayDomains", name, owner)}
 			}
 			continue
@@ -390,7 +390,7 @@ func (r *renderer) domains(haveDefault bool) (map[types.NamespacedName]DomainRes
 }
 
 // domain renders one RelayDomain, or says why it cannot be.
-func (r *renderer) domain(d *v1alpha1.RelayDomain, name string, haveDefault bool) (DomainResult, *pendingDomain) {
+func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault bool) (DomainResult, *pendingDomain) {
 	var res DomainResult
 	var problem *Error
 	p := &pendingDomain{cfg: config.Domain{Domain: name, AllowedSenders: sortedSet(d.Spec.AllowedSenders)}}
@@ -404,7 +404,7 @@ func (r *renderer) domain(d *v1alpha1.RelayDomain, name string, haveDefault bool
 			p.smarthost = &src.key
 		}
 	case !haveDefault:
-		problem = &Error{Reason: v1alpha1.ReasonNoSmarthost, Message: fmt.Sprintf(
+		problem = &Error{Reason: relayv1alpha1.ReasonNoSmarthost, Message: fmt.Sprintf(
 			"no smarthost to deliver mail from %s through: set spec.smarthostRef on this RelayDomain or on SmtpRelay %s", name, r.relayKey)}
 	}
 
@@ -421,11 +421,11 @@ func (r *renderer) domain(d *v1alpha1.RelayDomain, name string, haveDefault bool
 			if perr == nil {
 				var value string
 				if value, perr = dkim.TXTRecord(signer); perr == nil {
-					res.DKIMRecord = &v1alpha1.DKIMRecord{Name: k.Selector + "._domainkey." + name, Value: value}
+					res.DKIMRecord = &relayv1alpha1.DKIMRecord{Name: k.Selector + "._domainkey." + name, Value: value}
 				}
 			}
 			if perr != nil {
-				err = &Error{Reason: v1alpha1.ReasonInvalidDKIMKey, Message: fmt.Sprintf(
+				err = &Error{Reason: relayv1alpha1.ReasonInvalidDKIMKey, Message: fmt.Sprintf(
 					"Secret %s/%s key %s (%s) is not a usable DKIM key: %v; it must be a PEM RSA (at least 1024 bits) or Ed25519 private key, PKCS#1 or PKCS#8",
 					d.Namespace, k.PrivateKeySecretRef.Name, keyName, what, perr)}
 			}
@@ -444,7 +444,7 @@ func (r *renderer) domain(d *v1alpha1.RelayDomain, name string, haveDefault bool
 		probe.Upstream = "probe"
 		probe.Domain = d.Spec.Domain
 		if err := validateAlone(config.Config{Domains: []config.Domain{probe}}, "domains[0].", "spec."); err != nil {
-			problem = &Error{Reason: v1alpha1.ReasonRenderFailed, Message: err.Error()}
+			problem = &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: err.Error()}
 		}
 	}
 	if problem != nil {
@@ -463,7 +463,7 @@ func (r *renderer) domain(d *v1alpha1.RelayDomain, name string, haveDefault bool
 func (r *renderer) smarthost(key types.NamespacedName, field string) (*smarthostSource, *Error) {
 	sh := r.in.Smarthosts[key]
 	if sh == nil {
-		return nil, &Error{Reason: v1alpha1.ReasonSmarthostNotFound, Message: fmt.Sprintf(
+		return nil, &Error{Reason: relayv1alpha1.ReasonSmarthostNotFound, Message: fmt.Sprintf(
 			"Smarthost %s (%s) not found: create it or point %s at an existing Smarthost in namespace %s", key, field, field, key.Namespace)}
 	}
 	if src, ok := r.smarthosts[key]; ok {
@@ -499,7 +499,7 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 			val []byte
 		}{{basicAuthUsername, src.username}, {basicAuthPassword, src.password}} {
 			if len(trimNewline(k.val)) == 0 {
-				return wrap(&Error{Reason: v1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)})
+				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)})
 			}
 		}
 	}
@@ -514,7 +514,7 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 			return wrap(err)
 		}
 		if !hasPEMCertificate(b) {
-			return wrap(&Error{Reason: v1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+			return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
 				"Secret %s/%s key %s (%s) holds no PEM certificate", ns, ca.Name, keyName, what)})
 		}
 		src.ca = b
@@ -522,7 +522,7 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 	// The Smarthost's fields, checked by the relay's rules on their own.
 	probe, _ := upstreamConfig("probe", src)
 	if err := validateAlone(config.Config{Upstreams: []config.Upstream{probe}}, "upstreams[0].", "spec."); err != nil {
-		return &Error{Reason: v1alpha1.ReasonSmarthostNotReady, Message: prefix + err.Error()}
+		return &Error{Reason: relayv1alpha1.ReasonSmarthostNotReady, Message: prefix + err.Error()}
 	}
 	return nil
 }
@@ -567,7 +567,7 @@ func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[str
 		files[u.Auth.UsernameFile] = src.username
 		files[u.Auth.PasswordFile] = src.password
 	}
-	t := v1alpha1.SmarthostTimeouts{}
+	t := relayv1alpha1.SmarthostTimeouts{}
 	if spec.Timeouts != nil {
 		t = *spec.Timeouts
 	}
@@ -582,7 +582,7 @@ func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[str
 
 // limits copies the relay's limits; unset ones are left to the relay's defaults, which
 // are the ones the API documents.
-func limits(l *v1alpha1.RelayLimits) config.Limits {
+func limits(l *relayv1alpha1.RelayLimits) config.Limits {
 	var c config.Limits
 	if l == nil {
 		return c
@@ -635,7 +635,7 @@ func limits(l *v1alpha1.RelayLimits) config.Limits {
 func (r *renderer) secret(ns, name, what, kind string) (*corev1.Secret, *Error) {
 	s := r.in.Secrets[types.NamespacedName{Namespace: ns, Name: name}]
 	if s == nil {
-		return nil, &Error{Reason: v1alpha1.ReasonSecretNotFound, Message: fmt.Sprintf(
+		return nil, &Error{Reason: relayv1alpha1.ReasonSecretNotFound, Message: fmt.Sprintf(
 			"Secret %s/%s (%s) not found: create %s named %s in namespace %s", ns, name, what, kind, name, ns)}
 	}
 	return s, nil
@@ -653,7 +653,7 @@ func (r *renderer) secretKeyOf(ns, name, key, what, kind string) ([]byte, *Error
 func secretKey(s *corev1.Secret, key, what string) ([]byte, *Error) {
 	b, ok := s.Data[key]
 	if !ok {
-		return nil, &Error{Reason: v1alpha1.ReasonSecretKeyMissing, Message: fmt.Sprintf(
+		return nil, &Error{Reason: relayv1alpha1.ReasonSecretKeyMissing, Message: fmt.Sprintf(
 			"Secret %s/%s (%s) has no key %q: add it", s.Namespace, s.Name, what, key)}
 	}
 	return b, nil

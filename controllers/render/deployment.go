@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 )
 
 // How relay pods are laid out; the flags are those of relay/cmd/relay.
@@ -68,7 +68,7 @@ var (
 // resources and the scheduling fields: everything that hot-reloads reaches the pods
 // through the mounted ConfigMap and Secret, which are mounted as directories (never
 // subPath) so the kubelet's atomic updates reach running pods.
-func Deployment(relay *v1alpha1.SmtpRelay, defaultImage string) *appsv1.Deployment {
+func Deployment(relay *relayv1alpha1.SmtpRelay, defaultImage string) *appsv1.Deployment {
 	image := relay.Spec.Image
 	if image == "" {
 		image = defaultImage
@@ -198,7 +198,7 @@ func Deployment(relay *v1alpha1.SmtpRelay, defaultImage string) *appsv1.Deployme
 // scheduling copies the placement fields and, when the user spreads the pods in no
 // way of their own, spreads them across nodes (preferred, so a small cluster still
 // runs them all).
-func scheduling(relay *v1alpha1.SmtpRelay, pod *corev1.PodSpec) {
+func scheduling(relay *relayv1alpha1.SmtpRelay, pod *corev1.PodSpec) {
 	spec := &relay.Spec
 	if len(spec.NodeSelector) > 0 {
 		pod.NodeSelector = maps.Clone(spec.NodeSelector)

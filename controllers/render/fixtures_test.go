@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 )
 
 // The test world: a relay "relay" in namespace "mail" delivering through Amazon SES,
@@ -67,12 +67,12 @@ func basicAuth(ns, name, user, pass string) *corev1.Secret {
 // so a test breaks a reference by deleting an object or pointing at a missing one.
 type world struct {
 	secrets    map[types.NamespacedName]*corev1.Secret
-	smarthosts map[types.NamespacedName]*v1alpha1.Smarthost
+	smarthosts map[types.NamespacedName]*relayv1alpha1.Smarthost
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{secrets: map[types.NamespacedName]*corev1.Secret{}, smarthosts: map[types.NamespacedName]*v1alpha1.Smarthost{}}
+	w := &world{secrets: map[types.NamespacedName]*corev1.Secret{}, smarthosts: map[types.NamespacedName]*relayv1alpha1.Smarthost{}}
 	w.addSecret(secretObj(relayNS, "relay-tls", corev1.SecretTypeTLS, map[string][]byte{
 		"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key"),
 	}))
@@ -86,33 +86,33 @@ func newWorld(t *testing.T) *world {
 	w.addSecret(secretObj("team-a", "dkim", corev1.SecretTypeOpaque, map[string][]byte{"private": fixture(t, "dkim-ed25519.key")}))
 	w.addSecret(basicAuth("team-b", "mailgun-credentials", "postmaster@mg.team-b.example", "mailgun-password-five"))
 
-	w.addSmarthost(&v1alpha1.Smarthost{
+	w.addSmarthost(&relayv1alpha1.Smarthost{
 		ObjectMeta: metav1.ObjectMeta{Namespace: relayNS, Name: "ses"},
-		Spec: v1alpha1.SmarthostSpec{
-			Endpoints: []v1alpha1.SmarthostEndpoint{
+		Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{
 				{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587},
 				{Host: "email-smtp.eu-central-1.amazonaws.com", Port: 587},
 			},
-			TLS: v1alpha1.SmarthostTLS{
-				Mode:        v1alpha1.TLSStartTLS,
-				CASecretRef: &v1alpha1.SecretKeyReference{Name: "ses-ca"},
+			TLS: relayv1alpha1.SmarthostTLS{
+				Mode:        relayv1alpha1.TLSStartTLS,
+				CASecretRef: &relayv1alpha1.SecretKeyReference{Name: "ses-ca"},
 			},
-			Auth:                     &v1alpha1.SmarthostAuth{SecretRef: v1alpha1.LocalObjectReference{Name: "ses-credentials"}, Mechanism: "PLAIN"},
+			Auth:                     &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "ses-credentials"}, Mechanism: "PLAIN"},
 			MaxConnections:           20,
 			MaxMessagesPerConnection: 50,
-			Timeouts: &v1alpha1.SmarthostTimeouts{
+			Timeouts: &relayv1alpha1.SmarthostTimeouts{
 				Connect: &metav1.Duration{Duration: 15 * time.Second},
 				Idle:    &metav1.Duration{Duration: 45 * time.Second},
 			},
 		},
 	})
 	for _, ns := range []string{"team-a", "team-b"} {
-		w.addSmarthost(&v1alpha1.Smarthost{
+		w.addSmarthost(&relayv1alpha1.Smarthost{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mailgun"},
-			Spec: v1alpha1.SmarthostSpec{
-				Endpoints: []v1alpha1.SmarthostEndpoint{{Host: "smtp.eu.mailgun.org", Port: 465}},
-				TLS:       v1alpha1.SmarthostTLS{Mode: v1alpha1.TLSImplicit},
-				Auth:      &v1alpha1.SmarthostAuth{SecretRef: v1alpha1.LocalObjectReference{Name: "mailgun-credentials"}, Mechanism: "LOGIN"},
+			Spec: relayv1alpha1.SmarthostSpec{
+				Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.eu.mailgun.org", Port: 465}},
+				TLS:       relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSImplicit},
+				Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "mailgun-credentials"}, Mechanism: "LOGIN"},
 			},
 		})
 	}
@@ -123,40 +123,40 @@ func (w *world) addSecret(s *corev1.Secret) {
 	w.secrets[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
 }
 
-func (w *world) addSmarthost(s *v1alpha1.Smarthost) {
+func (w *world) addSmarthost(s *relayv1alpha1.Smarthost) {
 	w.smarthosts[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
 }
 
-func (w *world) inputs(relay *v1alpha1.SmtpRelay, domains ...v1alpha1.RelayDomain) Inputs {
+func (w *world) inputs(relay *relayv1alpha1.SmtpRelay, domains ...relayv1alpha1.RelayDomain) Inputs {
 	return Inputs{Relay: relay, Domains: domains, Smarthosts: w.smarthosts, Secrets: w.secrets, Hasher: &fakeHasher{}}
 }
 
-func minimalRelay() *v1alpha1.SmtpRelay {
-	return &v1alpha1.SmtpRelay{
-		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "SmtpRelay"},
+func minimalRelay() *relayv1alpha1.SmtpRelay {
+	return &relayv1alpha1.SmtpRelay{
+		TypeMeta:   metav1.TypeMeta{APIVersion: relayv1alpha1.GroupVersion.String(), Kind: "SmtpRelay"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: relayNS, Name: relayName, UID: "5d5c1b6e-0d5e-4b0e-9a43-9b1b3c6f1d2a", Generation: 1},
 	}
 }
 
 // realisticRelay has TLS, two users, client networks, SES as default route and limits.
-func realisticRelay() *v1alpha1.SmtpRelay {
+func realisticRelay() *relayv1alpha1.SmtpRelay {
 	r := minimalRelay()
-	r.Spec = v1alpha1.SmtpRelaySpec{
+	r.Spec = relayv1alpha1.SmtpRelaySpec{
 		Replicas: ptr(int32(3)),
-		TLS:      &v1alpha1.RelayTLS{SecretRef: v1alpha1.LocalObjectReference{Name: "relay-tls"}},
-		Auth: &v1alpha1.RelayAuth{Users: []v1alpha1.RelayUser{
-			{SecretRef: v1alpha1.LocalObjectReference{Name: "user-billing"}, AllowedSenders: []string{"invoices@example.com", "example.org"}},
-			{SecretRef: v1alpha1.LocalObjectReference{Name: "user-app"}},
+		TLS:      &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "relay-tls"}},
+		Auth: &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{
+			{SecretRef: relayv1alpha1.LocalObjectReference{Name: "user-billing"}, AllowedSenders: []string{"invoices@example.com", "example.org"}},
+			{SecretRef: relayv1alpha1.LocalObjectReference{Name: "user-app"}},
 		}},
 		AllowedNetworks: []string{"fd00::/8", "10.0.0.0/8"},
-		SmarthostRef:    &v1alpha1.LocalObjectReference{Name: "ses"},
+		SmarthostRef:    &relayv1alpha1.LocalObjectReference{Name: "ses"},
 		NullSender:      "Allow",
-		Limits: &v1alpha1.RelayLimits{
+		Limits: &relayv1alpha1.RelayLimits{
 			MaxMessageBytes: ptr(int64(10 << 20)),
 			MaxRecipients:   ptr(int32(50)),
 			CommandTimeout:  &metav1.Duration{Duration: 2 * time.Minute},
 		},
-		Service: &v1alpha1.ServiceSpec{
+		Service: &relayv1alpha1.ServiceSpec{
 			Type:                  corev1.ServiceTypeLoadBalancer,
 			Annotations:           map[string]string{"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
 			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
@@ -165,32 +165,32 @@ func realisticRelay() *v1alpha1.SmtpRelay {
 	return r
 }
 
-func domain(ns, name, dom string, created int) v1alpha1.RelayDomain {
-	return v1alpha1.RelayDomain{
+func domain(ns, name, dom string, created int) relayv1alpha1.RelayDomain {
+	return relayv1alpha1.RelayDomain{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, CreationTimestamp: ts(created)},
-		Spec:       v1alpha1.RelayDomainSpec{Domain: dom, RelayRef: v1alpha1.RelayReference{Name: relayName, Namespace: relayNS}},
+		Spec:       relayv1alpha1.RelayDomainSpec{Domain: dom, RelayRef: relayv1alpha1.RelayReference{Name: relayName, Namespace: relayNS}},
 	}
 }
 
-func withSmarthost(d v1alpha1.RelayDomain, name string) v1alpha1.RelayDomain {
-	d.Spec.SmarthostRef = &v1alpha1.LocalObjectReference{Name: name}
+func withSmarthost(d relayv1alpha1.RelayDomain, name string) relayv1alpha1.RelayDomain {
+	d.Spec.SmarthostRef = &relayv1alpha1.LocalObjectReference{Name: name}
 	return d
 }
 
-func withDKIM(d v1alpha1.RelayDomain, selector, secret, key string) v1alpha1.RelayDomain {
-	d.Spec.DKIM = &v1alpha1.DKIMSigning{Selector: selector, PrivateKeySecretRef: v1alpha1.SecretKeyReference{Name: secret, Key: key}}
+func withDKIM(d relayv1alpha1.RelayDomain, selector, secret, key string) relayv1alpha1.RelayDomain {
+	d.Spec.DKIM = &relayv1alpha1.DKIMSigning{Selector: selector, PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: secret, Key: key}}
 	return d
 }
 
-func withSenders(d v1alpha1.RelayDomain, senders ...string) v1alpha1.RelayDomain {
+func withSenders(d relayv1alpha1.RelayDomain, senders ...string) relayv1alpha1.RelayDomain {
 	d.Spec.AllowedSenders = senders
 	return d
 }
 
 // realisticDomains are example.com (signed with DKIM, restricted senders) and
 // example.org, both in the relay's namespace and routed through its default.
-func realisticDomains() []v1alpha1.RelayDomain {
-	return []v1alpha1.RelayDomain{
+func realisticDomains() []relayv1alpha1.RelayDomain {
+	return []relayv1alpha1.RelayDomain{
 		withSenders(withDKIM(domain(relayNS, "example-com", "example.com", 1), "s2025", "dkim-example-com", ""), "noreply", "alerts-*"),
 		domain(relayNS, "example-org", "example.org", 2),
 	}

@@ -6,7 +6,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
 
@@ -19,7 +19,7 @@ type Listener struct {
 	// ContainerPort is the unprivileged port the relay listens on in the pod.
 	ContainerPort int32
 	// TLS is None, STARTTLS or Implicit; never empty.
-	TLS v1alpha1.TLSMode
+	TLS relayv1alpha1.TLSMode
 	// RequireAuth refuses mail from clients that have not logged in.
 	RequireAuth bool
 	// MaxConnections is the listener's own connection limit; 0 for none.
@@ -38,15 +38,15 @@ const (
 // Listeners returns the relay's listeners with the defaults of SmtpRelaySpec.Listeners
 // and Listener applied, in spec order. It depends on the spec only (not on Secrets),
 // so the Service, the Deployment and relay.yaml always agree.
-func Listeners(relay *v1alpha1.SmtpRelay) []Listener {
+func Listeners(relay *relayv1alpha1.SmtpRelay) []Listener {
 	spec := &relay.Spec
 	hasTLS := spec.TLS != nil
 	src := spec.Listeners
 	if len(src) == 0 {
-		src = []v1alpha1.Listener{{Name: "smtp", Port: defaultSMTPPort}}
+		src = []relayv1alpha1.Listener{{Name: "smtp", Port: defaultSMTPPort}}
 		if hasTLS && spec.Auth != nil && len(spec.Auth.Users) > 0 {
-			src = append(src, v1alpha1.Listener{
-				Name: "submission", Port: defaultSubmissionPort, TLS: v1alpha1.TLSStartTLS, RequireAuth: true,
+			src = append(src, relayv1alpha1.Listener{
+				Name: "submission", Port: defaultSubmissionPort, TLS: relayv1alpha1.TLSStartTLS, RequireAuth: true,
 			})
 		}
 	}
@@ -65,9 +65,9 @@ func Listeners(relay *v1alpha1.SmtpRelay) []Listener {
 			r.ContainerPort = l.Port
 		}
 		if r.TLS == "" {
-			r.TLS = v1alpha1.TLSNone
+			r.TLS = relayv1alpha1.TLSNone
 			if hasTLS {
-				r.TLS = v1alpha1.TLSStartTLS
+				r.TLS = relayv1alpha1.TLSStartTLS
 			}
 		}
 		out = append(out, r)
@@ -84,24 +84,24 @@ func checkListeners(ls []Listener) *Error {
 	for i, l := range ls {
 		f := fmt.Sprintf("listener %q (spec.listeners[%d])", l.Name, i)
 		if errs := validation.IsValidPortName(l.Name); len(errs) > 0 {
-			return &Error{Reason: v1alpha1.ReasonRenderFailed,
+			return &Error{Reason: relayv1alpha1.ReasonRenderFailed,
 				Message: fmt.Sprintf("%s: the name is not a valid port name: %s", f, strings.Join(errs, "; "))}
 		}
 		if l.Name == HTTPPortName {
-			return &Error{Reason: v1alpha1.ReasonRenderFailed,
+			return &Error{Reason: relayv1alpha1.ReasonRenderFailed,
 				Message: fmt.Sprintf("%s: the name %q is reserved for the relay's health and metrics port: rename the listener", f, HTTPPortName)}
 		}
 		if names[l.Name] {
-			return &Error{Reason: v1alpha1.ReasonRenderFailed, Message: fmt.Sprintf("%s: the name is used by another listener", f)}
+			return &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: fmt.Sprintf("%s: the name is used by another listener", f)}
 		}
 		names[l.Name] = true
 		if other, ok := svcPorts[l.Port]; ok {
-			return &Error{Reason: v1alpha1.ReasonRenderFailed,
+			return &Error{Reason: relayv1alpha1.ReasonRenderFailed,
 				Message: fmt.Sprintf("%s: port %d is also used by %s", f, l.Port, other)}
 		}
 		svcPorts[l.Port] = fmt.Sprintf("listener %q", l.Name)
 		if other, ok := ports[l.ContainerPort]; ok {
-			return &Error{Reason: v1alpha1.ReasonRenderFailed,
+			return &Error{Reason: relayv1alpha1.ReasonRenderFailed,
 				Message: fmt.Sprintf("%s: container port %d is also used by %s: set spec.listeners[%d].containerPort to a free port", f, l.ContainerPort, other, i)}
 		}
 		ports[l.ContainerPort] = fmt.Sprintf("listener %q", l.Name)

@@ -8,7 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
 
@@ -25,13 +25,13 @@ const (
 )
 
 // ConfigMapName is the name of the relay's ConfigMap holding relay.yaml.
-func ConfigMapName(relay *v1alpha1.SmtpRelay) string { return relay.Name + "-config" }
+func ConfigMapName(relay *relayv1alpha1.SmtpRelay) string { return relay.Name + "-config" }
 
 // SecretName is the name of the operator-owned Secret holding the relay's secret files.
-func SecretName(relay *v1alpha1.SmtpRelay) string { return relay.Name + "-secrets" }
+func SecretName(relay *relayv1alpha1.SmtpRelay) string { return relay.Name + "-secrets" }
 
 // Labels are the labels of every object owned by the relay, and of its pods.
-func Labels(relay *v1alpha1.SmtpRelay) map[string]string {
+func Labels(relay *relayv1alpha1.SmtpRelay) map[string]string {
 	return map[string]string{
 		LabelName:      appName,
 		LabelInstance:  relay.Name,
@@ -48,7 +48,7 @@ func CommonLabels() map[string]string {
 
 // SelectorLabels select the relay's pods. They are a subset of Labels that never
 // changes, since a Deployment's selector is immutable.
-func SelectorLabels(relay *v1alpha1.SmtpRelay) map[string]string {
+func SelectorLabels(relay *relayv1alpha1.SmtpRelay) map[string]string {
 	return map[string]string{
 		LabelName:     appName,
 		LabelInstance: relay.Name,
@@ -57,9 +57,9 @@ func SelectorLabels(relay *v1alpha1.SmtpRelay) map[string]string {
 
 // OwnerReference makes the relay the controller of an object, so the object is
 // garbage-collected with the relay and its changes enqueue the relay.
-func OwnerReference(relay *v1alpha1.SmtpRelay) metav1.OwnerReference {
+func OwnerReference(relay *relayv1alpha1.SmtpRelay) metav1.OwnerReference {
 	return metav1.OwnerReference{
-		APIVersion:         v1alpha1.GroupVersion.String(),
+		APIVersion:         relayv1alpha1.GroupVersion.String(),
 		Kind:               "SmtpRelay",
 		Name:               relay.Name,
 		UID:                relay.UID,
@@ -68,7 +68,7 @@ func OwnerReference(relay *v1alpha1.SmtpRelay) metav1.OwnerReference {
 	}
 }
 
-func objectMeta(relay *v1alpha1.SmtpRelay, name string) metav1.ObjectMeta {
+func objectMeta(relay *relayv1alpha1.SmtpRelay, name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{
 		Name:            name,
 		Namespace:       relay.Namespace,
@@ -78,7 +78,7 @@ func objectMeta(relay *v1alpha1.SmtpRelay, name string) metav1.ObjectMeta {
 }
 
 // ConfigMap is the relay's ConfigMap: relay.yaml, which holds no secret value.
-func ConfigMap(relay *v1alpha1.SmtpRelay, res *Result) *corev1.ConfigMap {
+func ConfigMap(relay *relayv1alpha1.SmtpRelay, res *Result) *corev1.ConfigMap {
 	return &corev1.ConfigMap{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
 		ObjectMeta: objectMeta(relay, ConfigMapName(relay)),
@@ -87,7 +87,7 @@ func ConfigMap(relay *v1alpha1.SmtpRelay, res *Result) *corev1.ConfigMap {
 }
 
 // Secret is the operator-owned Secret: the files relay.yaml references.
-func Secret(relay *v1alpha1.SmtpRelay, res *Result) *corev1.Secret {
+func Secret(relay *relayv1alpha1.SmtpRelay, res *Result) *corev1.Secret {
 	data := make(map[string][]byte, len(res.SecretData))
 	for k, v := range res.SecretData {
 		data[k] = clone(v)
@@ -102,7 +102,7 @@ func Secret(relay *v1alpha1.SmtpRelay, res *Result) *corev1.Secret {
 
 // ServiceAccount is the relay pods' identity. The relay never talks to the API
 // server, so no token is mounted.
-func ServiceAccount(relay *v1alpha1.SmtpRelay) *corev1.ServiceAccount {
+func ServiceAccount(relay *relayv1alpha1.SmtpRelay) *corev1.ServiceAccount {
 	return &corev1.ServiceAccount{
 		TypeMeta:                     metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
 		ObjectMeta:                   objectMeta(relay, relay.Name),
@@ -112,7 +112,7 @@ func ServiceAccount(relay *v1alpha1.SmtpRelay) *corev1.ServiceAccount {
 
 // Service is how clients reach the relay: one port per listener, mapped onto the
 // listener's named container port.
-func Service(relay *v1alpha1.SmtpRelay) *corev1.Service {
+func Service(relay *relayv1alpha1.SmtpRelay) *corev1.Service {
 	svc := &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: objectMeta(relay, relay.Name),
@@ -147,7 +147,7 @@ func Service(relay *v1alpha1.SmtpRelay) *corev1.Service {
 // PodDisruptionBudget keeps relay pods available during voluntary disruptions. It is
 // nil when the relay should have none (the reconciler then deletes any it owns):
 // by default with fewer than two replicas, where it would block node drains.
-func PodDisruptionBudget(relay *v1alpha1.SmtpRelay) *policyv1.PodDisruptionBudget {
+func PodDisruptionBudget(relay *relayv1alpha1.SmtpRelay) *policyv1.PodDisruptionBudget {
 	p := relay.Spec.PodDisruptionBudget
 	enabled := Replicas(relay) > 1
 	if p != nil && p.Enabled != nil {
@@ -178,7 +178,7 @@ func PodDisruptionBudget(relay *v1alpha1.SmtpRelay) *policyv1.PodDisruptionBudge
 }
 
 // Replicas is the relay's number of pods, spec.replicas or its default of 2.
-func Replicas(relay *v1alpha1.SmtpRelay) int32 {
+func Replicas(relay *relayv1alpha1.SmtpRelay) int32 {
 	if r := relay.Spec.Replicas; r != nil {
 		return *r
 	}

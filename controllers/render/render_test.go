@@ -22,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
 
@@ -37,17 +37,17 @@ func goldenCases(t *testing.T) []struct {
 	w := newWorld(t)
 
 	custom := minimalRelay()
-	custom.Spec = v1alpha1.SmtpRelaySpec{
+	custom.Spec = relayv1alpha1.SmtpRelaySpec{
 		Replicas: ptr(int32(4)),
 		Image:    "registry.example/kuberelay:custom",
-		TLS:      &v1alpha1.RelayTLS{SecretRef: v1alpha1.LocalObjectReference{Name: "relay-tls"}},
-		Auth:     &v1alpha1.RelayAuth{Users: []v1alpha1.RelayUser{{SecretRef: v1alpha1.LocalObjectReference{Name: "user-app"}}}},
-		Listeners: []v1alpha1.Listener{
-			{Name: "smtp", Port: 25, TLS: v1alpha1.TLSNone, MaxConnections: ptr(int32(400))},
+		TLS:      &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "relay-tls"}},
+		Auth:     &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "user-app"}}}},
+		Listeners: []relayv1alpha1.Listener{
+			{Name: "smtp", Port: 25, TLS: relayv1alpha1.TLSNone, MaxConnections: ptr(int32(400))},
 			{Name: "submission", Port: 587, RequireAuth: true},
-			{Name: "smtps", Port: 465, ContainerPort: ptr(int32(2465)), TLS: v1alpha1.TLSImplicit, RequireAuth: true},
+			{Name: "smtps", Port: 465, ContainerPort: ptr(int32(2465)), TLS: relayv1alpha1.TLSImplicit, RequireAuth: true},
 		},
-		SmarthostRef: &v1alpha1.LocalObjectReference{Name: "ses"},
+		SmarthostRef: &relayv1alpha1.LocalObjectReference{Name: "ses"},
 		Resources: &corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: mustQuantity("200m"), corev1.ResourceMemory: mustQuantity("128Mi")},
 			Limits:   corev1.ResourceList{corev1.ResourceMemory: mustQuantity("512Mi")},
@@ -61,10 +61,10 @@ func goldenCases(t *testing.T) []struct {
 			}},
 		}},
 		PriorityClassName:   "mail-critical",
-		PodDisruptionBudget: &v1alpha1.PodDisruptionBudgetSpec{MinAvailable: ptr(intstr.FromString("50%"))},
-		Limits: &v1alpha1.RelayLimits{
+		PodDisruptionBudget: &relayv1alpha1.PodDisruptionBudgetSpec{MinAvailable: ptr(intstr.FromString("50%"))},
+		Limits: &relayv1alpha1.RelayLimits{
 			MaxConnections: ptr(int32(500)), MaxConnectionsPerClient: ptr(int32(40)), ReservedAuthConnections: ptr(int32(100)),
-			Auth: &v1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(5)), MaxFailuresPerUser: ptr(int32(20)),
+			Auth: &relayv1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(5)), MaxFailuresPerUser: ptr(int32(20)),
 				FailureWindow: &metav1.Duration{Duration: time.Hour}, UserLockout: &metav1.Duration{Duration: 2 * time.Minute},
 				FailureDelay: &metav1.Duration{Duration: 2 * time.Second}},
 		},
@@ -73,7 +73,7 @@ func goldenCases(t *testing.T) []struct {
 	single := minimalRelay()
 	single.Spec.Replicas = ptr(int32(1))
 	// Dropped: the API server refuses externalTrafficPolicy on a ClusterIP Service.
-	single.Spec.Service = &v1alpha1.ServiceSpec{ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal}
+	single.Spec.Service = &relayv1alpha1.ServiceSpec{ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal}
 
 	crossNS := realisticRelay()
 	crossNS.Spec.Domains.Namespaces.From = "All"
@@ -124,32 +124,32 @@ func domainProblems(t *testing.T) Inputs {
 		"garbage":   []byte("-----BEGIN NONSENSE-----\n"),
 		"cert":      fixture(t, "relay-tls.crt"),
 	}))
-	sh := func(name string, mod func(*v1alpha1.SmarthostSpec)) {
-		s := &v1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: v1alpha1.SmarthostSpec{
-			Endpoints: []v1alpha1.SmarthostEndpoint{{Host: "smtp.team-x.example", Port: 587}},
+	sh := func(name string, mod func(*relayv1alpha1.SmarthostSpec)) {
+		s := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.team-x.example", Port: 587}},
 		}}
 		mod(&s.Spec)
 		w.addSmarthost(s)
 	}
-	auth := func(secret string) func(*v1alpha1.SmarthostSpec) {
-		return func(s *v1alpha1.SmarthostSpec) {
-			s.Auth = &v1alpha1.SmarthostAuth{SecretRef: v1alpha1.LocalObjectReference{Name: secret}}
+	auth := func(secret string) func(*relayv1alpha1.SmarthostSpec) {
+		return func(s *relayv1alpha1.SmarthostSpec) {
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: secret}}
 		}
 	}
-	ca := func(secret, key string) func(*v1alpha1.SmarthostSpec) {
-		return func(s *v1alpha1.SmarthostSpec) {
-			s.TLS.CASecretRef = &v1alpha1.SecretKeyReference{Name: secret, Key: key}
+	ca := func(secret, key string) func(*relayv1alpha1.SmarthostSpec) {
+		return func(s *relayv1alpha1.SmarthostSpec) {
+			s.TLS.CASecretRef = &relayv1alpha1.SecretKeyReference{Name: secret, Key: key}
 		}
 	}
-	sh("good", func(s *v1alpha1.SmarthostSpec) { auth("creds")(s); ca("ca", "")(s) })
+	sh("good", func(s *relayv1alpha1.SmarthostSpec) { auth("creds")(s); ca("ca", "")(s) })
 	sh("auth-secret-missing", auth("missing"))
 	sh("auth-key-missing", auth("no-password"))
 	sh("ca-secret-missing", ca("missing", ""))
 	sh("ca-key-missing", ca("ca", "other.crt"))
 	sh("ca-invalid", ca("ca", "junk"))
-	sh("plaintext-auth", func(s *v1alpha1.SmarthostSpec) { auth("creds")(s); s.TLS.Mode = v1alpha1.TLSNone })
+	sh("plaintext-auth", func(s *relayv1alpha1.SmarthostSpec) { auth("creds")(s); s.TLS.Mode = relayv1alpha1.TLSNone })
 
-	d := func(name string, created int) v1alpha1.RelayDomain {
+	d := func(name string, created int) relayv1alpha1.RelayDomain {
 		return domain(ns, name, name+".example", created)
 	}
 	return w.inputs(realisticRelay(),
@@ -400,20 +400,20 @@ func TestDomainResults(t *testing.T) {
 	want := map[string]string{
 		"good":                      "",
 		"default-route":             "",
-		"smarthost-missing":         v1alpha1.ReasonSmarthostNotFound,
-		"auth-secret-missing":       v1alpha1.ReasonSecretNotFound,
-		"auth-key-missing":          v1alpha1.ReasonSecretKeyMissing,
-		"ca-secret-missing":         v1alpha1.ReasonSecretNotFound,
-		"ca-key-missing":            v1alpha1.ReasonSecretKeyMissing,
-		"ca-invalid":                v1alpha1.ReasonInvalidSecret,
-		"plaintext-auth":            v1alpha1.ReasonSmarthostNotReady,
-		"dkim-secret-missing":       v1alpha1.ReasonSecretNotFound,
-		"dkim-key-missing":          v1alpha1.ReasonSecretKeyMissing,
-		"dkim-key-too-short":        v1alpha1.ReasonInvalidDKIMKey,
-		"dkim-key-garbage":          v1alpha1.ReasonInvalidDKIMKey,
-		"dkim-key-is-a-certificate": v1alpha1.ReasonInvalidDKIMKey,
-		"smarthost-missing-dkim-ok": v1alpha1.ReasonSmarthostNotFound,
-		"bad-senders":               v1alpha1.ReasonRenderFailed,
+		"smarthost-missing":         relayv1alpha1.ReasonSmarthostNotFound,
+		"auth-secret-missing":       relayv1alpha1.ReasonSecretNotFound,
+		"auth-key-missing":          relayv1alpha1.ReasonSecretKeyMissing,
+		"ca-secret-missing":         relayv1alpha1.ReasonSecretNotFound,
+		"ca-key-missing":            relayv1alpha1.ReasonSecretKeyMissing,
+		"ca-invalid":                relayv1alpha1.ReasonInvalidSecret,
+		"plaintext-auth":            relayv1alpha1.ReasonSmarthostNotReady,
+		"dkim-secret-missing":       relayv1alpha1.ReasonSecretNotFound,
+		"dkim-key-missing":          relayv1alpha1.ReasonSecretKeyMissing,
+		"dkim-key-too-short":        relayv1alpha1.ReasonInvalidDKIMKey,
+		"dkim-key-garbage":          relayv1alpha1.ReasonInvalidDKIMKey,
+		"dkim-key-is-a-certificate": relayv1alpha1.ReasonInvalidDKIMKey,
+		"smarthost-missing-dkim-ok": relayv1alpha1.ReasonSmarthostNotFound,
+		"bad-senders":               relayv1alpha1.ReasonRenderFailed,
 	}
 	if len(res.DomainResults) != len(want) {
 		t.Errorf("%d domain results, want %d", len(res.DomainResults), len(want))
@@ -468,12 +468,12 @@ func TestConflict(t *testing.T) {
 	}
 	for _, k := range []types.NamespacedName{{Namespace: relayNS, Name: "newer"}, {Namespace: "team-a", Name: "same-age-a"}, {Namespace: "team-b", Name: "same-age-b"}} {
 		r := res.DomainResults[k]
-		if r.Included || r.Reason != v1alpha1.ReasonDomainConflict || !strings.Contains(r.Message, relayNS+"/oldest") {
+		if r.Included || r.Reason != relayv1alpha1.ReasonDomainConflict || !strings.Contains(r.Message, relayNS+"/oldest") {
 			t.Errorf("%s: %+v, want a DomainConflict naming %s/oldest", k, r, relayNS)
 		}
 	}
 	// Without the oldest, the tie is broken by namespace/name.
-	in.Domains = []v1alpha1.RelayDomain{in.Domains[0], in.Domains[1], in.Domains[3]}
+	in.Domains = []relayv1alpha1.RelayDomain{in.Domains[0], in.Domains[1], in.Domains[3]}
 	res, err = Config(in)
 	if err != nil {
 		t.Fatal(err)
@@ -490,7 +490,7 @@ func TestConflict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := res.DomainResults[types.NamespacedName{Namespace: relayNS, Name: "new-fine"}]; r.Reason != v1alpha1.ReasonDomainConflict {
+	if r := res.DomainResults[types.NamespacedName{Namespace: relayNS, Name: "new-fine"}]; r.Reason != relayv1alpha1.ReasonDomainConflict {
 		t.Errorf("new-fine: %+v, want DomainConflict", r)
 	}
 	if len(res.Config.Domains) != 0 {
@@ -501,68 +501,74 @@ func TestConflict(t *testing.T) {
 func TestRelayErrors(t *testing.T) {
 	cases := []struct {
 		name    string
-		mod     func(*world, *v1alpha1.SmtpRelay)
+		mod     func(*world, *relayv1alpha1.SmtpRelay)
 		reason  string
 		message string // a part of the message
 	}{
-		{"tls secret missing", func(w *world, r *v1alpha1.SmtpRelay) { r.Spec.TLS.SecretRef.Name = "missing" },
-			v1alpha1.ReasonSecretNotFound, "Secret mail/missing (spec.tls.secretRef"},
-		{"tls key missing", func(w *world, r *v1alpha1.SmtpRelay) { delete(w.secrets[key(relayNS, "relay-tls")].Data, "tls.key") },
-			v1alpha1.ReasonSecretKeyMissing, `has no key "tls.key"`},
-		{"tls not a pair", func(w *world, r *v1alpha1.SmtpRelay) {
+		{"tls secret missing", func(w *world, r *relayv1alpha1.SmtpRelay) { r.Spec.TLS.SecretRef.Name = "missing" },
+			relayv1alpha1.ReasonSecretNotFound, "Secret mail/missing (spec.tls.secretRef"},
+		{"tls key missing", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			delete(w.secrets[key(relayNS, "relay-tls")].Data, "tls.key")
+		},
+			relayv1alpha1.ReasonSecretKeyMissing, `has no key "tls.key"`},
+		{"tls not a pair", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "relay-tls")].Data["tls.key"] = fixture(t, "relay-tls-renewed.key")
-		}, v1alpha1.ReasonInvalidSecret, "not a matching PEM certificate and private key"},
-		{"user secret missing", func(w *world, r *v1alpha1.SmtpRelay) { delete(w.secrets, key(relayNS, "user-app")) },
-			v1alpha1.ReasonSecretNotFound, "Secret mail/user-app (spec.auth.users[1].secretRef"},
-		{"user password missing", func(w *world, r *v1alpha1.SmtpRelay) { delete(w.secrets[key(relayNS, "user-app")].Data, "password") },
-			v1alpha1.ReasonSecretKeyMissing, `Secret mail/user-app (spec.auth.users[1].secretRef of SmtpRelay mail/relay) has no key "password"`},
-		{"user username missing", func(w *world, r *v1alpha1.SmtpRelay) { delete(w.secrets[key(relayNS, "user-app")].Data, "username") },
-			v1alpha1.ReasonSecretKeyMissing, `has no key "username"`},
-		{"user password empty", func(w *world, r *v1alpha1.SmtpRelay) {
+		}, relayv1alpha1.ReasonInvalidSecret, "not a matching PEM certificate and private key"},
+		{"user secret missing", func(w *world, r *relayv1alpha1.SmtpRelay) { delete(w.secrets, key(relayNS, "user-app")) },
+			relayv1alpha1.ReasonSecretNotFound, "Secret mail/user-app (spec.auth.users[1].secretRef"},
+		{"user password missing", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			delete(w.secrets[key(relayNS, "user-app")].Data, "password")
+		},
+			relayv1alpha1.ReasonSecretKeyMissing, `Secret mail/user-app (spec.auth.users[1].secretRef of SmtpRelay mail/relay) has no key "password"`},
+		{"user username missing", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			delete(w.secrets[key(relayNS, "user-app")].Data, "username")
+		},
+			relayv1alpha1.ReasonSecretKeyMissing, `has no key "username"`},
+		{"user password empty", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "user-app")].Data["password"] = []byte("\n")
 		},
-			v1alpha1.ReasonInvalidSecret, "password is empty"},
-		{"user password too long", func(w *world, r *v1alpha1.SmtpRelay) {
+			relayv1alpha1.ReasonInvalidSecret, "password is empty"},
+		{"user password too long", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "user-app")].Data["password"] = bytes.Repeat([]byte("x"), 73)
-		}, v1alpha1.ReasonInvalidSecret, "longer than 72 bytes"},
-		{"user name with a line break", func(w *world, r *v1alpha1.SmtpRelay) {
+		}, relayv1alpha1.ReasonInvalidSecret, "longer than 72 bytes"},
+		{"user name with a line break", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "user-app")].Data["username"] = []byte("a\nb")
-		}, v1alpha1.ReasonInvalidSecret, "may not contain"},
-		{"duplicate user name", func(w *world, r *v1alpha1.SmtpRelay) {
+		}, relayv1alpha1.ReasonInvalidSecret, "may not contain"},
+		{"duplicate user name", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "user-app")].Data["username"] = []byte("billing")
-		}, v1alpha1.ReasonInvalidSecret, `user name "billing" is also the user name in Secret mail/user-billing`},
-		{"user allowedSenders invalid", func(w *world, r *v1alpha1.SmtpRelay) {
+		}, relayv1alpha1.ReasonInvalidSecret, `user name "billing" is also the user name in Secret mail/user-billing`},
+		{"user allowedSenders invalid", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			r.Spec.Auth.Users[0].AllowedSenders = []string{"@@"}
-		}, v1alpha1.ReasonRenderFailed, "spec.auth.users[0].allowedSenders[0]"},
-		{"smarthost missing", func(w *world, r *v1alpha1.SmtpRelay) { r.Spec.SmarthostRef.Name = "missing" },
-			v1alpha1.ReasonSmarthostNotFound, "Smarthost mail/missing (spec.smarthostRef) not found"},
-		{"smarthost auth secret missing", func(w *world, r *v1alpha1.SmtpRelay) { delete(w.secrets, key(relayNS, "ses-credentials")) },
-			v1alpha1.ReasonSecretNotFound, "Smarthost mail/ses: Secret mail/ses-credentials (spec.auth.secretRef) not found"},
-		{"smarthost ca invalid", func(w *world, r *v1alpha1.SmtpRelay) {
+		}, relayv1alpha1.ReasonRenderFailed, "spec.auth.users[0].allowedSenders[0]"},
+		{"smarthost missing", func(w *world, r *relayv1alpha1.SmtpRelay) { r.Spec.SmarthostRef.Name = "missing" },
+			relayv1alpha1.ReasonSmarthostNotFound, "Smarthost mail/missing (spec.smarthostRef) not found"},
+		{"smarthost auth secret missing", func(w *world, r *relayv1alpha1.SmtpRelay) { delete(w.secrets, key(relayNS, "ses-credentials")) },
+			relayv1alpha1.ReasonSecretNotFound, "Smarthost mail/ses: Secret mail/ses-credentials (spec.auth.secretRef) not found"},
+		{"smarthost ca invalid", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "ses-ca")].Data["ca.crt"] = []byte("nope")
-		}, v1alpha1.ReasonInvalidSecret, "holds no PEM certificate"},
-		{"smarthost password empty", func(w *world, r *v1alpha1.SmtpRelay) {
+		}, relayv1alpha1.ReasonInvalidSecret, "holds no PEM certificate"},
+		{"smarthost password empty", func(w *world, r *relayv1alpha1.SmtpRelay) {
 			w.secrets[key(relayNS, "ses-credentials")].Data["password"] = nil
-		}, v1alpha1.ReasonInvalidSecret, "password is empty"},
-		{"null sender without smarthost", func(w *world, r *v1alpha1.SmtpRelay) { r.Spec.SmarthostRef = nil },
-			v1alpha1.ReasonNoSmarthost, "spec.nullSender is Allow"},
-		{"listener on the http port", func(w *world, r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 9090}}
-		}, v1alpha1.ReasonRenderFailed, "container port 9090 is also used by the relay's http port"},
-		{"defaulted container ports collide", func(w *world, r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 25}, {Name: "alt", Port: 10025}}
-		}, v1alpha1.ReasonRenderFailed, `container port 10025 is also used by listener "smtp"`},
-		{"listener named http", func(w *world, r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "http", Port: 25}}
-		}, v1alpha1.ReasonRenderFailed, "reserved"},
-		{"listener name not a port name", func(w *world, r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "a--b", Port: 25}}
-		}, v1alpha1.ReasonRenderFailed, "not a valid port name"},
-		{"requireAuth without TLS", func(w *world, r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 25, TLS: v1alpha1.TLSNone, RequireAuth: true}}
-		}, v1alpha1.ReasonRenderFailed, "requireAuth"},
-		{"relay name unusable", func(w *world, r *v1alpha1.SmtpRelay) { r.Name = "1.relay" },
-			v1alpha1.ReasonRenderFailed, "SmtpRelay name"},
+		}, relayv1alpha1.ReasonInvalidSecret, "password is empty"},
+		{"null sender without smarthost", func(w *world, r *relayv1alpha1.SmtpRelay) { r.Spec.SmarthostRef = nil },
+			relayv1alpha1.ReasonNoSmarthost, "spec.nullSender is Allow"},
+		{"listener on the http port", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 9090}}
+		}, relayv1alpha1.ReasonRenderFailed, "container port 9090 is also used by the relay's http port"},
+		{"defaulted container ports collide", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 25}, {Name: "alt", Port: 10025}}
+		}, relayv1alpha1.ReasonRenderFailed, `container port 10025 is also used by listener "smtp"`},
+		{"listener named http", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "http", Port: 25}}
+		}, relayv1alpha1.ReasonRenderFailed, "reserved"},
+		{"listener name not a port name", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "a--b", Port: 25}}
+		}, relayv1alpha1.ReasonRenderFailed, "not a valid port name"},
+		{"requireAuth without TLS", func(w *world, r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 25, TLS: relayv1alpha1.TLSNone, RequireAuth: true}}
+		}, relayv1alpha1.ReasonRenderFailed, "requireAuth"},
+		{"relay name unusable", func(w *world, r *relayv1alpha1.SmtpRelay) { r.Name = "1.relay" },
+			relayv1alpha1.ReasonRenderFailed, "SmtpRelay name"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -650,40 +656,40 @@ func TestPodTemplateStable(t *testing.T) {
 	}
 	same := []struct {
 		name string
-		mod  func(*world, *v1alpha1.SmtpRelay, *[]v1alpha1.RelayDomain)
+		mod  func(*world, *relayv1alpha1.SmtpRelay, *[]relayv1alpha1.RelayDomain)
 	}{
-		{"domain added", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"domain added", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			*d = append(*d, domain("team-c", "c", "team-c.example", 7))
 		}},
-		{"domains removed", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) { *d = nil }},
-		{"user removed", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"domains removed", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) { *d = nil }},
+		{"user removed", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			r.Spec.Auth.Users = r.Spec.Auth.Users[:1]
 		}},
-		{"password changed", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"password changed", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			w.secrets[key(relayNS, "user-app")].Data["password"] = []byte("a-new-password")
 		}},
-		{"certificate renewed", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"certificate renewed", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			w.secrets[key(relayNS, "relay-tls")].Data["tls.crt"] = fixture(t, "relay-tls-renewed.crt")
 			w.secrets[key(relayNS, "relay-tls")].Data["tls.key"] = fixture(t, "relay-tls-renewed.key")
 		}},
-		{"DKIM key rotated", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"DKIM key rotated", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			w.secrets[key(relayNS, "dkim-example-com")].Data["dkim.key"] = fixture(t, "dkim-ed25519.key")
 		}},
-		{"connection and AUTH limits", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"connection and AUTH limits", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			// The default listeners, written out, with a limit of their own: a reload,
 			// not a rollout.
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(300))},
-				{Name: "submission", Port: 587, TLS: v1alpha1.TLSStartTLS, RequireAuth: true}}
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 25, MaxConnections: ptr(int32(300))},
+				{Name: "submission", Port: 587, TLS: relayv1alpha1.TLSStartTLS, RequireAuth: true}}
 			r.Spec.Limits.MaxConnectionsPerClient = ptr(int32(20))
-			r.Spec.Limits.Auth = &v1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(3))}
+			r.Spec.Limits.Auth = &relayv1alpha1.AuthLimits{MaxFailuresPerClient: ptr(int32(3))}
 		}},
-		{"limits, networks, null sender, route", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
-			r.Spec.Limits = &v1alpha1.RelayLimits{MaxRecipients: ptr(int32(10))}
+		{"limits, networks, null sender, route", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
+			r.Spec.Limits = &relayv1alpha1.RelayLimits{MaxRecipients: ptr(int32(10))}
 			r.Spec.AllowedNetworks = nil
 			r.Spec.NullSender = "Reject"
 			w.smarthosts[key(relayNS, "ses")].Spec.MaxConnections = 3
 		}},
-		{"service", func(w *world, r *v1alpha1.SmtpRelay, d *[]v1alpha1.RelayDomain) {
+		{"service", func(w *world, r *relayv1alpha1.SmtpRelay, d *[]relayv1alpha1.RelayDomain) {
 			r.Spec.Service = nil
 		}},
 	}
@@ -709,20 +715,20 @@ func TestPodTemplateStable(t *testing.T) {
 	// And what cannot hot-reload does change it.
 	changed := []struct {
 		name string
-		mod  func(*v1alpha1.SmtpRelay)
+		mod  func(*relayv1alpha1.SmtpRelay)
 	}{
-		{"image", func(r *v1alpha1.SmtpRelay) { r.Spec.Image = "other:1" }},
-		{"listener port", func(r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 2525}}
+		{"image", func(r *relayv1alpha1.SmtpRelay) { r.Spec.Image = "other:1" }},
+		{"listener port", func(r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 2525}}
 		}},
-		{"listener TLS mode", func(r *v1alpha1.SmtpRelay) {
-			r.Spec.Listeners = []v1alpha1.Listener{{Name: "smtp", Port: 25, TLS: v1alpha1.TLSNone},
-				{Name: "submission", Port: 587, TLS: v1alpha1.TLSStartTLS, RequireAuth: true}}
+		{"listener TLS mode", func(r *relayv1alpha1.SmtpRelay) {
+			r.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 25, TLS: relayv1alpha1.TLSNone},
+				{Name: "submission", Port: 587, TLS: relayv1alpha1.TLSStartTLS, RequireAuth: true}}
 		}},
-		{"resources", func(r *v1alpha1.SmtpRelay) {
+		{"resources", func(r *relayv1alpha1.SmtpRelay) {
 			r.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: mustQuantity("1")}}
 		}},
-		{"scheduling", func(r *v1alpha1.SmtpRelay) { r.Spec.NodeSelector = map[string]string{"a": "b"} }},
+		{"scheduling", func(r *relayv1alpha1.SmtpRelay) { r.Spec.NodeSelector = map[string]string{"a": "b"} }},
 	}
 	for _, tc := range changed {
 		t.Run(tc.name, func(t *testing.T) {
@@ -860,21 +866,21 @@ func TestInternalErrors(t *testing.T) {
 func TestCheckSmarthost(t *testing.T) {
 	cases := []struct {
 		name    string
-		mod     func(*world, *v1alpha1.Smarthost)
+		mod     func(*world, *relayv1alpha1.Smarthost)
 		reason  string // "" for usable
 		message string
 	}{
-		{"usable", func(*world, *v1alpha1.Smarthost) {}, "", ""},
-		{"credentials missing", func(w *world, _ *v1alpha1.Smarthost) { delete(w.secrets, key(relayNS, "ses-credentials")) },
-			v1alpha1.ReasonSecretNotFound, "Secret mail/ses-credentials (spec.auth.secretRef) not found"},
-		{"password key missing", func(w *world, _ *v1alpha1.Smarthost) {
+		{"usable", func(*world, *relayv1alpha1.Smarthost) {}, "", ""},
+		{"credentials missing", func(w *world, _ *relayv1alpha1.Smarthost) { delete(w.secrets, key(relayNS, "ses-credentials")) },
+			relayv1alpha1.ReasonSecretNotFound, "Secret mail/ses-credentials (spec.auth.secretRef) not found"},
+		{"password key missing", func(w *world, _ *relayv1alpha1.Smarthost) {
 			delete(w.secrets[key(relayNS, "ses-credentials")].Data, "password")
-		}, v1alpha1.ReasonSecretKeyMissing, `has no key "password"`},
-		{"ca not PEM", func(w *world, _ *v1alpha1.Smarthost) {
+		}, relayv1alpha1.ReasonSecretKeyMissing, `has no key "password"`},
+		{"ca not PEM", func(w *world, _ *relayv1alpha1.Smarthost) {
 			w.secrets[key(relayNS, "ses-ca")].Data["ca.crt"] = []byte("nope")
-		}, v1alpha1.ReasonInvalidSecret, "holds no PEM certificate"},
-		{"mechanism the relay refuses", func(_ *world, sh *v1alpha1.Smarthost) { sh.Spec.Auth.Mechanism = "CRAM-MD5" },
-			v1alpha1.ReasonSmarthostNotReady, "spec.auth.mechanism"},
+		}, relayv1alpha1.ReasonInvalidSecret, "holds no PEM certificate"},
+		{"mechanism the relay refuses", func(_ *world, sh *relayv1alpha1.Smarthost) { sh.Spec.Auth.Mechanism = "CRAM-MD5" },
+			relayv1alpha1.ReasonSmarthostNotReady, "spec.auth.mechanism"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

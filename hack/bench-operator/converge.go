@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
@@ -81,11 +81,11 @@ func (v *converger) wait(ctx context.Context, start time.Time, timeout time.Dura
 // poll lists the relays and, when needed or full is set, their ConfigMaps and
 // Secrets. It returns how many relays have converged, and why each other one has not.
 func (v *converger) poll(ctx context.Context, full bool) (int, map[types.NamespacedName]string, error) {
-	var relays v1.SmtpRelayList
+	var relays relayv1alpha1.SmtpRelayList
 	if err := v.c.List(ctx, &relays); err != nil {
 		return 0, nil, fmt.Errorf("listing SmtpRelays: %w", err)
 	}
-	byKey := make(map[types.NamespacedName]*v1.SmtpRelay, len(relays.Items))
+	byKey := make(map[types.NamespacedName]*relayv1alpha1.SmtpRelay, len(relays.Items))
 	for i := range relays.Items {
 		r := &relays.Items[i]
 		byKey[client.ObjectKeyFromObject(r)] = r
@@ -115,7 +115,7 @@ func (v *converger) poll(ctx context.Context, full bool) (int, map[types.Namespa
 
 // unseenHash reports whether some relay's status claims a complete configuration that
 // differs from what was last listed.
-func (v *converger) unseenHash(relays map[types.NamespacedName]*v1.SmtpRelay) bool {
+func (v *converger) unseenHash(relays map[types.NamespacedName]*relayv1alpha1.SmtpRelay) bool {
 	for key := range v.plan.domains {
 		r := relays[key]
 		if r != nil && r.Status.ConfigHash != "" && r.Status.AttachedDomains == v.want && r.Status.ConfigHash != v.seen[key].hash {
@@ -126,7 +126,7 @@ func (v *converger) unseenHash(relays map[types.NamespacedName]*v1.SmtpRelay) bo
 }
 
 // listRendered lists every ConfigMap and Secret and records what each relay's hold.
-func (v *converger) listRendered(ctx context.Context, relays map[types.NamespacedName]*v1.SmtpRelay) error {
+func (v *converger) listRendered(ctx context.Context, relays map[types.NamespacedName]*relayv1alpha1.SmtpRelay) error {
 	var cms corev1.ConfigMapList
 	if err := v.c.List(ctx, &cms); err != nil {
 		return fmt.Errorf("listing ConfigMaps: %w", err)
@@ -176,7 +176,7 @@ func (v *converger) listRendered(ctx context.Context, relays map[types.Namespace
 }
 
 // notConvergedReason says why a relay has not converged, or "" if it has.
-func (v *converger) notConvergedReason(key types.NamespacedName, r *v1.SmtpRelay) string {
+func (v *converger) notConvergedReason(key types.NamespacedName, r *relayv1alpha1.SmtpRelay) string {
 	seen, ok := v.seen[key]
 	switch {
 	case r == nil:
@@ -202,7 +202,7 @@ func (v *converger) notConverged(ctx context.Context, timeout time.Duration) err
 	if err != nil {
 		return fmt.Errorf("only some relays converged within -timeout %v; then: %w", timeout, err)
 	}
-	var relays v1.SmtpRelayList
+	var relays relayv1alpha1.SmtpRelayList
 	if err := v.c.List(ctx, &relays); err != nil {
 		return fmt.Errorf("%d/%d relays converged within -timeout %v; then listing them: %w", n, len(v.plan.domains), timeout, err)
 	}
@@ -213,7 +213,7 @@ func (v *converger) notConverged(ctx context.Context, timeout time.Duration) err
 	keys := slices.SortedFunc(maps.Keys(why), func(a, b types.NamespacedName) int { return strings.Compare(a.String(), b.String()) })
 	for _, key := range keys {
 		byReason[why[key]]++
-		var r *v1.SmtpRelay
+		var r *relayv1alpha1.SmtpRelay
 		for i := range relays.Items {
 			if client.ObjectKeyFromObject(&relays.Items[i]) == key {
 				r = &relays.Items[i]
@@ -236,9 +236,9 @@ func (v *converger) notConverged(ctx context.Context, timeout time.Duration) err
 
 // conditionSummary is the kstatus conditions of a relay in one line, e.g.
 // "Ready=False/SecretNotFound Stalled=True/SecretNotFound".
-func conditionSummary(r *v1.SmtpRelay) string {
+func conditionSummary(r *relayv1alpha1.SmtpRelay) string {
 	var parts []string
-	for _, t := range []string{v1.ReadyCondition, v1.ReconcilingCondition, v1.StalledCondition} {
+	for _, t := range []string{relayv1alpha1.ReadyCondition, relayv1alpha1.ReconcilingCondition, relayv1alpha1.StalledCondition} {
 		if c := apimeta.FindStatusCondition(r.Status.Conditions, t); c != nil {
 			parts = append(parts, fmt.Sprintf("%s=%s/%s", t, c.Status, c.Reason))
 		}
@@ -249,7 +249,7 @@ func conditionSummary(r *v1.SmtpRelay) string {
 	return strings.Join(parts, " ")
 }
 
-func conditionDetails(r *v1.SmtpRelay) string {
+func conditionDetails(r *relayv1alpha1.SmtpRelay) string {
 	if len(r.Status.Conditions) == 0 {
 		return "      no conditions"
 	}

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/internal/testcerts"
 )
 
@@ -51,21 +51,21 @@ func buildPlan(o options) (*plan, error) {
 		p.inputs = append(p.inputs,
 			&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "upstream-credentials", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
 				StringData: map[string]string{"username": "AKIAEXAMPLE", "password": "upstream-password-" + ns}},
-			&v1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: smarthostName, Namespace: ns}, Spec: v1.SmarthostSpec{
-				Endpoints: []v1.SmarthostEndpoint{{Host: "smtp.upstream.example.net", Port: 587}},
-				Auth:      &v1.SmarthostAuth{SecretRef: v1.LocalObjectReference{Name: "upstream-credentials"}}}},
+			&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: smarthostName, Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
+				Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.upstream.example.net", Port: 587}},
+				Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "upstream-credentials"}}}},
 		)
 	}
 	for i := range o.relays {
 		ns, name := nsName(i), fmt.Sprintf("relay-%04d", i)
-		relay := &v1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: v1.SmtpRelaySpec{
+		relay := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
 			AllowedNetworks: []string{"10.0.0.0/8"},
-			SmarthostRef:    &v1.LocalObjectReference{Name: smarthostName},
+			SmarthostRef:    &relayv1alpha1.LocalObjectReference{Name: smarthostName},
 		}}
 		if i%authEvery == 0 {
 			p.authRelays++
-			relay.Spec.TLS = &v1.RelayTLS{SecretRef: v1.LocalObjectReference{Name: name + "-tls"}}
-			relay.Spec.Auth = &v1.RelayAuth{Users: []v1.RelayUser{{SecretRef: v1.LocalObjectReference{Name: name + "-user"}}}}
+			relay.Spec.TLS = &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: name + "-tls"}}
+			relay.Spec.Auth = &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: name + "-user"}}}}
 			p.inputs = append(p.inputs,
 				&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
 					Data: map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM}},
@@ -78,9 +78,9 @@ func buildPlan(o options) (*plan, error) {
 		for j := range o.domains {
 			domain := fmt.Sprintf("d%d.%s.%s.example.com", j, name, ns)
 			p.domains[key] = append(p.domains[key], domain)
-			rd := &v1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-d%d", name, j), Namespace: ns}, Spec: v1.RelayDomainSpec{
+			rd := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-d%d", name, j), Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
 				Domain:   domain,
-				RelayRef: v1.RelayReference{Name: name},
+				RelayRef: relayv1alpha1.RelayReference{Name: name},
 			}}
 			if j == 0 && i%dkimEvery == 0 {
 				p.dkimDomains++
@@ -91,7 +91,7 @@ func buildPlan(o options) (*plan, error) {
 				secret := rd.Name + "-dkim"
 				p.inputs = append(p.inputs, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: ns},
 					Data: map[string][]byte{"dkim.key": keyPEM}})
-				rd.Spec.DKIM = &v1.DKIMSigning{Selector: "bench", PrivateKeySecretRef: v1.SecretKeyReference{Name: secret, Key: "dkim.key"}}
+				rd.Spec.DKIM = &relayv1alpha1.DKIMSigning{Selector: "bench", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: secret, Key: "dkim.key"}}
 			}
 			p.relays = append(p.relays, rd)
 		}

@@ -37,7 +37,7 @@ import (
 	crconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers"
 	"github.com/kuberelay/kuberelay/controllers/render"
 	"github.com/kuberelay/kuberelay/internal/kubeletdir"
@@ -210,12 +210,12 @@ func (r *Run) applySamples(ctx context.Context, dir string, captureCAPEM []byte)
 	}, objs...)
 	for _, o := range objs {
 		switch x := o.(type) {
-		case *v1.Smarthost:
+		case *relayv1alpha1.Smarthost:
 			if x.Name == SmarthostName {
-				x.Spec.Endpoints = []v1.SmarthostEndpoint{{Host: "127.0.0.1", Port: int32(capturePort)}}
-				x.Spec.TLS.CASecretRef = &v1.SecretKeyReference{Name: captureCA}
+				x.Spec.Endpoints = []relayv1alpha1.SmarthostEndpoint{{Host: "127.0.0.1", Port: int32(capturePort)}}
+				x.Spec.TLS.CASecretRef = &relayv1alpha1.SecretKeyReference{Name: captureCA}
 			}
-		case *v1.SmtpRelay:
+		case *relayv1alpha1.SmtpRelay:
 			one := int32(1)
 			x.Spec.Replicas = &one
 		}
@@ -291,7 +291,7 @@ func (r *Run) syncOnce(ctx context.Context, wait bool) error {
 // rendered fetches the relay's ConfigMap and Secret once both describe the hash in
 // the relay's status, so the relay never sees one without the other.
 func (r *Run) rendered(ctx context.Context) (*corev1.ConfigMap, *corev1.Secret, error) {
-	relay := &v1.SmtpRelay{}
+	relay := &relayv1alpha1.SmtpRelay{}
 	if err := r.Env.Client.Get(ctx, types.NamespacedName{Namespace: Namespace, Name: RelayName}, relay); err != nil {
 		return nil, nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 
-	v1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/internal/gobuild"
 	"github.com/kuberelay/kuberelay/internal/mailcapture"
 	"github.com/kuberelay/kuberelay/internal/testenv"
@@ -57,7 +57,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("swaks: %v\n%s\nrelay log: %s", err, out, run.RelayLog)
 		}
 	}
-	domain := &v1.RelayDomain{}
+	domain := &relayv1alpha1.RelayDomain{}
 	domainKey := types.NamespacedName{Namespace: Namespace, Name: "example-com"}
 	// verify checks msg's DKIM signature against the record the domain publishes now.
 	verify := func(msg mailcapture.Message, selector string) {
@@ -91,12 +91,12 @@ func TestEndToEnd(t *testing.T) {
 	verify(msgs[0], "k2026")
 
 	// The operator asks the running relay which configuration it has.
-	relay := &v1.SmtpRelay{}
+	relay := &relayv1alpha1.SmtpRelay{}
 	waitFor(t, func() string {
 		if err := run.Env.Client.Get(ctx, types.NamespacedName{Namespace: Namespace, Name: RelayName}, relay); err != nil {
 			return err.Error()
 		}
-		if !apimeta.IsStatusConditionTrue(relay.Status.Conditions, v1.ConfigAppliedCondition) || !apimeta.IsStatusConditionTrue(relay.Status.Conditions, v1.ReadyCondition) {
+		if !apimeta.IsStatusConditionTrue(relay.Status.Conditions, relayv1alpha1.ConfigAppliedCondition) || !apimeta.IsStatusConditionTrue(relay.Status.Conditions, relayv1alpha1.ReadyCondition) {
 			return "relay status: " + fmt.Sprint(relay.Status.Conditions)
 		}
 		return ""
