@@ -47,6 +47,7 @@ type SmarthostSpec struct {
 
 	// timeouts for talking to the smarthost. Each has a default.
 	// +optional
+	// +kubebuilder:default={}
 	Timeouts *SmarthostTimeouts `json:"timeouts,omitempty"`
 }
 
@@ -111,16 +112,20 @@ type SmarthostAuth struct {
 type SmarthostTimeouts struct {
 	// connect bounds connecting, TLS, greeting and AUTH. Default: 30s.
 	// +optional
+	// +kubebuilder:default="30s"
 	Connect *metav1.Duration `json:"connect,omitempty"`
 	// command bounds the wait for the reply to each command. Default: 5m (RFC 5321 4.5.3.2).
 	// +optional
+	// +kubebuilder:default="5m0s"
 	Command *metav1.Duration `json:"command,omitempty"`
 	// data bounds sending a message and the wait for the reply to its final dot.
 	// Default: 10m.
 	// +optional
+	// +kubebuilder:default="10m0s"
 	Data *metav1.Duration `json:"data,omitempty"`
 	// idle closes a pooled connection unused for this long. Default: 1m.
 	// +optional
+	// +kubebuilder:default="1m0s"
 	Idle *metav1.Duration `json:"idle,omitempty"`
 }
 

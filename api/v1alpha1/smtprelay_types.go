@@ -72,6 +72,7 @@ type SmtpRelaySpec struct {
 
 	// limits bound what a client can make the relay do. Each has a default.
 	// +optional
+	// +kubebuilder:default={}
 	Limits *RelayLimits `json:"limits,omitempty"`
 
 	// image runs the relay pods on another image than the operator's own.
@@ -224,16 +225,19 @@ type RelayLimits struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=1024
 	// +kubebuilder:validation:Maximum=1073741824
+	// +kubebuilder:default=26214400
 	MaxMessageBytes *int64 `json:"maxMessageBytes,omitempty"`
 	// maxRecipients per message. Default: 100.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=100
 	MaxRecipients *int32 `json:"maxRecipients,omitempty"`
 	// maxConnections per relay pod; the next client is answered 421. Default: 1000.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=1000
 	MaxConnections *int32 `json:"maxConnections,omitempty"`
 	// maxConnectionsPerClient is the most concurrent connections from one client IP
 	// address per relay pod, over all listeners; the next one is answered 421 4.7.0.
@@ -241,6 +245,7 @@ type RelayLimits struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=100
 	MaxConnectionsPerClient *int32 `json:"maxConnectionsPerClient,omitempty"`
 	// reservedAuthConnections of maxConnections only listeners with requireAuth may
 	// use, so a flood of connections to an open listener (port 25) cannot shut
@@ -251,18 +256,22 @@ type RelayLimits struct {
 	ReservedAuthConnections *int32 `json:"reservedAuthConnections,omitempty"`
 	// auth bounds password guessing across connections.
 	// +optional
+	// +kubebuilder:default={}
 	Auth *AuthLimits `json:"auth,omitempty"`
 	// maxErrors a session may collect before the relay closes it. Default: 10.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:default=10
 	MaxErrors *int32 `json:"maxErrors,omitempty"`
 	// commandTimeout is how long the relay waits for a client's next command.
 	// Default: 5m.
 	// +optional
+	// +kubebuilder:default="5m0s"
 	CommandTimeout *metav1.Duration `json:"commandTimeout,omitempty"`
 	// dataTimeout is how long the relay waits for more message data. Default: 3m.
 	// +optional
+	// +kubebuilder:default="3m0s"
 	DataTimeout *metav1.Duration `json:"dataTimeout,omitempty"`
 }
 
@@ -278,6 +287,7 @@ type AuthLimits struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=10
 	MaxFailuresPerClient *int32 `json:"maxFailuresPerClient,omitempty"`
 	// maxFailuresPerUser is how many failed attempts one username may collect from any
 	// address within failureWindow; then the username is refused for userLockout,
@@ -285,18 +295,22 @@ type AuthLimits struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=30
 	MaxFailuresPerUser *int32 `json:"maxFailuresPerUser,omitempty"`
 	// failureWindow is how long failures are remembered after the last one.
 	// Default: 15m.
 	// +optional
+	// +kubebuilder:default="15m0s"
 	FailureWindow *metav1.Duration `json:"failureWindow,omitempty"`
 	// userLockout is how long a username whose budget is spent stays refused; short,
 	// so an attacker cannot keep a real client out for long. Default: 1m.
 	// +optional
+	// +kubebuilder:default="1m0s"
 	UserLockout *metav1.Duration `json:"userLockout,omitempty"`
 	// failureDelay is the delay before the reply to a failed AUTH; it doubles with each
 	// further failure of the same address, up to 30s. At most 30s. Default: 1s.
 	// +optional
+	// +kubebuilder:default="1s"
 	FailureDelay *metav1.Duration `json:"failureDelay,omitempty"`
 }
 

@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strings"
 	"testing/fstest"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -93,15 +92,6 @@ const (
 	defaultDKIMKey    = "dkim.key"
 	// maxPasswordBytes is bcrypt's limit: it ignores (and x/crypto refuses) more.
 	maxPasswordBytes = 72
-)
-
-// Smarthost timeouts documented as defaults on relayv1alpha1.SmarthostTimeouts. The relay's
-// own defaults are shorter, so they are written out to give users what the API says.
-var (
-	defaultSmarthostConnectTimeout = metav1.Duration{Duration: 30 * time.Second}
-	defaultSmarthostCommandTimeout = metav1.Duration{Duration: 5 * time.Minute}
-	defaultSmarthostDataTimeout    = metav1.Duration{Duration: 10 * time.Minute}
-	defaultSmarthostIdleTimeout    = metav1.Duration{Duration: time.Minute}
 )
 
 // Config renders the relay configuration of in.Relay. It returns an *Error when the
@@ -537,14 +527,14 @@ func (r *renderer) upstream(name string, src *smarthostSource) config.Upstream {
 }
 
 // upstreamConfig maps a Smarthost onto relay.yaml. Unset fields stay unset where the
-// relay's defaults are the API's; timeouts are written out (see the defaults above).
+// relay's defaults are the API's.
 func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[string][]byte) {
 	spec := src.spec
 	files := map[string][]byte{}
 	u := config.Upstream{
 		Name: name,
 		TLS: config.UpstreamTLS{
-			Mode:               config.TLSMode(spec.TLS.Mode),
+			Mode:               tlsMode(spec.TLS.Mode),
 			ServerName:         spec.TLS.ServerName,
 			InsecureSkipVerify: spec.TLS.InsecureSkipVerify,
 		},
@@ -572,10 +562,10 @@ func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[str
 		t = *spec.Timeouts
 	}
 	u.Timeouts = config.UpstreamTimeouts{
-		Connect: duration(t.Connect, defaultSmarthostConnectTimeout),
-		Command: duration(t.Command, defaultSmarthostCommandTimeout),
-		Data:    duration(t.Data, defaultSmarthostDataTimeout),
-		Idle:    duration(t.Idle, defaultSmarthostIdleTimeout),
+		Connect: duration(t.Connect),
+		Command: duration(t.Command),
+		Data:    duration(t.Data),
+		Idle:    duration(t.Idle),
 	}
 	return u, files
 }
@@ -694,9 +684,11 @@ func validateAlone(c config.Config, from, to string) error {
 	return nil
 }
 
-func duration(d *metav1.Duration, def metav1.Duration) config.Duration {
+// duration copies a duration; unset, it is left to the relay's default, which is the
+// API's (+kubebuilder:default).
+func duration(d *metav1.Duration) config.Duration {
 	if d == nil {
-		d = &def
+		return config.Duration{}
 	}
 	return config.Duration{Duration: d.Duration}
 }

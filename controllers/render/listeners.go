@@ -115,10 +115,28 @@ func configListener(l Listener) config.Listener {
 	return config.Listener{
 		Name:           l.Name,
 		Address:        fmt.Sprintf(":%d", l.ContainerPort),
-		TLS:            config.TLSMode(l.TLS),
+		TLS:            tlsMode(l.TLS),
 		RequireAuth:    l.RequireAuth,
 		MaxConnections: int(l.MaxConnections),
 	}
+}
+
+// tlsMode maps the API's TLS mode onto the relay's, value by value: a mode one side
+// gains is not passed on as a string the other may not know. Empty stays empty (the
+// relay's default, STARTTLS, which is also the API's).
+func tlsMode(m relayv1alpha1.TLSMode) config.TLSMode {
+	switch m {
+	case relayv1alpha1.TLSNone:
+		return config.TLSNone
+	case relayv1alpha1.TLSStartTLS:
+		return config.TLSStartTLS
+	case relayv1alpha1.TLSImplicit:
+		return config.TLSImplicit
+	case "":
+		return ""
+	}
+	// The CRD's enum refuses anything else; the relay's validation names it if not.
+	return config.TLSMode("unknown:" + string(m))
 }
 
 // listenersSummary is a stable one-line description of the listeners as the relay

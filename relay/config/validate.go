@@ -14,7 +14,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Defaults applied by SetDefaults.
+// Defaults applied by SetDefaults. Those the API also has are its +kubebuilder:default
+// markers too; a test keeps the two equal.
 const (
 	DefaultMaxMessageBytes         = 25 << 20
 	DefaultMaxRecipients           = 100
@@ -33,10 +34,10 @@ const (
 	DefaultDataTimeout              = 3 * time.Minute
 	DefaultUpstreamMaxConnections   = 10
 	DefaultMaxMessagesPerConnection = 100
-	DefaultUpstreamConnectTimeout   = 10 * time.Second
-	DefaultUpstreamCommandTimeout   = 60 * time.Second
-	DefaultUpstreamDataTimeout      = 5 * time.Minute
-	DefaultUpstreamIdleTimeout      = 30 * time.Second
+	DefaultUpstreamConnectTimeout   = 30 * time.Second
+	DefaultUpstreamCommandTimeout   = 5 * time.Minute  // RFC 5321 section 4.5.3.2
+	DefaultUpstreamDataTimeout      = 10 * time.Minute // the wait for the final reply, ibid.
+	DefaultUpstreamIdleTimeout      = time.Minute
 	DefaultUpstreamAcquireTimeout   = 5 * time.Second
 )
 
