@@ -328,7 +328,7 @@ func (r *renderer) users(cfg *config.Config) error {
 			return fmt.Errorf("hashing the password in Secret %s/%s: %w", s.Namespace, s.Name, herr)
 		}
 		user := config.User{Username: username, PasswordHashFile: file, AllowedSenders: sortedSet(u.AllowedSenders)}
-		if err := validateAlone(config.Config{Users: []config.User{user}}, "users[0].", fmt.Sprintf("spec.auth.users[%d].", i)); err != nil {
+		if err := fieldsAt(user.Validate(), fmt.Sprintf("spec.auth.users[%d].", i)); err != nil {
 			return &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: fmt.Sprintf("SmtpRelay %s: %v", r.relayKey, err)}
 		}
 		cfg.Users = append(cfg.Users, user)
@@ -433,7 +433,7 @@ func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault
 		probe := p.cfg
 		probe.Upstream = "probe"
 		probe.Domain = d.Spec.Domain
-		if err := validateAlone(config.Config{Domains: []config.Domain{probe}}, "domains[0].", "spec."); err != nil {
+		if err := fieldsAt(probe.WithDefaults().Validate(), "spec."); err != nil {
 			problem = &Error{Reason: relayv1alpha1.ReasonRenderFailed, Message: err.Error()}
 		}
 	}
@@ -511,7 +511,7 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 	}
 	// The Smarthost's fields, checked by the relay's rules on their own.
 	probe, _ := upstreamConfig("probe", src)
-	if err := validateAlone(config.Config{Upstreams: []config.Upstream{probe}}, "upstreams[0].", "spec."); err != nil {
+	if err := fieldsAt(probe.WithDefaults().Validate(), "spec."); err != nil {
 		return &Error{Reason: relayv1alpha1.ReasonSmarthostNotReady, Message: prefix + err.Error()}
 	}
 	return nil
@@ -649,39 +649,17 @@ func secretKey(s *corev1.Secret, key, what string) ([]byte, *Error) {
 	return b, nil
 }
 
-// validateAlone checks part of a configuration with the relay's own rules, by
-// completing it into a minimal configuration. Field paths in the relay's messages are
-// rewritten from the relay.yaml path (from) to the API field path (to).
-func validateAlone(c config.Config, from, to string) error {
-	// SetDefaults writes through pointers: work on copies, never on what is rendered.
-	c.Users = slices.Clone(c.Users)
-	c.Domains = slices.Clone(c.Domains)
-	for i := range c.Domains {
-		if k := c.Domains[i].DKIM; k != nil {
-			k2 := *k
-			c.Domains[i].DKIM = &k2
-		}
+// fieldsAt names the fields of a section's validation errors (relay.yaml paths relative
+// to the section) from the API object's field path prefix, on one line.
+func fieldsAt(err error, prefix string) error {
+	if err == nil {
+		return nil
 	}
-	c.Upstreams = slices.Clone(c.Upstreams)
-	for i := range c.Upstreams {
-		if a := c.Upstreams[i].Auth; a != nil {
-			a2 := *a
-			c.Upstreams[i].Auth = &a2
-		}
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = prefix + l
 	}
-	c.APIVersion, c.Kind = config.APIVersion, config.Kind
-	c.Listeners = []config.Listener{{Name: "probe", Address: ":0", TLS: config.TLSNone}}
-	for i := range c.Users {
-		c.Users[i].PasswordHashFile = "probe"
-	}
-	if len(c.Domains) > 0 {
-		c.Upstreams = []config.Upstream{{Name: "probe", Endpoints: []config.Endpoint{{Host: "probe.invalid"}}}}
-	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
-		return errors.New(strings.ReplaceAll(oneLine(err), from, to))
-	}
-	return nil
+	return errors.New(strings.Join(lines, "; "))
 }
 
 // duration copies a duration; unset, it is left to the relay's default, which is the

@@ -249,3 +249,33 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 	}
 	return certPEM, keyPEM
 }
+
+// WithDefaults fills a section's defaults without writing through what it shares
+// with its caller, so a section can be checked on its own without copying it first.
+func TestSectionDefaultsArePure(t *testing.T) {
+	dkim := &DKIM{Selector: "s1", PrivateKeyFile: "k"}
+	d := Domain{Domain: "Example.COM.", DKIM: dkim}
+	got := d.WithDefaults()
+	if got.Domain != "example.com" || len(got.DKIM.Headers) == 0 {
+		t.Fatalf("domain defaults not applied: %+v", got)
+	}
+	if dkim.Headers != nil || d.Domain != "Example.COM." {
+		t.Fatal("Domain.WithDefaults wrote through its receiver")
+	}
+	auth := &UpstreamAuth{UsernameFile: "u", PasswordFile: "p"}
+	eps := []Endpoint{{Host: "mx.example.com"}}
+	u := Upstream{Name: "mx", Endpoints: eps, Auth: auth}
+	gu := u.WithDefaults()
+	if gu.Auth.Mechanism != "PLAIN" || gu.Endpoints[0].Port != 587 || gu.Timeouts.Command.Duration != DefaultUpstreamCommandTimeout {
+		t.Fatalf("upstream defaults not applied: %+v", gu)
+	}
+	if auth.Mechanism != "" || eps[0].Port != 0 {
+		t.Fatal("Upstream.WithDefaults wrote through its receiver")
+	}
+	if err := gu.Validate(); err != nil {
+		t.Fatalf("a defaulted upstream does not validate: %v", err)
+	}
+	if err := (User{Username: "app", PasswordHashFile: "/abs"}).Validate(); err == nil || !strings.HasPrefix(err.Error(), "passwordHashFile: ") {
+		t.Fatalf("User.Validate names fields relative to the user, got %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,7 +64,8 @@ func Marshal(c *Config) ([]byte, error) {
 	return yaml.Marshal(c)
 }
 
-// SetDefaults fills every unset field that has a default.
+// SetDefaults fills every unset field that has a default. The sections' own defaults
+// are their WithDefaults, which other code can use on a section alone.
 func (c *Config) SetDefaults() {
 	for i := range c.Listeners {
 		if c.Listeners[i].TLS == "" {
@@ -74,38 +76,10 @@ func (c *Config) SetDefaults() {
 		c.NullSender = NullSenderReject
 	}
 	for i := range c.Domains {
-		c.Domains[i].Domain = NormalizeDomain(c.Domains[i].Domain)
-		if d := c.Domains[i].DKIM; d != nil && len(d.Headers) == 0 {
-			d.Headers = append([]string(nil), DefaultDKIMHeaders...)
-		}
+		c.Domains[i] = c.Domains[i].WithDefaults()
 	}
 	for i := range c.Upstreams {
-		u := &c.Upstreams[i]
-		if u.TLS.Mode == "" {
-			u.TLS.Mode = TLSStartTLS
-		}
-		for j := range u.Endpoints {
-			if u.Endpoints[j].Port == 0 {
-				u.Endpoints[j].Port = 587
-				if u.TLS.Mode == TLSImplicit {
-					u.Endpoints[j].Port = 465
-				}
-			}
-		}
-		if u.Auth != nil && u.Auth.Mechanism == "" {
-			u.Auth.Mechanism = "PLAIN"
-		}
-		if u.MaxConnections == 0 {
-			u.MaxConnections = DefaultUpstreamMaxConnections
-		}
-		if u.MaxMessagesPerConnection == 0 {
-			u.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
-		}
-		defaultDuration(&u.Timeouts.Connect, DefaultUpstreamConnectTimeout)
-		defaultDuration(&u.Timeouts.Command, DefaultUpstreamCommandTimeout)
-		defaultDuration(&u.Timeouts.Data, DefaultUpstreamDataTimeout)
-		defaultDuration(&u.Timeouts.Idle, DefaultUpstreamIdleTimeout)
-		defaultDuration(&u.Timeouts.Acquire, DefaultUpstreamAcquireTimeout)
+		c.Upstreams[i] = c.Upstreams[i].WithDefaults()
 	}
 	l := &c.Limits
 	if l.MaxMessageBytes == 0 {
@@ -141,6 +115,52 @@ func (c *Config) SetDefaults() {
 	defaultDuration(&a.FailureDelay, DefaultAuthFailureDelay)
 	defaultDuration(&l.CommandTimeout, DefaultCommandTimeout)
 	defaultDuration(&l.DataTimeout, DefaultDataTimeout)
+}
+
+// WithDefaults returns the upstream with every unset field that has a default filled
+// in. It never writes through the receiver's pointers or slices.
+func (u Upstream) WithDefaults() Upstream {
+	if u.TLS.Mode == "" {
+		u.TLS.Mode = TLSStartTLS
+	}
+	u.Endpoints = slices.Clone(u.Endpoints)
+	for j := range u.Endpoints {
+		if u.Endpoints[j].Port == 0 {
+			u.Endpoints[j].Port = 587
+			if u.TLS.Mode == TLSImplicit {
+				u.Endpoints[j].Port = 465
+			}
+		}
+	}
+	if u.Auth != nil && u.Auth.Mechanism == "" {
+		a := *u.Auth
+		a.Mechanism = "PLAIN"
+		u.Auth = &a
+	}
+	if u.MaxConnections == 0 {
+		u.MaxConnections = DefaultUpstreamMaxConnections
+	}
+	if u.MaxMessagesPerConnection == 0 {
+		u.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
+	}
+	defaultDuration(&u.Timeouts.Connect, DefaultUpstreamConnectTimeout)
+	defaultDuration(&u.Timeouts.Command, DefaultUpstreamCommandTimeout)
+	defaultDuration(&u.Timeouts.Data, DefaultUpstreamDataTimeout)
+	defaultDuration(&u.Timeouts.Idle, DefaultUpstreamIdleTimeout)
+	defaultDuration(&u.Timeouts.Acquire, DefaultUpstreamAcquireTimeout)
+	return u
+}
+
+// WithDefaults returns the domain normalised and with its defaults filled in. It never
+// writes through the receiver's pointers.
+func (d Domain) WithDefaults() Domain {
+	d.Domain = NormalizeDomain(d.Domain)
+	if d.DKIM != nil && len(d.DKIM.Headers) == 0 {
+		k := *d.DKIM
+		k.Headers = slices.Clone(DefaultDKIMHeaders)
+		d.DKIM = &k
+	}
+	return d
 }
 
 func defaultDuration(d *Duration, v time.Duration) {
@@ -271,21 +291,12 @@ func (c *Config) validateClients(errs *fieldErrors) {
 	}
 	users := map[string]bool{}
 	for i, u := range c.Users {
-		f := fmt.Sprintf("users[%d]", i)
-		if u.Username == "" || strings.ContainsAny(u.Username, "\x00\r\n") {
-			errs.add(f+".username", "is required and may not contain NUL, CR or LF")
-		} else if users[u.Username] {
-			errs.add(f+".username", "%q is used by another user", u.Username)
+		f := fmt.Sprintf("users[%d].", i)
+		u.validate(errs, f)
+		if u.Username != "" && users[u.Username] {
+			errs.add(f+"username", "%q is used by another user", u.Username)
 		}
 		users[u.Username] = true
-		if err := checkSecretPath(u.PasswordHashFile); err != nil {
-			errs.add(f+".passwordHashFile", "%v", err)
-		}
-		for j, s := range u.AllowedSenders {
-			if err := checkSenderPattern(s); err != nil {
-				errs.add(fmt.Sprintf("%s.allowedSenders[%d]", f, j), "%v", err)
-			}
-		}
 	}
 	switch c.NullSender {
 	case NullSenderReject:
@@ -298,71 +309,37 @@ func (c *Config) validateClients(errs *fieldErrors) {
 	}
 }
 
+// Validate checks a user on its own: everything but its name being unique. Fields are
+// named relative to the user.
+func (u User) Validate() error {
+	var errs fieldErrors
+	u.validate(&errs, "")
+	return errors.Join(errs...)
+}
+
+func (u User) validate(errs *fieldErrors, f string) {
+	if u.Username == "" || strings.ContainsAny(u.Username, "\x00\r\n") {
+		errs.add(f+"username", "is required and may not contain NUL, CR or LF")
+	}
+	if err := checkSecretPath(u.PasswordHashFile); err != nil {
+		errs.add(f+"passwordHashFile", "%v", err)
+	}
+	for j, s := range u.AllowedSenders {
+		if err := checkSenderPattern(s); err != nil {
+			errs.add(fmt.Sprintf("%sallowedSenders[%d]", f, j), "%v", err)
+		}
+	}
+}
+
 func (c *Config) validateUpstreams(errs *fieldErrors) map[string]bool {
 	names := map[string]bool{}
 	for i, u := range c.Upstreams {
-		f := fmt.Sprintf("upstreams[%d]", i)
-		if !nameRE.MatchString(u.Name) {
-			errs.add(f+".name", "%q must be lowercase letters, digits and dashes", u.Name)
-		} else if names[u.Name] {
-			errs.add(f+".name", "%q is used by another upstream", u.Name)
+		f := fmt.Sprintf("upstreams[%d].", i)
+		u.validate(errs, f)
+		if nameRE.MatchString(u.Name) && names[u.Name] {
+			errs.add(f+"name", "%q is used by another upstream", u.Name)
 		}
 		names[u.Name] = true
-		if len(u.Endpoints) == 0 {
-			errs.add(f+".endpoints", "at least one endpoint is required")
-		}
-		for j, e := range u.Endpoints {
-			ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
-			if !isHostname(e.Host) {
-				errs.add(ef+".host", "%q is not a host name or IP address", e.Host)
-			}
-			if e.Port < 1 || e.Port > 65535 {
-				errs.add(ef+".port", "%d is not a port between 1 and 65535", e.Port)
-			}
-		}
-		switch u.TLS.Mode {
-		case TLSStartTLS, TLSImplicit:
-		case TLSNone:
-			if u.Auth != nil {
-				errs.add(f+".auth", "would send the password in clear text: set tls.mode to STARTTLS or Implicit")
-			}
-			if u.TLS.CAFile != "" || u.TLS.InsecureSkipVerify || u.TLS.ServerName != "" {
-				errs.add(f+".tls", "serverName, caFile and insecureSkipVerify need mode STARTTLS or Implicit")
-			}
-		default:
-			errs.add(f+".tls.mode", "%q is not one of STARTTLS, Implicit, None", u.TLS.Mode)
-		}
-		if u.TLS.ServerName != "" && !isHostname(u.TLS.ServerName) {
-			errs.add(f+".tls.serverName", "%q is not a host name", u.TLS.ServerName)
-		}
-		if u.TLS.CAFile != "" {
-			if err := checkSecretPath(u.TLS.CAFile); err != nil {
-				errs.add(f+".tls.caFile", "%v", err)
-			}
-		}
-		if a := u.Auth; a != nil {
-			if a.Mechanism != "PLAIN" && a.Mechanism != "LOGIN" {
-				errs.add(f+".auth.mechanism", "%q is not one of PLAIN, LOGIN", a.Mechanism)
-			}
-			if err := checkSecretPath(a.UsernameFile); err != nil {
-				errs.add(f+".auth.usernameFile", "%v", err)
-			}
-			if err := checkSecretPath(a.PasswordFile); err != nil {
-				errs.add(f+".auth.passwordFile", "%v", err)
-			}
-		}
-		if u.MaxConnections < 1 || u.MaxConnections > 10000 {
-			errs.add(f+".maxConnections", "%d must be between 1 and 10000", u.MaxConnections)
-		}
-		if u.MaxMessagesPerConnection < 0 {
-			errs.add(f+".maxMessagesPerConnection", "%d must not be negative", u.MaxMessagesPerConnection)
-		}
-		for name, d := range map[string]Duration{"connect": u.Timeouts.Connect, "command": u.Timeouts.Command,
-			"data": u.Timeouts.Data, "idle": u.Timeouts.Idle, "acquire": u.Timeouts.Acquire} {
-			if d.Duration <= 0 {
-				errs.add(f+".timeouts."+name, "%s must be positive", d.Duration)
-			}
-		}
 	}
 	if c.DefaultUpstream != "" && !names[c.DefaultUpstream] {
 		errs.add("defaultUpstream", "%q names no upstream in upstreams", c.DefaultUpstream)
@@ -370,44 +347,126 @@ func (c *Config) validateUpstreams(errs *fieldErrors) map[string]bool {
 	return names
 }
 
+// Validate checks an upstream on its own: everything but its name being unique.
+// Fields are named relative to the upstream.
+func (u Upstream) Validate() error {
+	var errs fieldErrors
+	u.validate(&errs, "")
+	return errors.Join(errs...)
+}
+
+func (u Upstream) validate(errs *fieldErrors, f string) {
+	if !nameRE.MatchString(u.Name) {
+		errs.add(f+"name", "%q must be lowercase letters, digits and dashes", u.Name)
+	}
+	if len(u.Endpoints) == 0 {
+		errs.add(f+"endpoints", "at least one endpoint is required")
+	}
+	for j, e := range u.Endpoints {
+		ef := fmt.Sprintf("%sendpoints[%d]", f, j)
+		if !isHostname(e.Host) {
+			errs.add(ef+".host", "%q is not a host name or IP address", e.Host)
+		}
+		if e.Port < 1 || e.Port > 65535 {
+			errs.add(ef+".port", "%d is not a port between 1 and 65535", e.Port)
+		}
+	}
+	switch u.TLS.Mode {
+	case TLSStartTLS, TLSImplicit:
+	case TLSNone:
+		if u.Auth != nil {
+			errs.add(f+"auth", "would send the password in clear text: set tls.mode to STARTTLS or Implicit")
+		}
+		if u.TLS.CAFile != "" || u.TLS.InsecureSkipVerify || u.TLS.ServerName != "" {
+			errs.add(f+"tls", "serverName, caFile and insecureSkipVerify need mode STARTTLS or Implicit")
+		}
+	default:
+		errs.add(f+"tls.mode", "%q is not one of STARTTLS, Implicit, None", u.TLS.Mode)
+	}
+	if u.TLS.ServerName != "" && !isHostname(u.TLS.ServerName) {
+		errs.add(f+"tls.serverName", "%q is not a host name", u.TLS.ServerName)
+	}
+	if u.TLS.CAFile != "" {
+		if err := checkSecretPath(u.TLS.CAFile); err != nil {
+			errs.add(f+"tls.caFile", "%v", err)
+		}
+	}
+	if a := u.Auth; a != nil {
+		if a.Mechanism != "PLAIN" && a.Mechanism != "LOGIN" {
+			errs.add(f+"auth.mechanism", "%q is not one of PLAIN, LOGIN", a.Mechanism)
+		}
+		if err := checkSecretPath(a.UsernameFile); err != nil {
+			errs.add(f+"auth.usernameFile", "%v", err)
+		}
+		if err := checkSecretPath(a.PasswordFile); err != nil {
+			errs.add(f+"auth.passwordFile", "%v", err)
+		}
+	}
+	if u.MaxConnections < 1 || u.MaxConnections > 10000 {
+		errs.add(f+"maxConnections", "%d must be between 1 and 10000", u.MaxConnections)
+	}
+	if u.MaxMessagesPerConnection < 0 {
+		errs.add(f+"maxMessagesPerConnection", "%d must not be negative", u.MaxMessagesPerConnection)
+	}
+	for name, d := range map[string]Duration{"connect": u.Timeouts.Connect, "command": u.Timeouts.Command,
+		"data": u.Timeouts.Data, "idle": u.Timeouts.Idle, "acquire": u.Timeouts.Acquire} {
+		if d.Duration <= 0 {
+			errs.add(f+"timeouts."+name, "%s must be positive", d.Duration)
+		}
+	}
+}
+
 func (c *Config) validateDomains(errs *fieldErrors, upstreams map[string]bool) {
 	seen := map[string]bool{}
 	for i, d := range c.Domains {
-		f := fmt.Sprintf("domains[%d]", i)
-		if !IsDomain(d.Domain) {
-			errs.add(f+".domain", "%q is not a domain name such as example.com", d.Domain)
-		} else if seen[d.Domain] {
-			errs.add(f+".domain", "%q is listed twice", d.Domain)
+		f := fmt.Sprintf("domains[%d].", i)
+		d.validate(errs, f)
+		if IsDomain(d.Domain) && seen[d.Domain] {
+			errs.add(f+"domain", "%q is listed twice", d.Domain)
 		}
 		seen[d.Domain] = true
 		switch {
 		case d.Upstream == "" && c.DefaultUpstream == "":
-			errs.add(f+".upstream", "is empty and there is no defaultUpstream: name the upstream that delivers mail from %s", d.Domain)
+			errs.add(f+"upstream", "is empty and there is no defaultUpstream: name the upstream that delivers mail from %s", d.Domain)
 		case d.Upstream != "" && !upstreams[d.Upstream]:
-			errs.add(f+".upstream", "%q names no upstream in upstreams", d.Upstream)
+			errs.add(f+"upstream", "%q names no upstream in upstreams", d.Upstream)
 		}
-		for j, s := range d.AllowedSenders {
-			if !localPartRE.MatchString(s) {
-				errs.add(fmt.Sprintf("%s.allowedSenders[%d]", f, j), "%q is not a local part (the part before @), e.g. \"noreply\" or \"alerts-*\"", s)
-			}
+	}
+}
+
+// Validate checks a domain on its own: everything but its being listed once and its
+// upstream existing. Fields are named relative to the domain.
+func (d Domain) Validate() error {
+	var errs fieldErrors
+	d.validate(&errs, "")
+	return errors.Join(errs...)
+}
+
+func (d Domain) validate(errs *fieldErrors, f string) {
+	if !IsDomain(d.Domain) {
+		errs.add(f+"domain", "%q is not a domain name such as example.com", d.Domain)
+	}
+	for j, s := range d.AllowedSenders {
+		if !localPartRE.MatchString(s) {
+			errs.add(fmt.Sprintf("%sallowedSenders[%d]", f, j), "%q is not a local part (the part before @), e.g. \"noreply\" or \"alerts-*\"", s)
 		}
-		if k := d.DKIM; k != nil {
-			if !selectorRE.MatchString(k.Selector) {
-				errs.add(f+".dkim.selector", "%q is not a DNS label such as \"s1\" or \"2024\"", k.Selector)
+	}
+	if k := d.DKIM; k != nil {
+		if !selectorRE.MatchString(k.Selector) {
+			errs.add(f+"dkim.selector", "%q is not a DNS label such as \"s1\" or \"2024\"", k.Selector)
+		}
+		if err := checkSecretPath(k.PrivateKeyFile); err != nil {
+			errs.add(f+"dkim.privateKeyFile", "%v", err)
+		}
+		from := false
+		for j, h := range k.Headers {
+			if !headerRE.MatchString(h) {
+				errs.add(fmt.Sprintf("%sdkim.headers[%d]", f, j), "%q is not a header field name", h)
 			}
-			if err := checkSecretPath(k.PrivateKeyFile); err != nil {
-				errs.add(f+".dkim.privateKeyFile", "%v", err)
-			}
-			from := false
-			for j, h := range k.Headers {
-				if !headerRE.MatchString(h) {
-					errs.add(fmt.Sprintf("%s.dkim.headers[%d]", f, j), "%q is not a header field name", h)
-				}
-				from = from || strings.EqualFold(h, "From")
-			}
-			if !from {
-				errs.add(f+".dkim.headers", "must include From (RFC 6376 section 5.4)")
-			}
+			from = from || strings.EqualFold(h, "From")
+		}
+		if !from {
+			errs.add(f+"dkim.headers", "must include From (RFC 6376 section 5.4)")
 		}
 	}
 }

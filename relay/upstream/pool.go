@@ -68,25 +68,10 @@ type Stats struct {
 }
 
 // New makes a pool for upstream u. ca verifies the upstream's certificate (nil: the
-// system roots); creds, if not nil, are used for AUTH. Zero limits and timeouts take the
-// config package's defaults. No connection is opened until a transaction needs one.
+// system roots); creds, if not nil, are used for AUTH. Unset fields take the config
+// package's defaults (Upstream.WithDefaults). No connection is opened until a transaction needs one.
 func New(u config.Upstream, ca *x509.CertPool, creds *config.Credentials, opts Options) *Pool {
-	if u.TLS.Mode == "" {
-		u.TLS.Mode = config.TLSStartTLS
-	}
-	if u.MaxConnections <= 0 {
-		u.MaxConnections = config.DefaultUpstreamMaxConnections
-	}
-	def := func(d *config.Duration, v time.Duration) {
-		if d.Duration <= 0 {
-			d.Duration = v
-		}
-	}
-	def(&u.Timeouts.Connect, config.DefaultUpstreamConnectTimeout)
-	def(&u.Timeouts.Command, config.DefaultUpstreamCommandTimeout)
-	def(&u.Timeouts.Data, config.DefaultUpstreamDataTimeout)
-	def(&u.Timeouts.Idle, config.DefaultUpstreamIdleTimeout)
-	def(&u.Timeouts.Acquire, config.DefaultUpstreamAcquireTimeout)
+	u = u.WithDefaults()
 	if opts.LocalName == "" {
 		opts.LocalName = "localhost"
 	}
@@ -106,14 +91,7 @@ func New(u config.Upstream, ca *x509.CertPool, creds *config.Credentials, opts O
 		p.dialFn = (&net.Dialer{}).DialContext
 	}
 	for _, ep := range u.Endpoints {
-		port := ep.Port
-		if port == 0 {
-			port = 587
-			if u.TLS.Mode == config.TLSImplicit {
-				port = 465
-			}
-		}
-		p.addrs = append(p.addrs, net.JoinHostPort(ep.Host, strconv.Itoa(port)))
+		p.addrs = append(p.addrs, net.JoinHostPort(ep.Host, strconv.Itoa(ep.Port)))
 	}
 	return p
 }
