@@ -1,0 +1,78 @@
+package render
+
+import (
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// smarthost resolves a Smarthost and the Secrets it references, once per render.
+// field is the reference's field in the referring object, for messages.
+func (r *renderer) smarthost(key types.NamespacedName, field string) (*smarthostSource, *Error) {
+	sh := r.in.Smarthosts[key]
+	if sh == nil {
+		return nil, &Error{Reason: relayv1alpha1.ReasonSmarthostNotFound, Message: fmt.Sprintf(
+			"Smarthost %s (%s) not found: create it or point %s at an existing Smarthost in namespace %s", key, field, field, key.Namespace)}
+	}
+	if src, ok := r.smarthosts[key]; ok {
+		return src, copyErr(src.err)
+	}
+	src := &smarthostSource{key: key, spec: &sh.Spec}
+	src.err = r.resolveSmarthost(src)
+	r.smarthosts[key] = src
+	return src, copyErr(src.err)
+}
+
+func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
+	spec, ns := src.spec, src.key.Namespace
+	prefix := fmt.Sprintf("Smarthost %s: ", src.key)
+	wrap := func(e *Error) *Error {
+		e.Message = prefix + e.Message
+		return e
+	}
+	if a := spec.Auth; a != nil {
+		what := "spec.auth.secretRef"
+		s, err := r.secret(ns, a.SecretRef.Name, what, "a Secret of type kubernetes.io/basic-auth")
+		if err != nil {
+			return wrap(err)
+		}
+		if src.username, err = secretKey(s, basicAuthUsername, what); err != nil {
+			return wrap(err)
+		}
+		if src.password, err = secretKey(s, basicAuthPassword, what); err != nil {
+			return wrap(err)
+		}
+		for _, k := range []struct {
+			key string
+			val []byte
+		}{{basicAuthUsername, src.username}, {basicAuthPassword, src.password}} {
+			if len(trimNewline(k.val)) == 0 {
+				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)})
+			}
+		}
+	}
+	if ca := spec.TLS.CASecretRef; ca != nil {
+		keyName := ca.Key
+		if keyName == "" {
+			keyName = defaultCAKey
+		}
+		what := "spec.tls.caSecretRef"
+		b, err := r.secretKeyOf(ns, ca.Name, keyName, what, "a Secret holding PEM CA certificates")
+		if err != nil {
+			return wrap(err)
+		}
+		if !hasPEMCertificate(b) {
+			return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+				"Secret %s/%s key %s (%s) holds no PEM certificate", ns, ca.Name, keyName, what)})
+		}
+		src.ca = b
+	}
+	// The Smarthost's fields, checked by the relay's rules on their own.
+	probe, _ := upstreamConfig("probe", src)
+	if err := fieldsAt(probe.WithDefaults().Validate(), "spec."); err != nil {
+		return &Error{Reason: relayv1alpha1.ReasonSmarthostNotReady, Message: prefix + err.Error()}
+	}
+	return nil
+}
