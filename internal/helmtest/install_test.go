@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuberelay/kuberelay/internal/eventually"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -18,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -70,14 +71,14 @@ func startBare(t *testing.T) (client.Client, string) {
 // poll waits up to waitTimeout for cond, failing the test with what it last said.
 func poll(t *testing.T, what string, cond func(ctx context.Context) error) {
 	t.Helper()
-	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, waitTimeout, true, func(ctx context.Context) (bool, error) {
-		last = cond(ctx)
-		return last == nil, nil
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	eventually.Require(t, waitTimeout, func() string {
+		if err := cond(ctx); err != nil {
+			return what + ": " + err.Error()
+		}
+		return ""
 	})
-	if err != nil {
-		t.Fatalf("%s: not within %s: %v", what, waitTimeout, last)
-	}
 }
 
 func crdEstablished(ctx context.Context, c client.Client, name string) error {

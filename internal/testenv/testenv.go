@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuberelay/kuberelay/internal/eventually"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -165,19 +167,9 @@ func StartRelayPod(ctx context.Context, c client.Client, dep *appsv1.Deployment,
 	return pod, c.Status().Update(ctx, pod)
 }
 
-// Eventually polls cond until it returns "" (met), and fails the test with the last
+// Eventually waits for cond to return "" (met), and fails the test with the last
 // reason cond gave once bound has passed.
 func Eventually(t testing.TB, bound time.Duration, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(bound)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually.Require(t, bound, cond)
 }

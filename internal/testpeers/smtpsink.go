@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kuberelay/kuberelay/internal/eventually"
 )
 
 // startTimeout bounds how long a peer may take to accept connections.
@@ -219,16 +221,7 @@ func parseSinkDump(path string, b []byte) SinkMessage {
 
 // Eventually polls cond until it holds or a bound passes, and reports whether it held.
 func Eventually(cond func() bool) bool {
-	deadline := time.Now().Add(startTimeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return eventually.Holds(startTimeout, cond)
 }
 
 // freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.

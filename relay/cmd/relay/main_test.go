@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kuberelay/kuberelay/internal/eventually"
+
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/kuberelay/kuberelay/internal/gobuild"
@@ -140,20 +142,17 @@ func TestBinary(t *testing.T) {
 	}()
 
 	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	eventually.Require(t, 15*time.Second, func() string {
 		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if err != nil {
+			return "relay never became ready: " + err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("relay never became ready")
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Sprintf("relay never became ready: /readyz %d", resp.StatusCode)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ""
+	})
 	var st statusResponse
 	resp, err := http.Get(base + "/status")
 	if err != nil {
