@@ -8,12 +8,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/relay/config"
 )
 
@@ -24,15 +22,9 @@ func TestOwnedObjectsRepaired(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, "drift")
 	create(t,
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-			StringData: map[string]string{"username": "app", "password": "client-secret-pw"}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
-		&relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
-			Replicas:        ptr(int32(2)),
-			TLS:             &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}},
-			Auth:            &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "app"}}}},
-			AllowedNetworks: []string{"10.0.0.0/8"}}},
+		basicAuth(ns, "app", "app", "client-secret-pw"),
+		tlsSecret(t, ns, "tls"),
+		newRelay(ns, "outbound", withReplicas(2), withTLS("tls"), withUsers("app")),
 	)
 	key := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
 

@@ -105,10 +105,10 @@ func warningEvent(ns, regarding, reason string) func() string {
 func TestSmarthostStatus(t *testing.T) {
 	startManager(t)
 	ns := namespace(t, "smarthost-status")
-	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
-		Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
-		TLS:       relayv1alpha1.SmarthostTLS{CASecretRef: &relayv1alpha1.SecretKeyReference{Name: "ca"}},
-		Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}}}
+	sh := newSmarthost(ns, "ses", "email-smtp.eu-west-1.amazonaws.com", 587, withCredentials("creds"),
+		func(s *relayv1alpha1.SmarthostSpec) {
+			s.TLS.CASecretRef = &relayv1alpha1.SecretKeyReference{Name: "ca"}
+		})
 	create(t, sh)
 	conds := func() []metav1.Condition { return sh.Status.Conditions }
 
@@ -120,8 +120,7 @@ func TestSmarthostStatus(t *testing.T) {
 	eventually(t, warningEvent(ns, "ses", relayv1alpha1.ReasonSecretNotFound))
 
 	// Creating the Secrets it names makes it ready, without touching the Smarthost.
-	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-		StringData: map[string]string{"username": "AKIASMARTHOSTUSER", "password": "smarthost-secret-pw"}}
+	creds := basicAuth(ns, "creds", "AKIASMARTHOSTUSER", "smarthost-secret-pw")
 	create(t, creds)
 	eventually(t, func() string {
 		if why := condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretNotFound)(); why != "" {
@@ -163,13 +162,10 @@ func TestDomainAttachment(t *testing.T) {
 	ctx := context.Background()
 	relayNS, teamNS := namespace(t, "attach-mail"), namespace(t, "attach-team")
 	create(t,
-		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: relayNS}, Spec: relayv1alpha1.SmarthostSpec{
-			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSNone}}},
+		newSmarthost(relayNS, "mta", "mta.corp.example", 25, plainText),
 	)
-	local := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "local", Namespace: relayNS}, Spec: relayv1alpha1.RelayDomainSpec{
-		Domain: "local.example", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"}}}
-	team := &relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "team", Namespace: teamNS}, Spec: relayv1alpha1.RelayDomainSpec{
-		Domain: "team.example", RelayRef: relayv1alpha1.RelayReference{Name: "outbound", Namespace: relayNS}}}
+	local := newDomain(relayNS, "local", "local.example", ref("outbound"))
+	team := newDomain(teamNS, "team", "team.example", relayv1alpha1.RelayReference{Name: "outbound", Namespace: relayNS})
 	create(t, local, team)
 	localConds := func() []metav1.Condition { return local.Status.Conditions }
 	teamConds := func() []metav1.Condition { return team.Status.Conditions }
@@ -183,8 +179,7 @@ func TestDomainAttachment(t *testing.T) {
 	}
 
 	// The relay appears: the local domain attaches, the other namespace is refused.
-	relay := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: relayNS}, Spec: relayv1alpha1.SmtpRelaySpec{
-		AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &relayv1alpha1.LocalObjectReference{Name: "mta"}}}
+	relay := newRelay(relayNS, "outbound", withSmarthost("mta"))
 	create(t, relay)
 	eventually(t, condition(t, local, localConds, relayv1alpha1.AcceptedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
 	eventually(t, condition(t, local, localConds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
@@ -261,22 +256,12 @@ func TestChangesReachTheConfig(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, "changes")
 	create(t,
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-			StringData: map[string]string{"username": "upstream-user", "password": "upstream-pw-1"}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-			StringData: map[string]string{"username": "app", "password": "client-pw-1"}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dkim", Namespace: ns},
-			Data: map[string][]byte{"dkim.key": fixture(t, "dkim-ed25519.key")}},
-		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "up", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
-			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.one.example", Port: 587}},
-			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
-		&relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
-			TLS:             &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}},
-			Auth:            &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "app"}}}},
-			AllowedNetworks: []string{"10.0.0.0/8"},
-			SmarthostRef:    &relayv1alpha1.LocalObjectReference{Name: "up"}}},
+		tlsSecret(t, ns, "tls"),
+		basicAuth(ns, "creds", "upstream-user", "upstream-pw-1"),
+		basicAuth(ns, "app", "app", "client-pw-1"),
+		dkimSecret(t, ns, "dkim"),
+		newSmarthost(ns, "up", "smtp.one.example", 587, withCredentials("creds")),
+		newRelay(ns, "relay", withTLS("tls"), withUsers("app"), withSmarthost("up")),
 		&relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
 			Domain: "example.com", RelayRef: relayv1alpha1.RelayReference{Name: "relay"},
 			DKIM: &relayv1alpha1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
@@ -445,13 +430,8 @@ func TestConfigAppliedAndCurrent(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	ns := namespace(t, "applied")
-	one := int32(1)
-	relay := &relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "relay", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
-		Replicas: &one, AllowedNetworks: []string{"10.0.0.0/8"}, SmarthostRef: &relayv1alpha1.LocalObjectReference{Name: "mta"}}}
-	create(t,
-		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "mta", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
-			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "mta.corp.example", Port: 25}}, TLS: relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSNone}}},
-		relay)
+	relay := newRelay(ns, "relay", withReplicas(1), withSmarthost("mta"))
+	create(t, newSmarthost(ns, "mta", "mta.corp.example", 25, plainText), relay)
 	relayConds := func() []metav1.Condition { return relay.Status.Conditions }
 
 	// The Deployment exists; without pods the relay is still rolling out.

@@ -91,27 +91,14 @@ func TestRelayReconciled(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, "reconcile")
 	create(t,
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "tls", Namespace: ns}, Type: corev1.SecretTypeTLS,
-			Data: map[string][]byte{"tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ses-creds", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-			StringData: map[string]string{"username": "AKIAEXAMPLE", "password": "upstream-secret-pw"}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "billing", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-			StringData: map[string]string{"username": "billing", "password": "client-secret-pw"}},
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dkim", Namespace: ns},
-			Data: map[string][]byte{"dkim.key": fixture(t, "dkim-ed25519.key")}},
-		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "ses", Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
-			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "email-smtp.eu-west-1.amazonaws.com", Port: 587}},
-			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "ses-creds"}}}},
-		&relayv1alpha1.SmtpRelay{ObjectMeta: metav1.ObjectMeta{Name: "outbound", Namespace: ns}, Spec: relayv1alpha1.SmtpRelaySpec{
-			TLS:             &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}},
-			Auth:            &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "billing"}}}},
-			AllowedNetworks: []string{"10.0.0.0/8"},
-			SmarthostRef:    &relayv1alpha1.LocalObjectReference{Name: "ses"}}},
-		&relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-com", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
-			Domain: "example.com", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"},
-			DKIM: &relayv1alpha1.DKIMSigning{Selector: "k1", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "dkim", Key: "dkim.key"}}}},
-		&relayv1alpha1.RelayDomain{ObjectMeta: metav1.ObjectMeta{Name: "example-org", Namespace: ns}, Spec: relayv1alpha1.RelayDomainSpec{
-			Domain: "example.org", RelayRef: relayv1alpha1.RelayReference{Name: "outbound"}}},
+		tlsSecret(t, ns, "tls"),
+		basicAuth(ns, "ses-creds", "AKIAEXAMPLE", "upstream-secret-pw"),
+		basicAuth(ns, "billing", "billing", "client-secret-pw"),
+		dkimSecret(t, ns, "dkim"),
+		newSmarthost(ns, "ses", "email-smtp.eu-west-1.amazonaws.com", 587, withCredentials("ses-creds")),
+		newRelay(ns, "outbound", withTLS("tls"), withUsers("billing"), withSmarthost("ses")),
+		newDomain(ns, "example-com", "example.com", ref("outbound"), signedWith("k1", "dkim")),
+		newDomain(ns, "example-org", "example.org", ref("outbound")),
 	)
 	relayKey := types.NamespacedName{Namespace: ns, Name: "outbound"}
 
