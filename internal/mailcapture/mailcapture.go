@@ -51,6 +51,10 @@ type Options struct {
 	Users map[string]string
 	// Mechanisms are the AUTH mechanisms offered: "PLAIN" and/or "LOGIN". Default both.
 	Mechanisms []string
+	// Rcpt, when set, gives the reply to each RCPT TO: nil accepts, an *smtp.SMTPError
+	// refuses that recipient (a stand-in for an upstream's per-recipient verdicts,
+	// which smtp-sink cannot give).
+	Rcpt func(to string) error
 }
 
 // Server captures messages.
@@ -243,6 +247,11 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if f := ss.s.opts.Rcpt; f != nil {
+		if err := f(to); err != nil {
+			return err
+		}
+	}
 	ss.to = append(ss.to, to)
 	return nil
 }

@@ -68,6 +68,61 @@ type Config struct {
 
 	// limits bound what a client can make the relay do.
 	Limits Limits `json:"limits,omitzero"`
+
+	// delivery says when a client's message is answered 250: after the upstream took
+	// it (PassThrough, the default) or once it is stored in the relay's queue (Queue).
+	Delivery Delivery `json:"delivery,omitzero"`
+}
+
+// DeliveryMode is when a message is answered 250.
+type DeliveryMode string
+
+const (
+	// PassThrough relays each message while its client waits: 250 only after the
+	// upstream's 250; nothing is stored.
+	PassThrough DeliveryMode = "PassThrough"
+	// Queue stores each message durably, answers 250, then delivers it with retries.
+	Queue DeliveryMode = "Queue"
+)
+
+// Delivery configures how messages reach the upstreams.
+type Delivery struct {
+	// mode is PassThrough (default) or Queue.
+	Mode DeliveryMode `json:"mode,omitempty"`
+	// queue configures Queue mode.
+	Queue QueueConfig `json:"queue,omitzero"`
+}
+
+// QueueConfig configures the durable queue of Queue mode.
+type QueueConfig struct {
+	// dir is the spool directory, on storage that outlives the process (a
+	// PersistentVolume in a pod). Default: /var/spool/kuberelay.
+	Dir string `json:"dir,omitempty"`
+	// maxAge is how long delivery is tried before the message is returned to its sender
+	// (RFC 5321 section 4.5.4.1 asks for at least 4-5 days). Default: 120h.
+	MaxAge Duration `json:"maxAge,omitzero"`
+	// retry spaces the delivery attempts of a message.
+	Retry RetryConfig `json:"retry,omitzero"`
+	// maxMessages and maxBytes bound the queue; a full queue answers new messages with
+	// 452 4.3.1, so nothing is dropped. Defaults: 100000 messages, 10 GiB.
+	MaxMessages int   `json:"maxMessages,omitempty"`
+	MaxBytes    int64 `json:"maxBytes,omitempty"`
+	// concurrency is how many messages are delivered at once. Default: 20.
+	Concurrency int `json:"concurrency,omitempty"`
+}
+
+// RetryConfig spaces delivery attempts: first, then growing by backoff up to
+// maxInterval, each with up to 10% of random jitter so a fleet does not retry in step.
+// RFC 5321 section 4.5.4.1 asks for retries at least 30 minutes apart in general; a
+// relay whose only next hop is its smarthost retries sooner at first, since it knows
+// the reason is that smarthost.
+type RetryConfig struct {
+	// first is the wait before the second attempt. Default: 1m.
+	First Duration `json:"first,omitzero"`
+	// backoff multiplies the wait after each failed attempt. Default: 2.
+	Backoff float64 `json:"backoff,omitempty"`
+	// maxInterval caps the wait. Default: 30m.
+	MaxInterval Duration `json:"maxInterval,omitzero"`
 }
 
 // TLSMode says how TLS is used on a connection.

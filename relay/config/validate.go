@@ -40,6 +40,14 @@ const (
 	DefaultUpstreamDataTimeout      = 10 * time.Minute // the wait for the final reply, ibid.
 	DefaultUpstreamIdleTimeout      = time.Minute
 	DefaultUpstreamAcquireTimeout   = 5 * time.Second
+	DefaultQueueDir                 = "/var/spool/kuberelay"
+	DefaultQueueMaxAge              = 120 * time.Hour
+	DefaultQueueMaxMessages         = 100000
+	DefaultQueueMaxBytes            = 10 << 30
+	DefaultQueueConcurrency         = 20
+	DefaultRetryFirst               = time.Minute
+	DefaultRetryBackoff             = 2.0
+	DefaultRetryMaxInterval         = 30 * time.Minute
 )
 
 // DefaultDKIMHeaders are the header fields signed when a DKIM key names none.
@@ -115,6 +123,34 @@ func (c *Config) SetDefaults() {
 	defaultDuration(&a.FailureDelay, DefaultAuthFailureDelay)
 	defaultDuration(&l.CommandTimeout, DefaultCommandTimeout)
 	defaultDuration(&l.DataTimeout, DefaultDataTimeout)
+	c.Delivery = c.Delivery.WithDefaults()
+}
+
+// WithDefaults returns the delivery settings with every unset field filled in.
+func (d Delivery) WithDefaults() Delivery {
+	if d.Mode == "" {
+		d.Mode = PassThrough
+	}
+	q := &d.Queue
+	if q.Dir == "" {
+		q.Dir = DefaultQueueDir
+	}
+	defaultDuration(&q.MaxAge, DefaultQueueMaxAge)
+	if q.MaxMessages == 0 {
+		q.MaxMessages = DefaultQueueMaxMessages
+	}
+	if q.MaxBytes == 0 {
+		q.MaxBytes = DefaultQueueMaxBytes
+	}
+	if q.Concurrency == 0 {
+		q.Concurrency = DefaultQueueConcurrency
+	}
+	defaultDuration(&q.Retry.First, DefaultRetryFirst)
+	if q.Retry.Backoff == 0 {
+		q.Retry.Backoff = DefaultRetryBackoff
+	}
+	defaultDuration(&q.Retry.MaxInterval, DefaultRetryMaxInterval)
+	return d
 }
 
 // WithDefaults returns the upstream with every unset field that has a default filled
@@ -223,6 +259,7 @@ func (c *Config) Validate() error {
 	upstreams := c.validateUpstreams(&errs)
 	c.validateDomains(&errs, upstreams)
 	c.validateLimits(&errs)
+	c.Delivery.validate(&errs, "delivery.")
 	return errors.Join(errs...)
 }
 
@@ -516,6 +553,40 @@ func (c *Config) validateLimits(errs *fieldErrors) {
 	}
 	if l.DataTimeout.Duration <= 0 {
 		errs.add("limits.dataTimeout", "must be positive")
+	}
+}
+
+func (d Delivery) validate(errs *fieldErrors, f string) {
+	switch d.Mode {
+	case PassThrough, Queue:
+	default:
+		errs.add(f+"mode", "%q is not one of PassThrough, Queue", d.Mode)
+	}
+	q, f := d.Queue, f+"queue."
+	if !path.IsAbs(q.Dir) {
+		errs.add(f+"dir", "%q must be an absolute path", q.Dir)
+	}
+	if q.MaxAge.Duration < time.Minute {
+		errs.add(f+"maxAge", "%s must be at least 1m", q.MaxAge.Duration)
+	}
+	if q.MaxMessages < 1 {
+		errs.add(f+"maxMessages", "%d must be at least 1", q.MaxMessages)
+	}
+	if q.MaxBytes < 1<<20 {
+		errs.add(f+"maxBytes", "%d must be at least 1048576 (1 MiB)", q.MaxBytes)
+	}
+	if q.Concurrency < 1 || q.Concurrency > 1000 {
+		errs.add(f+"concurrency", "%d must be between 1 and 1000", q.Concurrency)
+	}
+	r := q.Retry
+	if r.First.Duration <= 0 {
+		errs.add(f+"retry.first", "must be positive")
+	}
+	if r.Backoff < 1 || r.Backoff > 10 {
+		errs.add(f+"retry.backoff", "%g must be between 1 and 10", r.Backoff)
+	}
+	if r.MaxInterval.Duration < r.First.Duration {
+		errs.add(f+"retry.maxInterval", "%s must be at least retry.first (%s)", r.MaxInterval.Duration, r.First.Duration)
 	}
 }
 

@@ -3,6 +3,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -17,6 +19,9 @@ const (
 	OutcomeRejected = "rejected"
 	// OutcomeDeferred: the client got a 4xx and keeps the message to retry.
 	OutcomeDeferred = "deferred"
+	// OutcomeQueued: the message was stored in the queue (Queue mode) and the client got
+	// 250; its deliveries are kuberelay_queue_deliveries_total.
+	OutcomeQueued = "queued"
 )
 
 // Metrics are the relay's collectors.
@@ -35,6 +40,8 @@ type Metrics struct {
 	ConfigReloads      *prometheus.CounterVec
 	ConfigInfo         *prometheus.GaugeVec
 	ConfigLastSuccess  prometheus.Gauge
+	// QueueDeliveries counts delivery attempts' results per recipient in Queue mode.
+	QueueDeliveries *prometheus.CounterVec
 }
 
 // New creates and registers every metric, with Go runtime and process collectors.
@@ -55,7 +62,7 @@ func New() *Metrics {
 		}, []string{"listener", "reason"}),
 		Messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "messages_total",
-			Help: "Messages by outcome (relayed, rejected, deferred), reason and upstream.",
+			Help: "Messages by outcome (relayed, rejected, deferred, queued), reason and upstream.",
 		}, []string{"outcome", "reason", "upstream"}),
 		Recipients: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "recipients_total",
@@ -91,13 +98,17 @@ func New() *Metrics {
 			Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
 			Help: "When the configuration in use was loaded, in Unix seconds.",
 		}),
+		QueueDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "kuberelay", Subsystem: "queue", Name: "deliveries_total",
+			Help: "Queued recipients by the result of a delivery attempt (delivered, deferred, failed, expired) and upstream.",
+		}, []string{"outcome", "upstream"}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
 		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.AuthThrottled, m.ConfigReloads, m.ConfigInfo,
-		m.ConfigLastSuccess,
+		m.ConfigLastSuccess, m.QueueDeliveries,
 	)
 	m.ConfigReloads.WithLabelValues("success")
 	m.ConfigReloads.WithLabelValues("failure")
@@ -108,4 +119,23 @@ func New() *Metrics {
 func (m *Metrics) SetConfigHash(hash string) {
 	m.ConfigInfo.Reset()
 	m.ConfigInfo.WithLabelValues(hash).Set(1)
+}
+
+// WatchQueue exports the queue's size and age, read from stats at each scrape:
+// kuberelay_queue_messages, kuberelay_queue_bytes and kuberelay_queue_oldest_seconds.
+func (m *Metrics) WatchQueue(stats func() (messages int, bytes int64, oldest time.Time)) {
+	gauge := func(name, help string, v func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kuberelay", Subsystem: "queue", Name: name, Help: help}, v)
+	}
+	m.Registry.MustRegister(
+		gauge("messages", "Messages in the queue.", func() float64 { n, _, _ := stats(); return float64(n) }),
+		gauge("bytes", "Bytes of message data in the queue.", func() float64 { _, b, _ := stats(); return float64(b) }),
+		gauge("oldest_seconds", "Age of the oldest queued message, 0 when the queue is empty.", func() float64 {
+			_, _, o := stats()
+			if o.IsZero() {
+				return 0
+			}
+			return time.Since(o).Seconds()
+		}),
+	)
 }

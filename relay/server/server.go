@@ -25,6 +25,7 @@ import (
 	"github.com/kuberelay/kuberelay/relay/dkim"
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/policy"
+	"github.com/kuberelay/kuberelay/relay/queue"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 
@@ -68,6 +69,11 @@ type Server struct {
 	perClient   map[netip.Addr]int
 	perListener map[string]int
 	openNoAuth  int
+
+	// queue is Queue mode's store and deliverer; nil in PassThrough mode. The mode and
+	// the spool directory are fixed at start, like the listeners.
+	queue    *relayQueue
+	delivery config.Delivery
 
 	shuttingDown atomic.Bool
 	wg           sync.WaitGroup
@@ -148,6 +154,19 @@ func New(l *config.Loaded, opts Options) *Server {
 // process; Apply reports listener changes instead of re-binding.
 func (s *Server) Listen() error {
 	g := s.current()
+	s.delivery = g.loaded.Config.Delivery
+	if s.delivery.Mode == config.Queue {
+		store, envs, err := queue.Open(s.delivery.Queue.Dir)
+		if err != nil {
+			return fmt.Errorf("delivery.queue.dir: %w", err)
+		}
+		s.queue = &relayQueue{store: store, deliverer: newDeliverer(s, store, envs)}
+		s.metrics.WatchQueue(func() (int, int64, time.Time) {
+			st := store.Stats()
+			return st.Messages, st.Bytes, st.Oldest
+		})
+		s.log.Info("queue opened", "dir", s.delivery.Queue.Dir, "messages", len(envs))
+	}
 	for _, lc := range g.loaded.Config.Listeners {
 		addr := lc.Address
 		if s.opts.ListenHost != "" {
@@ -180,6 +199,9 @@ func (s *Server) Addr(name string) net.Addr {
 
 // Serve starts accepting on every listener and returns at once.
 func (s *Server) Serve() {
+	if s.queue != nil {
+		s.queue.deliverer.start()
+	}
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go s.acceptLoop(l)
@@ -208,6 +230,9 @@ func (s *Server) Apply(l *config.Loaded) error {
 	s.mu.Unlock()
 	if !listenersEqual(bound, l.Config.Listeners) {
 		return errors.New("listeners changed: the new listeners take effect when the relay restarts; the old ones keep serving with the new configuration")
+	}
+	if d := l.Config.Delivery; s.delivery.Mode != "" && (d.Mode != s.delivery.Mode || d.Queue.Dir != s.delivery.Queue.Dir) {
+		return errors.New("delivery.mode or delivery.queue.dir changed: they take effect when the relay restarts; the rest of the configuration is applied")
 	}
 	return nil
 }
@@ -488,6 +513,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		for _, c := range conns {
 			c.Close()
 		}
+	}
+	if s.queue != nil {
+		// Deliveries in flight finish; what is left stays on disk for the next start.
+		s.queue.deliverer.shutdown()
+		s.queue.store.Close()
 	}
 	g := s.current()
 	s.retire(g)

@@ -19,6 +19,7 @@ import (
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/policy"
+	"github.com/kuberelay/kuberelay/relay/queue"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 
@@ -112,7 +113,9 @@ type session struct {
 	domain   string
 	route    string
 	queueID  string
-	tx       *upstream.Tx
+	tx       *upstream.Tx // nil in Queue mode
+	body     string       // the BODY parameter of MAIL
+	rcpts    []string     // Queue mode: the accepted recipients, in wire form
 	rcptOK   int
 	rcptSeen int
 }
@@ -229,9 +232,14 @@ func (s *session) Mail(from string, opts mailParams) error {
 	pool := g.pools[route]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.tx != nil {
+	if s.inTx {
 		// RFC 5321 section 4.1.4: MAIL may not start a transaction inside another.
 		return s.fail(errNestedMail)
+	}
+	if q := s.b.srv.queue; q != nil {
+		if e := q.room(g); e != nil {
+			return e
+		}
 	}
 	s.seq++
 	s.inTx = true
@@ -240,16 +248,20 @@ func (s *session) Mail(from string, opts mailParams) error {
 	// The null sender has no domain, so it is never signed with another sender's key.
 	s.domain = sender.Domain
 	s.queueID = s.id + "." + strconv.Itoa(s.seq)
-	s.tx = pool.Begin(s.ctx, from, &upstream.MailOptions{Body: opts.Body})
+	s.body = opts.Body
+	if s.b.srv.queue == nil {
+		s.tx = pool.Begin(s.ctx, from, &upstream.MailOptions{Body: opts.Body})
+	}
 	s.rcptOK, s.rcptSeen = 0, 0
+	s.rcpts = s.rcpts[:0]
 	return nil
 }
 
 func (s *session) Rcpt(to string) error {
 	s.mu.Lock()
-	tx := s.tx
+	tx, inTx := s.tx, s.inTx
 	s.mu.Unlock()
-	if tx == nil {
+	if !inTx {
 		return errMailFirst
 	}
 	if max := s.b.gen.loaded.Config.Limits.MaxRecipients; max > 0 && s.rcptOK >= max {
@@ -262,6 +274,13 @@ func (s *session) Rcpt(to string) error {
 		s.b.srv.metrics.Recipients.WithLabelValues("rejected", s.route).Inc()
 		s.log.Info("recipient refused", "queue", s.queueID, "reason", perr.Error())
 		return s.fail(pathError(perr, enhancedCode{5, 1, 3}))
+	}
+	if tx == nil {
+		// Queue mode: the recipient is the queue's to deliver to.
+		s.rcpts = append(s.rcpts, mb.Wire())
+		s.rcptOK++
+		s.b.srv.metrics.Recipients.WithLabelValues("accepted", s.route).Inc()
+		return nil
 	}
 	err := tx.Rcpt(s.ctx, mb.Wire(), nil)
 	if err == nil {
@@ -285,10 +304,13 @@ func (s *session) dataReady() *smtpError {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.tx == nil:
+	case !s.inTx:
 		return errMailFirst
 	case s.rcptOK == 0:
 		return errNoRecipients
+	}
+	if q := s.b.srv.queue; q != nil {
+		return q.room(s.b.gen)
 	}
 	return nil
 }
@@ -311,6 +333,9 @@ func (s *session) Data(r io.Reader) error {
 		proto += "A"
 	}
 	header := receivedHeader(s.helo, s.ip.String(), g.hostname, proto, s.queueID, time.Now())
+	if tx == nil {
+		return s.dataQueued(dr, header)
+	}
 
 	var msg io.Reader
 	if key := g.dkim[s.domain]; key != nil {
@@ -342,6 +367,44 @@ func (s *session) Data(r io.Reader) error {
 	s.log.Info("message relayed", "queue", s.queueID, "from", s.from, "recipients", s.rcptOK,
 		"size", dr.n, "upstream", s.route, "endpoint", tx.Endpoint(), "upstreamReply", reply,
 		"latency", latency.String())
+	return nil
+}
+
+// dataQueued stores the message in the queue and answers 250 only once it is durable.
+// The DKIM signature is made when it is delivered, with the key of that day.
+func (s *session) dataQueued(dr *dataReader, header string) error {
+	q := s.b.srv.queue
+	m := s.b.srv.metrics
+	now := time.Now()
+	env := queue.Envelope{From: s.from, Body: s.body, Route: s.route, Received: now, NextAttempt: now}
+	for _, r := range s.rcpts {
+		env.Recipients = append(env.Recipients, queue.Recipient{Address: r, State: queue.Pending})
+	}
+	w, err := q.store.Create(env)
+	if err == nil {
+		if _, err = io.WriteString(w, header); err == nil {
+			_, err = io.Copy(w, dr)
+		}
+		if err != nil {
+			w.Abort()
+		} else {
+			env, err = w.Commit(s.ctx)
+		}
+	}
+	if dr.err != nil {
+		return s.dataFailed(dr, dr.err)
+	}
+	if err != nil {
+		m.Messages.WithLabelValues(metrics.OutcomeDeferred, "queue-write", s.route).Inc()
+		s.log.Error(err, "storing a message in the queue", "queue", s.queueID)
+		return s.fail(errQueueWrite)
+	}
+	m.MessageBytes.Observe(float64(dr.n))
+	m.Messages.WithLabelValues(metrics.OutcomeQueued, "", s.route).Inc()
+	s.log.Info("message queued", "queue", s.queueID, "id", env.ID, "from", s.from, "recipients", len(env.Recipients),
+		"size", env.Size, "upstream", s.route)
+	s.queueID = env.ID
+	q.deliverer.add(env)
 	return nil
 }
 

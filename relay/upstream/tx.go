@@ -241,6 +241,18 @@ func (tx *Tx) Close() {
 	tx.p.release(cn)
 }
 
+// Failed returns the error that ended the transaction as a whole (no endpoint could
+// take the message, the sender was refused, the message failed), or nil while it can
+// go on: a recipient refused on its own does not end it.
+func (tx *Tx) Failed() error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.err == nil {
+		return nil
+	}
+	return tx.err
+}
+
 // Endpoint returns the "host:port" of the endpoint the transaction last used, "" if it
 // never reached one.
 func (tx *Tx) Endpoint() string {

@@ -1,0 +1,345 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kuberelay/kuberelay/relay/address"
+	"github.com/kuberelay/kuberelay/relay/config"
+	"github.com/kuberelay/kuberelay/relay/queue"
+	"github.com/kuberelay/kuberelay/relay/upstream"
+)
+
+// errQueueFull answers a message the queue has no room for (RFC 3463 X.3.1: mail
+// system full); the client keeps it and tries again.
+var errQueueFull = &smtpError{Code: 452, EnhancedCode: enhancedCode{4, 3, 1}, Message: "Queue full, try again later"}
+
+// errQueueWrite answers a message that could not be stored: never 250 for it.
+var errQueueWrite = &smtpError{Code: 451, EnhancedCode: enhancedCode{4, 3, 0}, Message: "Could not store the message, try again later"}
+
+// relayQueue is Queue mode's store and deliverer.
+type relayQueue struct {
+	store     *queue.Store
+	deliverer *deliverer
+}
+
+// room refuses a new message while the queue is at its configured bounds.
+func (q *relayQueue) room(g *generation) *smtpError {
+	qc := g.loaded.Config.Delivery.Queue
+	st := q.store.Stats()
+	if st.Messages >= qc.MaxMessages || st.Bytes >= qc.MaxBytes {
+		return errQueueFull
+	}
+	return nil
+}
+
+// deliverer sends the queued messages to their upstreams, each as soon as it is due,
+// and keeps each recipient's result in the store.
+type deliverer struct {
+	srv   *Server
+	store *queue.Store
+
+	mu       sync.Mutex
+	waiting  map[string]queue.Envelope // due at their NextAttempt
+	inFlight map[string]bool
+	wake     chan struct{}
+
+	stop context.CancelFunc
+	done sync.WaitGroup
+}
+
+func newDeliverer(srv *Server, store *queue.Store, envs []queue.Envelope) *deliverer {
+	d := &deliverer{srv: srv, store: store, waiting: map[string]queue.Envelope{}, inFlight: map[string]bool{},
+		wake: make(chan struct{}, 1)}
+	for _, e := range envs {
+		d.waiting[e.ID] = e
+	}
+	return d
+}
+
+// start runs deliveries until shutdown.
+func (d *deliverer) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop = cancel
+	d.done.Add(1)
+	go d.run(ctx)
+}
+
+// shutdown stops taking messages and waits for the deliveries in flight; what was
+// not delivered stays in the store for the next start.
+func (d *deliverer) shutdown() {
+	if d.stop != nil {
+		d.stop()
+	}
+	d.done.Wait()
+}
+
+// add schedules a newly stored message for delivery now.
+func (d *deliverer) add(env queue.Envelope) {
+	d.mu.Lock()
+	d.waiting[env.ID] = env
+	d.mu.Unlock()
+	d.poke()
+}
+
+func (d *deliverer) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *deliverer) run(ctx context.Context) {
+	defer d.done.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := d.dispatch(ctx)
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), time.Millisecond)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatch starts every due message the concurrency allows and returns when the next
+// waiting one is due (zero if none waits).
+func (d *deliverer) dispatch(ctx context.Context) time.Time {
+	limit := d.srv.current().loaded.Config.Delivery.Queue.Concurrency
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var next time.Time
+	for id, env := range d.waiting {
+		if env.NextAttempt.After(now) {
+			if next.IsZero() || env.NextAttempt.Before(next) {
+				next = env.NextAttempt
+			}
+			continue
+		}
+		if len(d.inFlight) >= limit {
+			// Full: the next finished delivery pokes the loop.
+			return time.Time{}
+		}
+		delete(d.waiting, id)
+		d.inFlight[id] = true
+		d.done.Add(1)
+		go func() {
+			defer d.done.Done()
+			d.deliver(ctx, env)
+			d.mu.Lock()
+			delete(d.inFlight, id)
+			d.mu.Unlock()
+			d.poke()
+		}()
+	}
+	return next
+}
+
+// deliver makes one attempt at a message's pending recipients and records the
+// results: delivered and refused recipients are done, the others wait for the next
+// attempt, or fail once the message is older than maxAge.
+func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
+	g := d.srv.current()
+	qc := g.loaded.Config.Delivery.Queue
+	log := d.srv.log.WithValues("queue", env.ID, "upstream", env.Route)
+	results := d.attempt(ctx, g, env)
+	if ctx.Err() != nil {
+		// Shutting down: nothing recorded for this attempt; the next start tries again.
+		return
+	}
+	m := d.srv.metrics.QueueDeliveries
+	expired := time.Since(env.Received) >= qc.MaxAge.Duration
+	pending := 0
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		res, tried := results[i]
+		if r.State != queue.Pending || !tried {
+			continue
+		}
+		r.Attempts++
+		r.LastReply = res.reply
+		switch {
+		case res.state == queue.Delivered:
+			r.State = queue.Delivered
+			m.WithLabelValues("delivered", env.Route).Inc()
+		case res.state == queue.Failed:
+			r.State = queue.Failed
+			m.WithLabelValues("failed", env.Route).Inc()
+		case expired:
+			r.State = queue.Failed
+			r.LastReply = "Gave up after " + qc.MaxAge.Duration.String() + ": " + res.reply
+			m.WithLabelValues("expired", env.Route).Inc()
+		default:
+			pending++
+			m.WithLabelValues("deferred", env.Route).Inc()
+		}
+	}
+	if pending == 0 {
+		for _, r := range env.Recipients {
+			if r.State == queue.Failed {
+				// The delivery status notification to the sender is not sent yet.
+				log.Info("recipient failed", "recipient", r.Address, "reply", r.LastReply)
+			}
+		}
+		if err := d.store.Remove(context.Background(), env.ID); err != nil {
+			log.Error(err, "removing a delivered message")
+		}
+		log.Info("queued message done", "recipients", len(env.Recipients))
+		return
+	}
+	attempts := 0
+	for _, r := range env.Recipients {
+		attempts = max(attempts, r.Attempts)
+	}
+	env.NextAttempt = time.Now().Add(retryAfter(qc.Retry, attempts))
+	if err := d.store.Update(context.Background(), env); err != nil {
+		// The old state stays on disk: the attempt may be repeated, which duplicates
+		// only what the upstream accepted in it.
+		log.Error(err, "recording a delivery attempt")
+	}
+	log.Info("queued message deferred", "pending", pending, "nextAttempt", env.NextAttempt.UTC().Format(time.RFC3339))
+	d.mu.Lock()
+	d.waiting[env.ID] = env
+	d.mu.Unlock()
+}
+
+// retryAfter is the wait after attempt n (1 for the first): first, then growing by
+// backoff, at most maxInterval, less up to 10% at random.
+func retryAfter(r config.RetryConfig, n int) time.Duration {
+	w := float64(r.First.Duration)
+	for i := 1; i < n && w < float64(r.MaxInterval.Duration); i++ {
+		w *= r.Backoff
+	}
+	w = min(w, float64(r.MaxInterval.Duration))
+	return time.Duration(w * (1 - 0.1*rand.Float64()))
+}
+
+// result is what one attempt did for one recipient.
+type result struct {
+	state queue.RecipientState // Delivered, Failed, or Pending to try again
+	reply string
+}
+
+// attempt sends the message to its upstream for its pending recipients.
+func (d *deliverer) attempt(ctx context.Context, g *generation, env queue.Envelope) map[int]result {
+	out := map[int]result{}
+	// settle gives every pending recipient without a result yet res.
+	settle := func(res result) map[int]result {
+		for i, r := range env.Recipients {
+			if _, ok := out[i]; !ok && r.State == queue.Pending {
+				out[i] = res
+			}
+		}
+		return out
+	}
+	pool := g.pools[env.Route]
+	if pool == nil {
+		return settle(result{state: queue.Pending, reply: "upstream " + env.Route + " is not configured"})
+	}
+	tx := pool.Begin(ctx, env.From, &upstream.MailOptions{Body: env.Body})
+	defer tx.Close()
+	var accepted []int
+	for i, r := range env.Recipients {
+		if r.State != queue.Pending {
+			continue
+		}
+		err := tx.Rcpt(ctx, r.Address, nil)
+		if err == nil {
+			accepted = append(accepted, i)
+			continue
+		}
+		if ferr := tx.Failed(); ferr != nil {
+			// The whole transaction failed (no endpoint, or the sender refused): its
+			// verdict is every recipient's.
+			return settle(verdict(ferr))
+		}
+		out[i] = verdict(err)
+	}
+	if len(accepted) == 0 {
+		return out
+	}
+	data, err := d.message(g, env)
+	if err != nil {
+		d.srv.log.Error(err, "reading a queued message", "queue", env.ID)
+		return settle(result{state: queue.Pending, reply: "local error reading the message"})
+	}
+	defer data.Close()
+	reply, err := tx.Data(ctx, data)
+	res := result{state: queue.Delivered, reply: "250 " + reply}
+	switch {
+	case errors.Is(err, queue.ErrCorrupt):
+		// Never delivered as it is, so never delivered.
+		res = result{state: queue.Failed, reply: "the queued copy of the message is damaged"}
+	case err != nil:
+		res = verdict(err)
+	}
+	for _, i := range accepted {
+		out[i] = res
+	}
+	return out
+}
+
+// verdict is a recipient's result from an upstream error: a 5xx fails it, anything
+// else (4xx, connection trouble) leaves it for the next attempt.
+func verdict(err error) result {
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Code >= 500 {
+		return result{state: queue.Failed, reply: replyText(err)}
+	}
+	return result{state: queue.Pending, reply: replyText(err)}
+}
+
+func replyText(err error) string {
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return ue.Error()
+	}
+	return err.Error()
+}
+
+// message returns the stored data, DKIM-signed now if its domain has a key.
+func (d *deliverer) message(g *generation, env queue.Envelope) (io.ReadCloser, error) {
+	var key interface {
+		Sign(io.Reader) (string, error)
+	}
+	if env.From != "" {
+		if mb, err := address.Parse(env.From); err == nil {
+			if k := g.dkim[mb.Domain]; k != nil {
+				key = k
+			}
+		}
+	}
+	if key == nil {
+		return d.store.Data(env)
+	}
+	r, err := d.store.Data(env)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := key.Sign(r)
+	r.Close()
+	if err != nil {
+		return nil, err
+	}
+	r, err = d.store.Data(env)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(strings.NewReader(sig), r), r}, nil
+}

@@ -1,0 +1,232 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/kuberelay/kuberelay/internal/eventually"
+	"github.com/kuberelay/kuberelay/internal/mailcapture"
+)
+
+// queueConfig is baseConfig in Queue mode over spool, with retries 100 ms apart so a
+// test sees several attempts.
+func queueConfig(upstream, spool, extra string) string {
+	return baseConfig(upstream, fmt.Sprintf(`delivery:
+  mode: Queue
+  queue:
+    dir: %s
+    retry: {first: 100ms, backoff: 1, maxInterval: 100ms}
+%s`, spool, extra))
+}
+
+// downAddr is a 127.0.0.1 address nothing listens on (until a test starts a server
+// there).
+func downAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// sendQueued sends one message over the plain listener and returns the reply to its
+// final dot.
+func sendQueued(t *testing.T, e *relayEnv, subject string, rcpts ...string) (int, string) {
+	t.Helper()
+	c := dialRaw(t, e.addr("plain"))
+	c.cmd("EHLO client.test", 250)
+	c.cmd("MAIL FROM:<noreply@example.com>", 250)
+	for _, r := range rcpts {
+		c.cmd("RCPT TO:<"+r+">", 250)
+	}
+	c.cmd("DATA", 354)
+	c.send("Subject: " + subject + "\r\n\r\nbody of " + subject + "\r\n.\r\n")
+	code, text, err := c.reply()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cmd("QUIT", 221)
+	return code, text
+}
+
+func spoolFiles(t *testing.T, spool string) []string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(spool, "msg", "*"))
+	return files
+}
+
+func bySubject(msgs []mailcapture.Message) map[string][]mailcapture.Message {
+	out := map[string][]mailcapture.Message{}
+	for _, m := range msgs {
+		for _, line := range strings.Split(string(m.Data), "\r\n") {
+			if s, ok := strings.CutPrefix(line, "Subject: "); ok {
+				out[s] = append(out[s], m)
+			}
+		}
+	}
+	return out
+}
+
+// With the upstream down, every message is answered 250 from the queue; when it comes
+// back, each is delivered exactly once, as sent, and the spool is left empty.
+func TestQueueDeliversAfterOutage(t *testing.T) {
+	up := downAddr(t)
+	spool := t.TempDir()
+	e := startRelay(t, queueConfig(up, spool, ""), testSecrets(t, "one"))
+	const n = 5
+	for i := range n {
+		if code, text := sendQueued(t, e, fmt.Sprintf("outage-%d", i), "x@example.net"); code != 250 {
+			t.Fatalf("message %d: %d %s, want 250 from the queue", i, code, text)
+		}
+	}
+	if got := len(spoolFiles(t, spool)); got != 2*n {
+		t.Fatalf("%d files in the spool, want %d (data and envelope of each message)", got, 2*n)
+	}
+	capture, err := mailcapture.Start(up, mailcapture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { capture.Close() })
+	eventually.Require(t, wait, func() string {
+		if got := len(capture.Messages()); got < n {
+			return fmt.Sprintf("%d of %d messages delivered", got, n)
+		}
+		if files := spoolFiles(t, spool); len(files) != 0 {
+			return fmt.Sprintf("spool still holds %v", files)
+		}
+		return ""
+	})
+	for i := range n {
+		subject := fmt.Sprintf("outage-%d", i)
+		got := bySubject(capture.Messages())[subject]
+		if len(got) != 1 {
+			t.Fatalf("%s delivered %d times, want once", subject, len(got))
+		}
+		if got[0].From != "noreply@example.com" || !slices.Equal(got[0].To, []string{"x@example.net"}) ||
+			!strings.HasSuffix(string(got[0].Data), "\r\n\r\nbody of "+subject+"\r\n") {
+			t.Errorf("%s arrived as %+v", subject, got[0])
+		}
+	}
+}
+
+// An upstream 4xx for one recipient retries only that recipient; a 5xx for another
+// fails it and is not retried; the rest are delivered in the first attempt.
+func TestQueuePerRecipientResults(t *testing.T) {
+	var mu sync.Mutex
+	refusedOnce := false
+	capture, err := mailcapture.Start("127.0.0.1:0", mailcapture.Options{Rcpt: func(to string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case to == "later@example.net" && !refusedOnce:
+			refusedOnce = true
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "mailbox busy"}
+		case to == "gone@example.net":
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { capture.Close() })
+	spool := t.TempDir()
+	e := startRelay(t, queueConfig(capture.Addr(), spool, ""), testSecrets(t, "one"))
+	if code, text := sendQueued(t, e, "per-rcpt", "now@example.net", "later@example.net", "gone@example.net", "also@example.net"); code != 250 {
+		t.Fatalf("%d %s, want 250", code, text)
+	}
+	eventually.Require(t, wait, func() string {
+		if files := spoolFiles(t, spool); len(files) != 0 {
+			return fmt.Sprintf("spool still holds %v", files)
+		}
+		return ""
+	})
+	got := bySubject(capture.Messages())["per-rcpt"]
+	if len(got) != 2 || !slices.Equal(got[0].To, []string{"now@example.net", "also@example.net"}) || !slices.Equal(got[1].To, []string{"later@example.net"}) {
+		var to [][]string
+		for _, m := range got {
+			to = append(to, m.To)
+		}
+		t.Fatalf("deliveries went to %v, want [now also] then [later] alone", to)
+	}
+	if !strings.Contains(e.logs.String(), `"recipient failed"`) || !strings.Contains(e.logs.String(), "gone@example.net") {
+		t.Errorf("the refused recipient was not logged as failed:\n%s", e.logs.String())
+	}
+}
+
+// A full queue answers 452 4.3.1; nothing is dropped.
+func TestQueueFull(t *testing.T) {
+	spool := t.TempDir()
+	e := startRelay(t, queueConfig(downAddr(t), spool, "    maxMessages: 1\n"), testSecrets(t, "one"))
+	if code, text := sendQueued(t, e, "fills", "x@example.net"); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	c := dialRaw(t, e.addr("plain"))
+	c.cmd("EHLO client.test", 250)
+	if text := c.cmd("MAIL FROM:<noreply@example.com>", 452); !strings.HasPrefix(text, "4.3.1 ") {
+		t.Fatalf("full queue answered 452 %s, want 4.3.1", text)
+	}
+}
+
+// A spool that cannot be written answers 451 after the data, never 250, and keeps
+// nothing of the message.
+func TestQueueWriteError(t *testing.T) {
+	spool := t.TempDir()
+	e := startRelay(t, queueConfig(downAddr(t), spool, ""), testSecrets(t, "one"))
+	msg := filepath.Join(spool, "msg")
+	if err := os.RemoveAll(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(msg, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, text := sendQueued(t, e, "unwritable", "x@example.net")
+	if code != 451 || !strings.HasPrefix(text, "4.3.0 ") {
+		t.Fatalf("unwritable spool answered %d %s, want 451 4.3.0", code, text)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(spool, "tmp")); len(tmp) != 0 {
+		t.Fatalf("the refused message left %d files", len(tmp))
+	}
+}
+
+// Messages queued by one relay process are delivered by the next one on the same
+// spool.
+func TestQueueSurvivesRestart(t *testing.T) {
+	up := downAddr(t)
+	spool := t.TempDir()
+	secrets := testSecrets(t, "one")
+	e := startRelay(t, queueConfig(up, spool, ""), secrets)
+	if code, text := sendQueued(t, e, "restart", "x@example.net"); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	capture, err := mailcapture.Start(up, mailcapture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { capture.Close() })
+	startRelay(t, queueConfig(up, spool, ""), secrets)
+	eventually.Require(t, wait, func() string {
+		if n := len(bySubject(capture.Messages())["restart"]); n != 1 {
+			return fmt.Sprintf("delivered %d times after the restart", n)
+		}
+		return ""
+	})
+}
