@@ -566,8 +566,8 @@ func (d Delivery) validate(errs *fieldErrors, f string) {
 	if !path.IsAbs(q.Dir) {
 		errs.add(f+"dir", "%q must be an absolute path", q.Dir)
 	}
-	if q.MaxAge.Duration < time.Minute {
-		errs.add(f+"maxAge", "%s must be at least 1m", q.MaxAge.Duration)
+	if q.MaxAge.Duration < time.Second {
+		errs.add(f+"maxAge", "%s must be at least 1s", q.MaxAge.Duration)
 	}
 	if q.MaxMessages < 1 {
 		errs.add(f+"maxMessages", "%d must be at least 1", q.MaxMessages)

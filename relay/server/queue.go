@@ -188,10 +188,18 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 		}
 	}
 	if pending == 0 {
+		failed := 0
 		for _, r := range env.Recipients {
 			if r.State == queue.Failed {
-				// The delivery status notification to the sender is not sent yet.
+				failed++
 				log.Info("recipient failed", "recipient", r.Address, "reply", r.LastReply)
+			}
+		}
+		// The sender learns of the failures, unless it is the null sender (a
+		// notification itself): RFC 5321 section 4.5.5.
+		if failed > 0 && env.From != "" {
+			if err := d.bounce(g, env); err != nil {
+				log.Error(err, "queuing the delivery status notification for the sender")
 			}
 		}
 		if err := d.store.Remove(context.Background(), env.ID); err != nil {
@@ -214,6 +222,37 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 	d.mu.Lock()
 	d.waiting[env.ID] = env
 	d.mu.Unlock()
+}
+
+// bounce queues the delivery status notification for env's failed recipients, to its
+// sender through the same route.
+func (d *deliverer) bounce(g *generation, env queue.Envelope) error {
+	r, err := d.store.Data(env)
+	if err != nil {
+		return err
+	}
+	headers, err := headerSection(r)
+	r.Close()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	w, err := d.store.Create(queue.Envelope{Route: env.Route, Received: now, NextAttempt: now,
+		Recipients: []queue.Recipient{{Address: env.From, State: queue.Pending}}})
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(dsn(g.hostname, env, headers, now)); err != nil {
+		w.Abort()
+		return err
+	}
+	n, err := w.Commit(context.Background())
+	if err != nil {
+		return err
+	}
+	d.srv.log.Info("delivery status notification queued", "queue", n.ID, "for", env.ID, "to", env.From)
+	d.add(n)
+	return nil
 }
 
 // retryAfter is the wait after attempt n (1 for the first): first, then growing by

@@ -71,9 +71,15 @@ func spoolFiles(t *testing.T, spool string) []string {
 func bySubject(msgs []mailcapture.Message) map[string][]mailcapture.Message {
 	out := map[string][]mailcapture.Message{}
 	for _, m := range msgs {
+		// The message's own Subject, in its header section (a notification quotes
+		// another's further down).
 		for _, line := range strings.Split(string(m.Data), "\r\n") {
+			if line == "" {
+				break
+			}
 			if s, ok := strings.CutPrefix(line, "Subject: "); ok {
 				out[s] = append(out[s], m)
+				break
 			}
 		}
 	}
@@ -165,6 +171,32 @@ func TestQueuePerRecipientResults(t *testing.T) {
 	if !strings.Contains(e.logs.String(), `"recipient failed"`) || !strings.Contains(e.logs.String(), "gone@example.net") {
 		t.Errorf("the refused recipient was not logged as failed:\n%s", e.logs.String())
 	}
+	// The sender is told, from the null sender, with the upstream's reply and the
+	// original header section (RFC 3464).
+	var notice *mailcapture.Message
+	eventually.Require(t, wait, func() string {
+		for _, m := range bySubject(capture.Messages())["Undelivered Mail Returned to Sender"] {
+			notice = &m
+			return ""
+		}
+		return "no delivery status notification reached the upstream"
+	})
+	body := string(notice.Data)
+	if notice.From != "" || !slices.Equal(notice.To, []string{"noreply@example.com"}) {
+		t.Errorf("notification envelope from %q to %v, want <> to the sender", notice.From, notice.To)
+	}
+	for _, want := range []string{"report-type=delivery-status", "Content-Type: message/delivery-status",
+		"Final-Recipient: rfc822; gone@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n",
+		"Diagnostic-Code: smtp; upstream", "no such user", "Content-Type: text/rfc822-headers", "Subject: per-rcpt\r\n"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("notification lacks %q:\n%s", want, body)
+		}
+	}
+	for _, delivered := range []string{"Final-Recipient: rfc822; now@", "Final-Recipient: rfc822; later@", "body of per-rcpt"} {
+		if strings.Contains(body, delivered) {
+			t.Errorf("notification holds %q", delivered)
+		}
+	}
 }
 
 // A full queue answers 452 4.3.1; nothing is dropped.
@@ -229,4 +261,55 @@ func TestQueueSurvivesRestart(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// A recipient still refused with 4xx when the message is older than maxAge fails, and
+// the sender is told with status 5.4.7; a message from the null sender that fails is
+// dropped without a notification (RFC 5321 section 4.5.5).
+func TestQueueExpiryAndNullSender(t *testing.T) {
+	capture, err := mailcapture.Start("127.0.0.1:0", mailcapture.Options{Rcpt: func(to string) error {
+		switch to {
+		case "busy@example.net":
+			return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"}
+		case "gone@example.net":
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { capture.Close() })
+	spool := t.TempDir()
+	cfg := strings.Replace(queueConfig(capture.Addr(), spool, "    maxAge: 1s\n"), "defaultUpstream: main", "defaultUpstream: main\nnullSender: Allow", 1)
+	e := startRelay(t, cfg, testSecrets(t, "one"))
+	if code, text := sendQueued(t, e, "expires", "busy@example.net"); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	c := dialRaw(t, e.addr("plain"))
+	c.cmd("EHLO client.test", 250)
+	c.cmd("MAIL FROM:<>", 250)
+	c.cmd("RCPT TO:<gone@example.net>", 250)
+	c.cmd("DATA", 354)
+	c.send("Subject: null-sender\r\n\r\nbounce of something\r\n.\r\n")
+	c.expect(250)
+	eventually.Require(t, wait, func() string {
+		if files := spoolFiles(t, spool); len(files) != 0 {
+			return fmt.Sprintf("spool still holds %v", files)
+		}
+		if len(bySubject(capture.Messages())["Undelivered Mail Returned to Sender"]) == 0 {
+			return "no notification for the expired message"
+		}
+		return ""
+	})
+	notices := bySubject(capture.Messages())["Undelivered Mail Returned to Sender"]
+	if len(notices) != 1 {
+		t.Fatalf("%d notifications, want one (none for the null sender's message)", len(notices))
+	}
+	body := string(notices[0].Data)
+	for _, want := range []string{"Final-Recipient: rfc822; busy@example.net", "Status: 5.4.7", "Gave up after 1s", "mailbox full", "Subject: expires"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("notification lacks %q:\n%s", want, body)
+		}
+	}
 }
