@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,7 +47,7 @@ type deliverer struct {
 
 	mu       sync.Mutex
 	waiting  map[string]queue.Envelope // due at their NextAttempt
-	inFlight map[string]bool
+	inFlight map[string]queue.Envelope // being delivered now
 	wake     chan struct{}
 
 	stop context.CancelFunc
@@ -54,7 +55,7 @@ type deliverer struct {
 }
 
 func newDeliverer(srv *Server, store *queue.Store, envs []queue.Envelope) *deliverer {
-	d := &deliverer{srv: srv, store: store, waiting: map[string]queue.Envelope{}, inFlight: map[string]bool{},
+	d := &deliverer{srv: srv, store: store, waiting: map[string]queue.Envelope{}, inFlight: map[string]queue.Envelope{},
 		wake: make(chan struct{}, 1)}
 	for _, e := range envs {
 		d.waiting[e.ID] = e
@@ -134,7 +135,7 @@ func (d *deliverer) dispatch(ctx context.Context) time.Time {
 			return time.Time{}
 		}
 		delete(d.waiting, id)
-		d.inFlight[id] = true
+		d.inFlight[id] = env
 		d.done.Add(1)
 		go func() {
 			defer d.done.Done()
@@ -381,4 +382,61 @@ func (d *deliverer) message(g *generation, env queue.Envelope) (io.ReadCloser, e
 		io.Reader
 		io.Closer
 	}{io.MultiReader(strings.NewReader(sig), r), r}, nil
+}
+
+// Errors of the queue's HTTP operations.
+var (
+	errNotQueued = errors.New("no such message in the queue")
+	errInFlight  = errors.New("the message is being delivered now; try again when the attempt is over")
+)
+
+// list returns every queued message, oldest first.
+func (d *deliverer) list() []queue.Envelope {
+	d.mu.Lock()
+	out := make([]queue.Envelope, 0, len(d.waiting)+len(d.inFlight))
+	for _, e := range d.waiting {
+		out = append(out, e)
+	}
+	for _, e := range d.inFlight {
+		out = append(out, e)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(out, func(a, b queue.Envelope) int { return a.Received.Compare(b.Received) })
+	return out
+}
+
+// retryNow makes a waiting message (every one when id is "") due now, and returns how
+// many it made due.
+func (d *deliverer) retryNow(id string) int {
+	d.mu.Lock()
+	n := 0
+	now := time.Now()
+	for k, e := range d.waiting {
+		if id == "" || k == id {
+			e.NextAttempt = now
+			d.waiting[k] = e
+			n++
+		}
+	}
+	d.mu.Unlock()
+	d.poke()
+	return n
+}
+
+// remove deletes a waiting message without delivering it or telling its sender.
+func (d *deliverer) remove(id string) error {
+	d.mu.Lock()
+	_, waiting := d.waiting[id]
+	_, busy := d.inFlight[id]
+	if waiting {
+		delete(d.waiting, id)
+	}
+	d.mu.Unlock()
+	switch {
+	case busy:
+		return errInFlight
+	case !waiting:
+		return errNotQueued
+	}
+	return d.store.Remove(context.Background(), id)
 }

@@ -2,8 +2,12 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -311,5 +315,87 @@ func TestQueueExpiryAndNullSender(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("notification lacks %q:\n%s", want, body)
 		}
+	}
+}
+
+// The queue's HTTP operations list the messages (envelopes and states, no content),
+// retry and delete them.
+func TestQueueHTTP(t *testing.T) {
+	spool := t.TempDir()
+	cfg := strings.Replace(queueConfig(downAddr(t), spool, ""), "retry: {first: 100ms, backoff: 1, maxInterval: 100ms}", "retry: {first: 1h, maxInterval: 1h}", 1)
+	e := startRelay(t, cfg, testSecrets(t, "one"))
+	h := httptest.NewServer(e.srv.QueueHandler())
+	defer h.Close()
+	for _, s := range []string{"listed-one", "listed-two"} {
+		if code, text := sendQueued(t, e, s, "x@example.net"); code != 250 {
+			t.Fatalf("%d %s", code, text)
+		}
+	}
+	var list struct {
+		Messages int `json:"messages"`
+		Items    []struct {
+			ID         string `json:"id"`
+			From       string `json:"from"`
+			Recipients []struct {
+				Address string `json:"address"`
+				State   string `json:"state"`
+			} `json:"recipients"`
+		} `json:"items"`
+	}
+	get := func() string {
+		resp, err := http.Get(h.URL + "/queue")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &list); err != nil {
+			t.Fatalf("GET /queue: %v: %s", err, b)
+		}
+		return string(b)
+	}
+	// Both have had their first attempt (the upstream is down) and wait an hour.
+	eventually.Require(t, wait, func() string {
+		body := get()
+		if list.Messages != 2 || len(list.Items) != 2 || !strings.Contains(body, `"attempts":1`) {
+			return "listing: " + body
+		}
+		return ""
+	})
+	if body := get(); strings.Contains(body, "body of listed") || list.Items[0].From != "noreply@example.com" ||
+		list.Items[0].Recipients[0].Address != "x@example.net" || list.Items[0].Recipients[0].State != "Pending" {
+		t.Fatalf("listing: %s", body)
+	}
+	do := func(method, path string) int {
+		req, _ := http.NewRequest(method, h.URL+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	first, second := list.Items[0].ID, list.Items[1].ID
+	if code := do("DELETE", "/queue/"+first); code != 200 {
+		t.Fatalf("DELETE: %d", code)
+	}
+	if code := do("DELETE", "/queue/"+first); code != 404 {
+		t.Fatalf("DELETE of a deleted message: %d, want 404", code)
+	}
+	if code := do("POST", "/queue/nosuchid/retry"); code != 404 {
+		t.Fatalf("retry of an unknown message: %d, want 404", code)
+	}
+	if code := do("POST", "/queue/"+second+"/retry"); code != 200 {
+		t.Fatalf("retry: %d", code)
+	}
+	// The retried message is attempted again at once (and deferred again).
+	eventually.Require(t, wait, func() string {
+		if body := get(); list.Messages != 1 || !strings.Contains(body, `"attempts":2`) {
+			return "after the retry: " + body
+		}
+		return ""
+	})
+	if files := spoolFiles(t, spool); len(files) != 2 {
+		t.Fatalf("spool holds %v, want the remaining message's two files", files)
 	}
 }

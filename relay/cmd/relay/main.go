@@ -51,7 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.configDir, "config-dir", "/etc/kuberelay/config", "directory holding relay.yaml (a mounted ConfigMap)")
 	fs.StringVar(&o.secretsDir, "secrets-dir", "/etc/kuberelay/secrets", "directory holding the secret files relay.yaml names (a mounted Secret)")
-	fs.StringVar(&o.httpAddr, "http-address", ":9090", "address for /metrics, /healthz, /readyz and /status")
+	fs.StringVar(&o.httpAddr, "http-address", ":9090", "address for /metrics, /healthz, /readyz, /status and, in Queue mode, /queue")
 	fs.StringVar(&o.listenHost, "listen-host", "", "bind every listener to this host instead of the one in relay.yaml (e.g. 127.0.0.1 outside a pod)")
 	fs.StringVar(&o.spoolDir, "spool-dir", os.TempDir(), "directory for messages being DKIM-signed that do not fit in memory")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: info or debug")
@@ -187,6 +187,8 @@ type statusResponse struct {
 	Ready      bool      `json:"ready"`
 	// LastReloadError is the last failed load, whose configuration was not applied.
 	LastReloadError string `json:"lastReloadError,omitempty"`
+	// Queue is the queue's size in Queue mode.
+	Queue *server.QueueStatus `json:"queue,omitempty"`
 }
 
 func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, ready *atomic.Bool) http.Handler {
@@ -204,12 +206,16 @@ func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, read
 	})
 	mux.HandleFunc("GET /status", func(rw http.ResponseWriter, _ *http.Request) {
 		hash, since := srv.Current()
-		st := statusResponse{Version: version, ConfigHash: hash, LoadedAt: since.UTC(), Ready: ready.Load()}
+		st := statusResponse{Version: version, ConfigHash: hash, LoadedAt: since.UTC(), Ready: ready.Load(), Queue: srv.QueueStatus()}
 		if e := w.Status().LastError; e != nil {
 			st.LastReloadError = e.Error()
 		}
 		rw.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(rw).Encode(st)
 	})
+	if q := srv.QueueHandler(); q != nil {
+		mux.Handle("/queue", q)
+		mux.Handle("/queue/", q)
+	}
 	return mux
 }
