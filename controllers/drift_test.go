@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -109,4 +113,62 @@ func TestOwnedObjectsRepaired(t *testing.T) {
 			return ""
 		})
 	}
+}
+
+// Queue mode runs a StatefulSet with a claim per pod behind a headless Service, and
+// the rendered configuration queues on that claim; back to PassThrough, the
+// Deployment returns and the StatefulSet and its Service go.
+func TestQueueModeWorkload(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	ns := namespace(t, "queue")
+	relay := newRelay(ns, "outbound", withReplicas(3), func(s *relayv1alpha1.SmtpRelaySpec) {
+		s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
+	})
+	create(t, relay)
+	key := types.NamespacedName{Namespace: ns, Name: "outbound"}
+	ss := &appsv1.StatefulSet{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, key, ss); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	claims := ss.Spec.VolumeClaimTemplates
+	if *ss.Spec.Replicas != 3 || ss.Spec.ServiceName != "outbound-peers" || len(claims) != 1 ||
+		claims[0].Spec.Resources.Requests.Storage().String() != "10Gi" ||
+		ss.Spec.PersistentVolumeClaimRetentionPolicy.WhenScaled != appsv1.RetainPersistentVolumeClaimRetentionPolicyType {
+		t.Fatalf("StatefulSet: %s", toString(ss.Spec))
+	}
+	peers := &corev1.Service{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-peers"}, peers); err != nil || peers.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Fatalf("headless Service: %v %s", err, toString(peers.Spec))
+	}
+	if err := env.Client.Get(ctx, key, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a Queue-mode relay has a Deployment (%v)", err)
+	}
+	l, why := loadRendered(ns, "outbound")
+	if why != "" {
+		t.Fatal(why)
+	}
+	if d := l.Config.Delivery; d.Mode != config.Queue || d.Queue.Dir != "/var/lib/kuberelay/queue/spool" || d.Queue.MaxAge.Duration != 120*time.Hour {
+		t.Fatalf("rendered delivery %+v", d)
+	}
+
+	update(t, relay, func() { relay.Spec.Delivery.Mode = relayv1alpha1.DeliveryPassThrough })
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, key, &appsv1.Deployment{}); err != nil {
+			return "no Deployment after the switch: " + err.Error()
+		}
+		for _, o := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
+			name := key
+			if _, ok := o.(*corev1.Service); ok {
+				name.Name = "outbound-peers"
+			}
+			if err := env.Client.Get(ctx, name, o); !apierrors.IsNotFound(err) {
+				return fmt.Sprintf("%T %s still there after the switch (%v)", o, name.Name, err)
+			}
+		}
+		return ""
+	})
 }

@@ -17,8 +17,16 @@ import (
 
 // PodStatus asks a relay pod which configuration it runs.
 type PodStatus interface {
-	// ConfigHash returns the hash of the configuration the pod has loaded.
-	ConfigHash(ctx context.Context, pod *corev1.Pod) (string, error)
+	// Report returns what the pod says of itself.
+	Report(ctx context.Context, pod *corev1.Pod) (PodReport, error)
+}
+
+// PodReport is what a relay pod's /status says.
+type PodReport struct {
+	// ConfigHash is the hash of the configuration the pod has loaded.
+	ConfigHash string
+	// Queued is the number of messages in its queue; nil in PassThrough mode.
+	Queued *int64
 }
 
 // HTTPPodStatus reads the relay's GET /status on the pod's "http" container port.
@@ -30,27 +38,34 @@ type HTTPPodStatus struct {
 // maxStatusBytes bounds what is read from a pod: /status is a few hundred bytes.
 const maxStatusBytes = 64 << 10
 
-func (h *HTTPPodStatus) ConfigHash(ctx context.Context, pod *corev1.Pod) (string, error) {
+func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport, error) {
 	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/status"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return "", err
+		return PodReport{}, err
 	}
 	resp, err := h.Client.Do(req)
 	if err != nil {
-		return "", err
+		return PodReport{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+		return PodReport{}, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	var st struct {
 		ConfigHash string `json:"configHash"`
+		Queue      *struct {
+			Messages int64 `json:"messages"`
+		} `json:"queue"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&st); err != nil {
-		return "", fmt.Errorf("GET %s: %w", url, err)
+		return PodReport{}, fmt.Errorf("GET %s: %w", url, err)
 	}
-	return st.ConfigHash, nil
+	r := PodReport{ConfigHash: st.ConfigHash}
+	if st.Queue != nil {
+		r.Queued = &st.Queue.Messages
+	}
+	return r, nil
 }
 
 // podHTTPPort is the relay container's http port as the pod declares it, so a pod
@@ -82,11 +97,11 @@ func podReady(pod *corev1.Pod) bool {
 	return false
 }
 
-// podHashes asks every pod for its configuration hash, a few at a time; errs[i] is
-// set where hashes[i] could not be read.
-func podHashes(ctx context.Context, ps PodStatus, pods []*corev1.Pod) (hashes []string, errs []error) {
+// podReports asks every pod for its report, a few at a time; errs[i] is set where
+// reports[i] could not be read.
+func podReports(ctx context.Context, ps PodStatus, pods []*corev1.Pod) (reports []PodReport, errs []error) {
 	const parallel = 8
-	hashes, errs = make([]string, len(pods)), make([]error, len(pods))
+	reports, errs = make([]PodReport, len(pods)), make([]error, len(pods))
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
 	for i, p := range pods {
@@ -94,9 +109,9 @@ func podHashes(ctx context.Context, ps PodStatus, pods []*corev1.Pod) (hashes []
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			hashes[i], errs[i] = ps.ConfigHash(ctx, p)
+			reports[i], errs[i] = ps.Report(ctx, p)
 		}()
 	}
 	wg.Wait()
-	return hashes, errs
+	return reports, errs
 }

@@ -77,6 +77,8 @@ type relayScope struct {
 // configApplied counts the ready pods that run the rendered configuration.
 type configApplied struct {
 	ready, converged int32
+	// queued sums the messages queued in the pods that answered (Queue mode).
+	queued *int64
 	// problems describe, briefly, the pods that do not run it yet.
 	problems []string
 }
@@ -155,13 +157,27 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 	if s.result == nil {
 		return ctrl.Result{}, nil
 	}
-	objs := []client.Object{
-		render.ServiceAccount(s.relay),
-		render.Service(s.relay),
-		render.Deployment(s.relay, r.Image),
+	objs := []client.Object{render.ServiceAccount(s.relay), render.Service(s.relay)}
+	// Queue mode runs a StatefulSet (one volume per pod) behind a headless Service;
+	// PassThrough a Deployment. The workload of the other mode goes: switching modes
+	// replaces the pods (a StatefulSet's claims stay, with any mail they hold).
+	meta := metav1.ObjectMeta{Name: s.relay.Name, Namespace: s.relay.Namespace}
+	var stale []client.Object
+	if render.QueueMode(s.relay) {
+		objs = append(objs, render.PeerService(s.relay), render.StatefulSet(s.relay, r.Image))
+		stale = []client.Object{&appsv1.Deployment{ObjectMeta: meta}}
+	} else {
+		objs = append(objs, render.Deployment(s.relay, r.Image))
+		stale = []client.Object{&appsv1.StatefulSet{ObjectMeta: meta},
+			&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: render.PeerServiceName(s.relay), Namespace: s.relay.Namespace}}}
 	}
 	for _, obj := range objs {
 		if err := r.owned.apply(ctx, r.Client, client.ObjectKeyFromObject(s.relay), obj); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	for _, obj := range stale {
+		if err := deleteIfExists(ctx, r.Client, obj); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -244,13 +260,16 @@ func (r *SmtpRelayReconciler) reconcilePods(ctx context.Context, s *relayScope) 
 	}
 	sort.Slice(ready, func(i, j int) bool { return ready[i].Name < ready[j].Name })
 	a := &configApplied{ready: int32(len(ready))}
-	hashes, errs := podHashes(ctx, r.Pods, ready)
+	reports, errs := podReports(ctx, r.Pods, ready)
 	for i, p := range ready {
+		if q := reports[i].Queued; errs[i] == nil && q != nil {
+			a.queued = ptrTo(*q + valueOr(a.queued))
+		}
 		switch {
 		case errs[i] != nil:
 			a.problems = append(a.problems, fmt.Sprintf("pod %s did not answer: %v", p.Name, errs[i]))
-		case hashes[i] != s.result.Hash:
-			a.problems = append(a.problems, fmt.Sprintf("pod %s runs %s", p.Name, hashes[i]))
+		case reports[i].ConfigHash != s.result.Hash:
+			a.problems = append(a.problems, fmt.Sprintf("pod %s runs %s", p.Name, reports[i].ConfigHash))
 		default:
 			a.converged++
 		}
@@ -410,23 +429,26 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *relayv1alph
 		}
 		st.AttachedDomains = n
 	}
-	dep := &appsv1.Deployment{}
-	depErr := r.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: relay.Name}, dep)
+	w, depErr := r.workload(ctx, relay)
 	if depErr == nil {
-		st.Replicas = dep.Status.Replicas
-		st.ReadyReplicas = dep.Status.ReadyReplicas
-		if sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector); err == nil {
+		st.Replicas = w.replicas
+		st.ReadyReplicas = w.ready
+		if sel, err := metav1.LabelSelectorAsSelector(w.selector); err == nil {
 			st.Selector = sel.String()
 		}
 	}
 
 	stalled := apimeta.IsStatusConditionTrue(st.Conditions, relayv1alpha1.StalledCondition)
 	want := render.Replicas(relay)
-	rolledOut := depErr == nil && dep.Status.ObservedGeneration >= dep.Generation &&
-		dep.Status.UpdatedReplicas == want && dep.Status.ReadyReplicas == want && dep.Status.Replicas == want
+	rolledOut := depErr == nil && w.observed >= w.generation &&
+		w.updated == want && w.ready == want && w.replicas == want
 	configPending := false
 	if a := s.applied; a != nil {
 		st.ConfigAppliedReplicas = a.converged
+		st.QueuedMessages = nil
+		if render.QueueMode(relay) {
+			st.QueuedMessages = ptrTo(valueOr(a.queued))
+		}
 		msg := fmt.Sprintf("%d of %d ready pods run configuration %s", a.converged, a.ready, st.ConfigHash)
 		switch {
 		case a.ready == 0:
@@ -460,6 +482,32 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *relayv1alph
 		apimeta.RemoveStatusCondition(&st.Conditions, relayv1alpha1.ReconcilingCondition)
 	}
 	return patchStatusIfChanged(ctx, r.Client, base, relay, base.Status, relay.Status)
+}
+
+// workloadState is what the status needs of the relay's Deployment or StatefulSet.
+type workloadState struct {
+	replicas, ready, updated int32
+	observed, generation     int64
+	selector                 *metav1.LabelSelector
+}
+
+// workload reads the workload of the relay's delivery mode.
+func (r *SmtpRelayReconciler) workload(ctx context.Context, relay *relayv1alpha1.SmtpRelay) (workloadState, error) {
+	key := types.NamespacedName{Namespace: relay.Namespace, Name: relay.Name}
+	if render.QueueMode(relay) {
+		ss := &appsv1.StatefulSet{}
+		if err := r.Get(ctx, key, ss); err != nil {
+			return workloadState{}, err
+		}
+		return workloadState{replicas: ss.Status.Replicas, ready: ss.Status.ReadyReplicas, updated: ss.Status.UpdatedReplicas,
+			observed: ss.Status.ObservedGeneration, generation: ss.Generation, selector: ss.Spec.Selector}, nil
+	}
+	dep := &appsv1.Deployment{}
+	if err := r.Get(ctx, key, dep); err != nil {
+		return workloadState{}, err
+	}
+	return workloadState{replicas: dep.Status.Replicas, ready: dep.Status.ReadyReplicas, updated: dep.Status.UpdatedReplicas,
+		observed: dep.Status.ObservedGeneration, generation: dep.Generation, selector: dep.Spec.Selector}, nil
 }
 
 func setCondition(relay *relayv1alpha1.SmtpRelay, t string, status metav1.ConditionStatus, reason, msg string) {
@@ -509,6 +557,7 @@ func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int
 		For(&relayv1alpha1.SmtpRelay{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
 			predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&appsv1.Deployment{}).
+		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}, builder.OnlyMetadata).
 		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
 		Owns(&corev1.Secret{}, builder.OnlyMetadata).
@@ -527,4 +576,13 @@ func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int
 		Named("smtprelay").
 		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
 		Complete(r)
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+func valueOr(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }

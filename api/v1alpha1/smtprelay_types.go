@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -74,6 +75,16 @@ type SmtpRelaySpec struct {
 	// +optional
 	// +kubebuilder:default={}
 	Limits *RelayLimits `json:"limits,omitempty"`
+
+	// delivery says when a client is answered 250: once the smarthost accepted its
+	// message (PassThrough, the default), or once the message is stored on the relay's
+	// own volume (Queue), so mail waits out a smarthost outage in the relay instead of
+	// in every application. Queue mode runs the relay as a StatefulSet with a
+	// PersistentVolumeClaim per pod and a headless Service. Switching modes replaces
+	// the pods: drain the queue first (docs/queue.md).
+	// +optional
+	// +kubebuilder:default={}
+	Delivery *DeliverySpec `json:"delivery,omitempty"`
 
 	// image runs the relay pods on another image than the operator's own.
 	// +optional
@@ -215,6 +226,88 @@ type DomainNamespaces struct {
 	// selector picks namespaces by label when from is Selector.
 	// +optional
 	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+}
+
+// DeliveryMode says when a client's message is answered 250.
+// +kubebuilder:validation:Enum=PassThrough;Queue
+type DeliveryMode string
+
+const (
+	// DeliveryPassThrough answers 250 after the smarthost's 250; nothing is stored.
+	DeliveryPassThrough DeliveryMode = "PassThrough"
+	// DeliveryQueue answers 250 once the message is stored durably, then delivers it
+	// with retries.
+	DeliveryQueue DeliveryMode = "Queue"
+)
+
+// DeliverySpec says how messages reach the smarthosts.
+// +kubebuilder:validation:XValidation:rule="!has(self.queue) || self.mode == 'Queue'",message="queue settings need mode Queue"
+type DeliverySpec struct {
+	// mode is PassThrough (default) or Queue.
+	// +optional
+	// +kubebuilder:default=PassThrough
+	Mode DeliveryMode `json:"mode,omitempty"`
+	// queue configures Queue mode.
+	// +optional
+	Queue *QueueSpec `json:"queue,omitempty"`
+}
+
+// QueueSpec configures the durable queue of Queue mode. Each relay pod has its own
+// queue on its own volume; the limits are per pod.
+type QueueSpec struct {
+	// storage is each pod's PersistentVolumeClaim, kept when the relay is scaled down
+	// or deleted, so queued mail is never thrown away with a pod.
+	// +optional
+	Storage QueueStorage `json:"storage,omitzero"`
+	// maxAge is how long delivery is tried before the sender gets a delivery status
+	// notification (RFC 5321 section 4.5.4.1 asks for at least 4-5 days). Default: 120h.
+	// +optional
+	// +kubebuilder:default="120h0m0s"
+	MaxAge *metav1.Duration `json:"maxAge,omitempty"`
+	// retry spaces the delivery attempts of a message.
+	// +optional
+	// +kubebuilder:default={}
+	Retry *QueueRetry `json:"retry,omitempty"`
+	// maxMessages each pod's queue holds; a full queue answers 452 4.3.1, so clients
+	// keep their mail. Default: 100000.
+	// +optional
+	// +kubebuilder:default=100000
+	// +kubebuilder:validation:Minimum=1
+	MaxMessages *int32 `json:"maxMessages,omitempty"`
+	// maxBytes of message data each pod's queue holds; full as above. Default: 80% of
+	// storage.size, leaving the filesystem its own room.
+	// +optional
+	MaxBytes *resource.Quantity `json:"maxBytes,omitempty"`
+}
+
+// QueueStorage is the volume a relay pod keeps its queue on.
+type QueueStorage struct {
+	// size of each pod's volume. Default: 10Gi.
+	// +optional
+	// +kubebuilder:default="10Gi"
+	Size *resource.Quantity `json:"size,omitempty"`
+	// storageClassName of the claims. Default: the cluster's default StorageClass.
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+}
+
+// QueueRetry spaces delivery attempts: first, then growing by backoff up to
+// maxInterval, each shortened by up to 10% at random so the fleet does not retry in step.
+type QueueRetry struct {
+	// first is the wait before the second attempt. Default: 1m.
+	// +optional
+	// +kubebuilder:default="1m0s"
+	First *metav1.Duration `json:"first,omitempty"`
+	// backoff is the whole factor the wait grows by after each failed attempt. Default: 2.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	Backoff *int32 `json:"backoff,omitempty"`
+	// maxInterval caps the wait. Default: 30m (RFC 5321 section 4.5.4.1's interval).
+	// +optional
+	// +kubebuilder:default="30m0s"
+	MaxInterval *metav1.Duration `json:"maxInterval,omitempty"`
 }
 
 // RelayLimits bound what a client can make the relay do.
@@ -377,6 +470,9 @@ type SmtpRelayStatus struct {
 	// attachedDomains is the number of RelayDomains attached to this relay.
 	// +optional
 	AttachedDomains int32 `json:"attachedDomains,omitempty"`
+	// queuedMessages is the number of messages in the ready pods' queues, in Queue mode.
+	// +optional
+	QueuedMessages *int64 `json:"queuedMessages,omitempty"`
 }
 
 // SmtpRelay is a fleet of SMTP relay pods behind one Service.
@@ -389,6 +485,7 @@ type SmtpRelayStatus struct {
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
 // +kubebuilder:printcolumn:name="Domains",type=integer,JSONPath=`.status.attachedDomains`
 // +kubebuilder:printcolumn:name="Config",type=string,JSONPath=`.status.conditions[?(@.type=="ConfigApplied")].status`
+// +kubebuilder:printcolumn:name="Queued",type=integer,JSONPath=`.status.queuedMessages`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type SmtpRelay struct {

@@ -172,6 +172,7 @@ func (r *renderer) render() (*Result, error) {
 	}
 	cfg.NullSender = config.NullSenderPolicy(spec.NullSender)
 	cfg.Limits = limits(spec.Limits)
+	cfg.Delivery = delivery(r.relay)
 
 	var defaultSmarthost *types.NamespacedName
 	if ref := spec.SmarthostRef; ref != nil {

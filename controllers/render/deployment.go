@@ -28,6 +28,8 @@ const (
 	SecretsDir = "/etc/kuberelay/secrets"
 	// SpoolDir holds messages being DKIM-signed that do not fit in memory.
 	SpoolDir = "/var/spool/kuberelay"
+	// QueueDir is where Queue mode's volume is mounted, the relay's queue directory.
+	QueueDir = "/var/lib/kuberelay/queue"
 	// ListenersAnnotation on the pod template describes the listeners the relay binds
 	// at start-up (it cannot re-bind them on reload), so a listener change rolls pods.
 	ListenersAnnotation = "relay.kuberelay.io/listeners"
@@ -47,6 +49,7 @@ const (
 	volumeSecrets = "secrets"
 	volumeSpool   = "spool"
 	volumeTmp     = "tmp"
+	volumeQueue   = "queue"
 )
 
 var (
@@ -69,6 +72,30 @@ var (
 // through the mounted ConfigMap and Secret, which are mounted as directories (never
 // subPath) so the kubelet's atomic updates reach running pods.
 func Deployment(relay *relayv1alpha1.SmtpRelay, defaultImage string) *appsv1.Deployment {
+	selector := SelectorLabels(relay)
+	return &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: objectMeta(relay, relay.Name),
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr(Replicas(relay)),
+			Selector: &metav1.LabelSelector{MatchLabels: selector},
+			// Surge, never drop below the wanted number of pods: clients hold their
+			// mail until the relay accepts it, so capacity matters more than speed.
+			Strategy: appsv1.DeploymentStrategy{
+				Type: appsv1.RollingUpdateDeploymentStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDeployment{
+					MaxUnavailable: ptr(intstr.FromInt32(0)),
+					MaxSurge:       ptr(intstr.FromInt32(1)),
+				},
+			},
+			Template: podTemplate(relay, defaultImage, appsv1.DefaultDeploymentUniqueLabelKey),
+		},
+	}
+}
+
+// podTemplate is the relay pod of either workload. revisionLabel is the label its
+// controller puts on each revision's pods, which keeps the default spread per rollout.
+func podTemplate(relay *relayv1alpha1.SmtpRelay, defaultImage, revisionLabel string) corev1.PodTemplateSpec {
 	image := relay.Spec.Image
 	if image == "" {
 		image = defaultImage
@@ -163,42 +190,28 @@ func Deployment(relay *relayv1alpha1.SmtpRelay, defaultImage string) *appsv1.Dep
 			{Name: volumeTmp, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &tmpSizeLimit}}},
 		},
 	}
-	scheduling(relay, &pod)
-
-	selector := SelectorLabels(relay)
-	return &appsv1.Deployment{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
-		ObjectMeta: objectMeta(relay, relay.Name),
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr(Replicas(relay)),
-			Selector: &metav1.LabelSelector{MatchLabels: selector},
-			// Surge, never drop below the wanted number of pods: clients hold their
-			// mail until the relay accepts it, so capacity matters more than speed.
-			Strategy: appsv1.DeploymentStrategy{
-				Type: appsv1.RollingUpdateDeploymentStrategyType,
-				RollingUpdate: &appsv1.RollingUpdateDeployment{
-					MaxUnavailable: ptr(intstr.FromInt32(0)),
-					MaxSurge:       ptr(intstr.FromInt32(1)),
-				},
-			},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{
-					Labels: Labels(relay),
-					Annotations: map[string]string{
-						"kubectl.kubernetes.io/default-container": ContainerName,
-						ListenersAnnotation:                       listenersSummary(listeners),
-					},
-				},
-				Spec: pod,
+	if QueueMode(relay) {
+		// The queue lives on the pod's own claim (StatefulSet volumeClaimTemplates).
+		pod.Containers[0].VolumeMounts = append(pod.Containers[0].VolumeMounts,
+			corev1.VolumeMount{Name: volumeQueue, MountPath: QueueDir})
+	}
+	scheduling(relay, &pod, revisionLabel)
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{
+			Labels: Labels(relay),
+			Annotations: map[string]string{
+				"kubectl.kubernetes.io/default-container": ContainerName,
+				ListenersAnnotation:                       listenersSummary(listeners),
 			},
 		},
+		Spec: pod,
 	}
 }
 
 // scheduling copies the placement fields and, when the user spreads the pods in no
 // way of their own, spreads them across nodes (preferred, so a small cluster still
 // runs them all).
-func scheduling(relay *relayv1alpha1.SmtpRelay, pod *corev1.PodSpec) {
+func scheduling(relay *relayv1alpha1.SmtpRelay, pod *corev1.PodSpec, revisionLabel string) {
 	spec := &relay.Spec
 	if len(spec.NodeSelector) > 0 {
 		pod.NodeSelector = maps.Clone(spec.NodeSelector)
@@ -221,7 +234,7 @@ func scheduling(relay *relayv1alpha1.SmtpRelay, pod *corev1.PodSpec) {
 			WhenUnsatisfiable: corev1.ScheduleAnyway,
 			LabelSelector:     &metav1.LabelSelector{MatchLabels: SelectorLabels(relay)},
 			// Spread each rollout's pods on their own, not together with the old ones.
-			MatchLabelKeys: []string{appsv1.DefaultDeploymentUniqueLabelKey},
+			MatchLabelKeys: []string{revisionLabel},
 		}}
 	}
 }

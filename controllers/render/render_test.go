@@ -80,6 +80,13 @@ func goldenCases(t *testing.T) []struct {
 
 	noDefault := minimalRelay()
 
+	queued := realisticRelay()
+	queued.Spec.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue, Queue: &relayv1alpha1.QueueSpec{
+		Storage: relayv1alpha1.QueueStorage{Size: ptr(mustQuantity("20Gi")), StorageClassName: ptr("fast-ssd")},
+		MaxAge:  &metav1.Duration{Duration: 72 * time.Hour},
+		Retry:   &relayv1alpha1.QueueRetry{First: &metav1.Duration{Duration: 2 * time.Minute}, Backoff: ptr(int32(3))},
+	}}
+
 	return []struct {
 		name string
 		in   Inputs
@@ -88,6 +95,7 @@ func goldenCases(t *testing.T) []struct {
 		{"realistic", w.inputs(realisticRelay(), realisticDomains()...)},
 		{"custom", w.inputs(custom, realisticDomains()...)},
 		{"single-replica", w.inputs(single)},
+		{"queue", w.inputs(queued, realisticDomains()...)},
 		{"cross-namespace", w.inputs(crossNS,
 			realisticDomains()[1],
 			withDKIM(withSmarthost(domain("team-a", "team-a", "team-a.example", 3), "mailgun"), "mg", "dkim", "private"),
@@ -203,7 +211,12 @@ func TestGolden(t *testing.T) {
 			golden(t, filepath.Join(dir, "secret.yaml"), marshal(t, secretReport(Secret(relay, res))))
 			golden(t, filepath.Join(dir, "serviceaccount.yaml"), marshal(t, ServiceAccount(relay)))
 			golden(t, filepath.Join(dir, "service.yaml"), marshal(t, Service(relay)))
-			golden(t, filepath.Join(dir, "deployment.yaml"), marshal(t, Deployment(relay, testImage)))
+			if QueueMode(relay) {
+				golden(t, filepath.Join(dir, "statefulset.yaml"), marshal(t, StatefulSet(relay, testImage)))
+				golden(t, filepath.Join(dir, "peerservice.yaml"), marshal(t, PeerService(relay)))
+			} else {
+				golden(t, filepath.Join(dir, "deployment.yaml"), marshal(t, Deployment(relay, testImage)))
+			}
 			pdbFile := filepath.Join(dir, "poddisruptionbudget.yaml")
 			if pdb := PodDisruptionBudget(relay); pdb != nil {
 				golden(t, pdbFile, marshal(t, pdb))

@@ -354,10 +354,11 @@ func TestQueueHTTP(t *testing.T) {
 		}
 		return string(b)
 	}
-	// Both have had their first attempt (the upstream is down) and wait an hour.
+	// Both have had their first attempt (the upstream is down) and wait an hour: the
+	// listing shows a message in flight as it was before the attempt.
 	eventually.Require(t, wait, func() string {
 		body := get()
-		if list.Messages != 2 || len(list.Items) != 2 || !strings.Contains(body, `"attempts":1`) {
+		if list.Messages != 2 || len(list.Items) != 2 || strings.Count(body, `"attempts":1`) != 2 {
 			return "listing: " + body
 		}
 		return ""
