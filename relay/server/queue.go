@@ -153,6 +153,8 @@ func (d *deliverer) dispatch(ctx context.Context) time.Time {
 // results: delivered and refused recipients are done, the others wait for the next
 // attempt, or fail once the message is older than maxAge.
 func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
+	// The recipients are changed below; the copy listed as in flight keeps its own.
+	env.Recipients = slices.Clone(env.Recipients)
 	g := d.srv.current()
 	qc := g.loaded.Config.Delivery.Queue
 	log := d.srv.log.WithValues("queue", env.ID, "upstream", env.Route)
