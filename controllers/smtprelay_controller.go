@@ -445,10 +445,8 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *relayv1alph
 	configPending := false
 	if a := s.applied; a != nil {
 		st.ConfigAppliedReplicas = a.converged
-		st.QueuedMessages = nil
-		if render.QueueMode(relay) {
-			st.QueuedMessages = ptrTo(valueOr(a.queued))
-		}
+		// PassThrough stores nothing: its count is 0, so the column is never blank.
+		st.QueuedMessages = ptrTo(valueOr(a.queued))
 		msg := fmt.Sprintf("%d of %d ready pods run configuration %s", a.converged, a.ready, st.ConfigHash)
 		switch {
 		case a.ready == 0:

@@ -470,7 +470,8 @@ type SmtpRelayStatus struct {
 	// attachedDomains is the number of RelayDomains attached to this relay.
 	// +optional
 	AttachedDomains int32 `json:"attachedDomains,omitempty"`
-	// queuedMessages is the number of messages in the ready pods' queues, in Queue mode.
+	// queuedMessages is the number of messages in the ready pods' queues (0 in
+	// PassThrough mode, which stores nothing).
 	// +optional
 	QueuedMessages *int64 `json:"queuedMessages,omitempty"`
 }

@@ -113,6 +113,10 @@ type row struct {
 	// reference: the bare Go forwarder (hack/bench-relay/floor) in the relay's place,
 	// for scale; no target applies.
 	reference bool
+	// queue: the Queue-mode relay; flushesPerMsg is its filesystem flushes per
+	// message stored (group commit), 0 where not measured.
+	queue         bool
+	flushesPerMsg float64
 }
 
 func (r row) ratio() (float64, bool) {
@@ -151,7 +155,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	var ports [5]int
+	var ports [7]int
 	for i := range ports {
 		if ports[i], err = proc.FreePort(); err != nil {
 			return err
@@ -163,6 +167,8 @@ func run(o options) error {
 	plainAddr := fmt.Sprintf("127.0.0.1:%d", plainPort)
 	tlsAddr := fmt.Sprintf("127.0.0.1:%d", tlsPort)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	qPlainAddr := fmt.Sprintf("127.0.0.1:%d", ports[5])
+	qHTTPAddr := fmt.Sprintf("127.0.0.1:%d", ports[6])
 
 	sinkLog := filepath.Join(tmp, "smtp-sink.log")
 	if _, err := startSink(sinkPath, sinkPort, sinkLog); err != nil {
@@ -206,6 +212,29 @@ func run(o options) error {
 	}
 	if err := proc.WaitReady(ctx, relay, "http://"+httpAddr+"/readyz", 15*time.Second); err != nil {
 		return fmt.Errorf("%w\nrelay log %s ends:\n%s", err, relayLog, proc.TailFile(relayLog, 20))
+	}
+	// A second relay in Queue mode, its spool in the work directory: the "queue" rows.
+	qConfigDir := filepath.Join(tmp, "queue-config")
+	qYAML := strings.Replace(relayConfig(ports[5], 0, sinkPort, o.upstreamConns, maxConns), "- name: starttls\n  address: 127.0.0.1:0\n  tls: STARTTLS\n", "", 1) +
+		fmt.Sprintf("delivery:\n  mode: Queue\n  queue:\n    dir: %s\n", filepath.Join(tmp, "queue"))
+	if err := kubeletdir.Write(qConfigDir, map[string][]byte{config.FileName: []byte(qYAML)}); err != nil {
+		return err
+	}
+	qLog := filepath.Join(tmp, "relay-queue.log")
+	qlogf, err := os.Create(qLog)
+	if err != nil {
+		return err
+	}
+	defer qlogf.Close()
+	qcmd := exec.Command(relayBin, "--config-dir", qConfigDir, "--secrets-dir", secretsDir,
+		"--http-address", qHTTPAddr, "--spool-dir", tmp, "--shutdown-grace", "5s", "--reload-interval", "10m")
+	qcmd.Stdout, qcmd.Stderr = qlogf, qlogf
+	qrelay, err := children.start("relay-queue", qcmd)
+	if err != nil {
+		return err
+	}
+	if err := proc.WaitReady(ctx, qrelay, "http://"+qHTTPAddr+"/readyz", 15*time.Second); err != nil {
+		return fmt.Errorf("%w\nqueue relay log %s ends:\n%s", err, qLog, proc.TailFile(qLog, 20))
 	}
 
 	fmt.Printf("bench-relay: %s", strings.TrimSpace(string(version))+"\n")
@@ -264,7 +293,8 @@ func run(o options) error {
 			}
 			return append(a, addr)
 		}
-		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS acc
+		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS, srcQueued, srcDelivered acc
+		var flushes, commits float64
 		for rep := range o.runs {
 			// Direct and relayed runs alternate, so that drift on the host hits both.
 			if rep == 0 {
@@ -284,6 +314,25 @@ func run(o options) error {
 				d, err = runSource(ctx, sourcePath, srcArgs(floorAddr))
 				srcFloor.addSource(n, d, err)
 				srcFloor.addCPU(c0, cpuTime(fpid))
+			}
+			// Queue mode: the rate of 250s (stored durably), then of delivery, until the
+			// queue is empty again.
+			m0, _ := scrape(qHTTPAddr)
+			c0 = cpuTime(qrelay.Pid())
+			t0 := time.Now()
+			d, err = runSource(ctx, sourcePath, srcArgs(qPlainAddr))
+			srcQueued.addSource(n, d, err)
+			srcQueued.addCPU(c0, cpuTime(qrelay.Pid()))
+			if err == nil {
+				if err := drained(qHTTPAddr, 2*time.Minute); err != nil {
+					srcDelivered.addSource(n, 0, err)
+				} else {
+					srcDelivered.addSource(n, time.Since(t0), nil)
+				}
+			}
+			if m1, err := scrape(qHTTPAddr); err == nil && m0 != nil {
+				flushes += m1["kuberelay_queue_flushes_total"] - m0["kuberelay_queue_flushes_total"]
+				commits += m1["kuberelay_queue_commits_total"] - m0["kuberelay_queue_commits_total"]
 			}
 			goDirect.addGen(n, generate(ctx, sinkAddr, nil, s, n, msg))
 			c0 = cpuTime(pid)
@@ -306,6 +355,12 @@ func run(o options) error {
 			r.reference = true
 			rows = append(rows, r)
 		}
+		q := makeRow(s, n, "queue, stored, smtp-source", &srcDirect, &srcQueued)
+		q.queue, q.flushesPerMsg = true, flushes/max(commits, 1)
+		dq := makeRow(s, n, "queue, delivered, smtp-source", &srcDirect, &srcDelivered)
+		dq.queue = true
+		dq.relayCPU = nil
+		rows = append(rows, q, dq)
 		lats = append(lats,
 			latRow{s, n, "direct to smtp-sink, plain", &goDirect},
 			latRow{s, n, "relay, plain", &goRelay},
@@ -352,7 +407,7 @@ func (a *acc) addCPU(start, end time.Duration) {
 
 // medianCPU is the median relay CPU time per message over the runs.
 func (a *acc) medianCPU() (time.Duration, bool) {
-	if len(a.cpuPerMsg) == 0 {
+	if a == nil || len(a.cpuPerMsg) == 0 {
 		return 0, false
 	}
 	c := slices.Clone(a.cpuPerMsg)
@@ -532,6 +587,13 @@ func printRates(rows []row, o options) {
 			notes = append(notes, fmt.Sprintf("  %d sessions, %s, relay: %v", r.sessions, r.mode, r.relayErr))
 		}
 	}
+	for _, r := range rows {
+		if r.queue && r.flushesPerMsg > 0 {
+			fmt.Printf("  queue, %d sessions: %.2f filesystem flushes per message stored (commits share them), removals included\n", r.sessions, r.flushesPerMsg)
+		}
+	}
+	fmt.Println(`  "queue, stored": a second relay in Queue mode, the rate of 250s, each given once the message is on`)
+	fmt.Println(`  stable storage; "queue, delivered": from the first message sent until its queue was empty again.`)
 	fmt.Println(`  "relay client-TLS vs direct plain": the client speaks STARTTLS to the relay; smtp-sink has no TLS,`)
 	fmt.Println(`  so its direct figure is the plain Go-client rate of the row above.`)
 	if o.floor {
@@ -588,7 +650,7 @@ func printTargets(rows []row, idle []idleCost) {
 	fmt.Println("Targets")
 	found := false
 	for _, r := range rows {
-		if r.sessions != 20 || r.reference {
+		if r.sessions != 20 || r.reference || r.queue {
 			continue
 		}
 		found = true
@@ -648,4 +710,19 @@ func countLogLevels(path string) (errs, warns int) {
 	}
 	s := string(b)
 	return strings.Count(s, `"level":"ERROR"`), strings.Count(s, `"level":"WARN"`)
+}
+
+// drained waits until the queue relay at httpAddr has delivered everything it holds.
+func drained(httpAddr string, bound time.Duration) error {
+	deadline := time.Now().Add(bound)
+	for {
+		m, err := scrape(httpAddr)
+		if err == nil && m["kuberelay_queue_messages"] == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("queue not empty after %s (%v messages)", bound, m["kuberelay_queue_messages"])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

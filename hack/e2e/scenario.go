@@ -203,8 +203,8 @@ spec:
 	}
 	e.time("apply to SmtpRelay Ready and ConfigApplied (2 replicas)", time.Since(t))
 	e.logf("status: %s", st)
-	e.check("kubectl get smtprelay shows READY True, REPLICAS 2, CONFIG True", e.relayTable(map[string]string{
-		"READY": "True", "REPLICAS": "2", "CONFIG": "True"}))
+	e.check("kubectl get smtprelay shows READY True, REPLICAS 2, CONFIG True, QUEUED 0", e.relayTable(map[string]string{
+		"READY": "True", "REPLICAS": "2", "CONFIG": "True", "QUEUED": "0"}))
 
 	if out, err := e.kubectl(70*time.Second, "-n", ns, "wait", "--for=condition=Ready", "pod/client", "--timeout=60s"); !e.check("client pod Ready", wrap(err, out)) {
 		return nil

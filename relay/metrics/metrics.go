@@ -121,21 +121,35 @@ func (m *Metrics) SetConfigHash(hash string) {
 	m.ConfigInfo.WithLabelValues(hash).Set(1)
 }
 
+// QueueStats are what WatchQueue reads from the queue at each scrape.
+type QueueStats struct {
+	Messages int
+	Bytes    int64
+	Oldest   time.Time // zero when empty
+	// Flushes of the spool's filesystem and the commits they made durable.
+	Flushes, Commits int64
+}
+
 // WatchQueue exports the queue's size and age, read from stats at each scrape:
-// kuberelay_queue_messages, kuberelay_queue_bytes and kuberelay_queue_oldest_seconds.
-func (m *Metrics) WatchQueue(stats func() (messages int, bytes int64, oldest time.Time)) {
-	gauge := func(name, help string, v func() float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kuberelay", Subsystem: "queue", Name: name, Help: help}, v)
+// kuberelay_queue_messages, _bytes, _oldest_seconds, and the group commit's
+// kuberelay_queue_flushes_total and _commits_total (their ratio is the batch size).
+func (m *Metrics) WatchQueue(stats func() QueueStats) {
+	opts := func(name, help string) prometheus.GaugeOpts {
+		return prometheus.GaugeOpts{Namespace: "kuberelay", Subsystem: "queue", Name: name, Help: help}
+	}
+	counter := func(name, help string, v func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts(opts(name, help)), v)
 	}
 	m.Registry.MustRegister(
-		gauge("messages", "Messages in the queue.", func() float64 { n, _, _ := stats(); return float64(n) }),
-		gauge("bytes", "Bytes of message data in the queue.", func() float64 { _, b, _ := stats(); return float64(b) }),
-		gauge("oldest_seconds", "Age of the oldest queued message, 0 when the queue is empty.", func() float64 {
-			_, _, o := stats()
-			if o.IsZero() {
-				return 0
+		prometheus.NewGaugeFunc(opts("messages", "Messages in the queue."), func() float64 { return float64(stats().Messages) }),
+		prometheus.NewGaugeFunc(opts("bytes", "Bytes of message data in the queue."), func() float64 { return float64(stats().Bytes) }),
+		prometheus.NewGaugeFunc(opts("oldest_seconds", "Age of the oldest queued message, 0 when the queue is empty."), func() float64 {
+			if o := stats().Oldest; !o.IsZero() {
+				return time.Since(o).Seconds()
 			}
-			return time.Since(o).Seconds()
+			return 0
 		}),
+		counter("flushes_total", "Flushes of the spool's filesystem, each shared by the commits waiting for it.", func() float64 { return float64(stats().Flushes) }),
+		counter("commits_total", "Messages made durable in the queue.", func() float64 { return float64(stats().Commits) }),
 	)
 }

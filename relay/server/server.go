@@ -161,9 +161,9 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("delivery.queue.dir: %w", err)
 		}
 		s.queue = &relayQueue{store: store, deliverer: newDeliverer(s, store, envs)}
-		s.metrics.WatchQueue(func() (int, int64, time.Time) {
+		s.metrics.WatchQueue(func() metrics.QueueStats {
 			st := store.Stats()
-			return st.Messages, st.Bytes, st.Oldest
+			return metrics.QueueStats{Messages: st.Messages, Bytes: st.Bytes, Oldest: st.Oldest, Flushes: st.Syncs, Commits: st.Commits}
 		})
 		s.log.Info("queue opened", "dir", s.delivery.Queue.Dir, "messages", len(envs))
 	}
