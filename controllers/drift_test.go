@@ -156,10 +156,23 @@ func TestQueueModeWorkload(t *testing.T) {
 	}
 
 	update(t, relay, func() { relay.Spec.Delivery.Mode = relayv1alpha1.DeliveryPassThrough })
+	dep := &appsv1.Deployment{}
 	eventually(t, func() string {
-		if err := env.Client.Get(ctx, key, &appsv1.Deployment{}); err != nil {
+		if err := env.Client.Get(ctx, key, dep); err != nil {
 			return "no Deployment after the switch: " + err.Error()
 		}
+		return ""
+	})
+	// The StatefulSet serves until the Deployment's pods are ready (no kube-controller-
+	// manager here: its status is written by hand).
+	if err := env.Client.Get(ctx, key, &appsv1.StatefulSet{}); err != nil {
+		t.Fatalf("the StatefulSet went before the Deployment was ready: %v", err)
+	}
+	dep.Status = appsv1.DeploymentStatus{ObservedGeneration: dep.Generation, Replicas: 3, ReadyReplicas: 3, UpdatedReplicas: 3, AvailableReplicas: 3}
+	if err := env.Client.Status().Update(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
 		for _, o := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}} {
 			name := key
 			if _, ok := o.(*corev1.Service); ok {

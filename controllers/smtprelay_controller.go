@@ -159,8 +159,9 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 	}
 	objs := []client.Object{render.ServiceAccount(s.relay), render.Service(s.relay)}
 	// Queue mode runs a StatefulSet (one volume per pod) behind a headless Service;
-	// PassThrough a Deployment. The workload of the other mode goes: switching modes
-	// replaces the pods (a StatefulSet's claims stay, with any mail they hold).
+	// PassThrough a Deployment. The workload of the other mode goes once the new one is
+	// ready: switching modes replaces the pods (a StatefulSet's claims stay, with any
+	// mail they hold).
 	meta := metav1.ObjectMeta{Name: s.relay.Name, Namespace: s.relay.Namespace}
 	var stale []client.Object
 	if render.QueueMode(s.relay) {
@@ -176,9 +177,13 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 			return ctrl.Result{}, err
 		}
 	}
-	for _, obj := range stale {
-		if err := deleteIfExists(ctx, r.Client, obj); err != nil {
-			return ctrl.Result{}, err
+	// The other mode's pods keep serving until the new ones are all ready, so a switch
+	// never leaves the Service without pods.
+	if w, err := r.workload(ctx, s.relay); err == nil && w.observed >= w.generation && w.ready == render.Replicas(s.relay) {
+		for _, obj := range stale {
+			if err := deleteIfExists(ctx, r.Client, obj); err != nil {
+				return ctrl.Result{}, err
+			}
 		}
 	}
 	if pdb := render.PodDisruptionBudget(s.relay); pdb != nil {

@@ -174,6 +174,15 @@ func TestRejected(t *testing.T) {
 		want string
 	}{
 		{"open relay IPv4", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.0/8", "0.0.0.0/0"} }), "open relay"},
+		{"queue settings without Queue mode", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryPassThrough, Queue: &relayv1alpha1.QueueSpec{MaxMessages: ptr(int32(10))}}
+		}), "queue settings need mode Queue"},
+		{"unknown delivery mode", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Delivery = &relayv1alpha1.DeliverySpec{Mode: "Spool"}
+		}), "spec.delivery.mode"},
+		{"retry backoff over 10", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
+			s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue, Queue: &relayv1alpha1.QueueSpec{Retry: &relayv1alpha1.QueueRetry{Backoff: ptr(int32(11))}}}
+		}), "backoff"},
 		{"open relay IPv6", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.AllowedNetworks = []string{"::/0"} }), "open relay"},
 		{"network not a CIDR", relay(func(s *relayv1alpha1.SmtpRelaySpec) { s.AllowedNetworks = []string{"10.0.0.1"} }), "must be CIDRs"},
 		{"AUTH on a listener without TLS", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
