@@ -400,3 +400,44 @@ func TestQueueHTTP(t *testing.T) {
 		t.Fatalf("spool holds %v, want the remaining message's two files", files)
 	}
 }
+
+// A draining relay takes no more mail (new connections and idle sessions get 421)
+// and goes on delivering its queue, so a pod can be emptied before it is removed.
+func TestQueueDrain(t *testing.T) {
+	up := downAddr(t)
+	spool := t.TempDir()
+	e := startRelay(t, queueConfig(up, spool, ""), testSecrets(t, "one"))
+	if code, text := sendQueued(t, e, "drained", "x@example.net"); code != 250 {
+		t.Fatalf("%d %s", code, text)
+	}
+	idle := dialRaw(t, e.addr("plain"))
+	idle.cmd("EHLO client.test", 250)
+	h := httptest.NewServer(e.srv.QueueHandler())
+	defer h.Close()
+	resp, err := http.Post(h.URL+"/queue/drain", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"draining":true`) || !strings.Contains(string(b), `"messages":1`) {
+		t.Fatalf("POST /queue/drain: %d %s", resp.StatusCode, b)
+	}
+	if text := idle.expect(421); !strings.HasPrefix(text, "4.3.2 ") {
+		t.Fatalf("idle session got 421 %s", text)
+	}
+	if text := refusedAt(t, e.addr("plain")); !strings.HasPrefix(text, "4.3.2 ") {
+		t.Fatalf("new connection got 421 %s", text)
+	}
+	capture, err := mailcapture.Start(up, mailcapture.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { capture.Close() })
+	eventually.Require(t, wait, func() string {
+		if len(bySubject(capture.Messages())["drained"]) != 1 || len(spoolFiles(t, spool)) != 0 {
+			return "the draining relay did not deliver its queue"
+		}
+		return ""
+	})
+}

@@ -11,6 +11,8 @@ import (
 
 // QueueStatus is the queue's size, as /status reports it.
 type QueueStatus struct {
+	// Draining says the relay takes no more mail (POST /queue/drain).
+	Draining      bool    `json:"draining,omitempty"`
 	Messages      int     `json:"messages"`
 	Bytes         int64   `json:"bytes"`
 	OldestSeconds float64 `json:"oldestSeconds"`
@@ -22,7 +24,7 @@ func (s *Server) QueueStatus() *QueueStatus {
 		return nil
 	}
 	st := s.queue.store.Stats()
-	qs := &QueueStatus{Messages: st.Messages, Bytes: st.Bytes}
+	qs := &QueueStatus{Draining: s.draining.Load(), Messages: st.Messages, Bytes: st.Bytes}
 	if !st.Oldest.IsZero() {
 		qs.OldestSeconds = time.Since(st.Oldest).Seconds()
 	}
@@ -43,6 +45,7 @@ type queueListing struct {
 //	POST   /queue/retry       make every waiting message due now
 //	POST   /queue/{id}/retry  make one due now
 //	DELETE /queue/{id}        drop one, without delivering it or telling its sender
+//	POST   /queue/drain       take no more mail, deliver what is queued (see Drain)
 func (s *Server) QueueHandler() http.Handler {
 	if s.queue == nil {
 		return nil
@@ -59,6 +62,10 @@ func (s *Server) QueueHandler() http.Handler {
 		Deleted string `json:"deleted,omitempty"`
 		Error   string `json:"error,omitempty"`
 	}
+	mux.HandleFunc("POST /queue/drain", func(w http.ResponseWriter, _ *http.Request) {
+		s.Drain()
+		reply(w, http.StatusOK, s.QueueStatus())
+	})
 	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, http.StatusOK, queueListing{QueueStatus: *s.QueueStatus(), Items: d.list()})
 	})

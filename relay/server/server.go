@@ -76,6 +76,9 @@ type Server struct {
 	delivery config.Delivery
 
 	shuttingDown atomic.Bool
+	// draining (Queue mode) takes no more mail but goes on delivering the queue, so a
+	// pod about to be removed can be emptied first.
+	draining atomic.Bool
 	wg           sync.WaitGroup
 	drained      chan struct{}
 }
@@ -347,7 +350,7 @@ func (s *Server) handoff(l *listener, c net.Conn) {
 	name := l.cfg.Name
 	for {
 		g := s.current()
-		if s.shuttingDown.Load() {
+		if s.shuttingDown.Load() || s.draining.Load() {
 			s.refuse(l, c, "shutdown", errShuttingDown)
 			return
 		}
@@ -477,6 +480,30 @@ func (s *Server) closeListeners() {
 		l.ln.Close()
 	}
 }
+
+// Drain makes a Queue-mode relay take no more mail while it goes on delivering what
+// it holds: new connections and new transactions get 421, idle sessions are ended,
+// transactions in progress finish. It cannot be undone but by a restart.
+func (s *Server) Drain() {
+	if s.draining.Swap(true) {
+		return
+	}
+	s.log.Info("draining: no more mail is taken; the queue is delivered")
+	s.mu.Lock()
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		if c.idle() {
+			c.drain()
+		}
+	}
+}
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Shutdown stops accepting connections, ends idle sessions with 421, lets sessions in
 // the middle of a transaction finish it, and when ctx ends closes whatever is left

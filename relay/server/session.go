@@ -200,7 +200,7 @@ func (s *session) authThrottled(scope, username string) error {
 }
 
 func (s *session) Mail(from string, opts mailParams) error {
-	if s.b.srv.shuttingDown.Load() {
+	if s.b.srv.shuttingDown.Load() || s.b.srv.draining.Load() {
 		s.tc.closeAfterWrite.Store(true)
 		return errShuttingDown
 	}

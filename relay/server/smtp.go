@@ -426,7 +426,7 @@ func (c *conversation) data(arg string) bool {
 // afterTransaction ends the conversation, with 421, if the relay is shutting down: a
 // transaction has just ended, so nothing is lost (RFC 5321 section 3.8).
 func (c *conversation) afterTransaction() bool {
-	if c.tc.srv.shuttingDown.Load() {
+	if c.tc.srv.shuttingDown.Load() || c.tc.srv.draining.Load() {
 		c.reply(errShuttingDown)
 		return false
 	}

@@ -198,7 +198,8 @@ func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, read
 		fmt.Fprintln(rw, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
+		// A draining relay is taken out of its Service: it takes no more mail.
+		if !ready.Load() || srv.Draining() {
 			http.Error(rw, "not ready", http.StatusServiceUnavailable)
 			return
 		}
