@@ -2,16 +2,26 @@ package controllers_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/internal/testenv"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -184,4 +194,185 @@ func TestQueueModeWorkload(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// queuePod is a Queue-mode relay pod's HTTP side: /status with a queue that the test
+// sets, and /queue/drain.
+type queuePod struct {
+	srv      *httptest.Server
+	mu       sync.Mutex
+	queued   int64
+	draining bool
+}
+
+func startQueuePod(t *testing.T, ss *appsv1.StatefulSet, name string) *queuePod {
+	t.Helper()
+	p := &queuePod{queued: 5}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		switch r.URL.Path {
+		case "/status":
+			_ = json.NewEncoder(w).Encode(map[string]any{"ready": true,
+				"queue": map[string]any{"messages": p.queued, "draining": p.draining}})
+		case "/queue/drain":
+			p.draining = true
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(p.srv.Close)
+	_, portStr, _ := net.SplitHostPort(p.srv.Listener.Addr().String())
+	port, _ := strconv.Atoi(portStr)
+	// The StatefulSet controller gives each pod the volume of its claim.
+	tmpl := *ss.Spec.Template.DeepCopy()
+	for _, c := range ss.Spec.VolumeClaimTemplates {
+		tmpl.Spec.Volumes = append(tmpl.Spec.Volumes, corev1.Volume{Name: c.Name,
+			VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: c.Name + "-" + name}}})
+	}
+	if _, err := testenv.StartPod(context.Background(), env.Client, tmpl, ss.Namespace, name, int32(port)); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// A Queue-mode scale-down keeps the leaving pods until they have drained (told to take
+// no more mail, and reporting an empty queue), then scales the StatefulSet down and
+// deletes their claims once the pods are gone; the staying pod's claim is kept.
+func TestQueueScaleDownDrainsFirst(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	ns := namespace(t, "drain")
+	relay := newRelay(ns, "outbound", withReplicas(3), func(s *relayv1alpha1.SmtpRelaySpec) {
+		s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
+	})
+	create(t, relay)
+	key := types.NamespacedName{Namespace: ns, Name: "outbound"}
+	ss := &appsv1.StatefulSet{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, key, ss); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	// Play the StatefulSet controller: three pods and their claims.
+	pods := make([]*queuePod, 3)
+	for i := range pods {
+		pods[i] = startQueuePod(t, ss, fmt.Sprintf("outbound-%d", i))
+		claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("queue-outbound-%d", i), Namespace: ns,
+			Labels: ss.Spec.VolumeClaimTemplates[0].Labels}, Spec: ss.Spec.VolumeClaimTemplates[0].Spec}
+		create(t, claim)
+	}
+
+	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(1)) })
+	// The leaving pods are told to drain; the StatefulSet keeps them while they hold mail.
+	eventually(t, func() string {
+		for _, p := range pods[1:] {
+			p.mu.Lock()
+			d := p.draining
+			p.mu.Unlock()
+			if !d {
+				return "a leaving pod was not told to drain"
+			}
+		}
+		return condition(t, relay, func() []metav1.Condition { return relay.Status.Conditions },
+			relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonDraining)()
+	})
+	if pods[0].draining {
+		t.Fatal("the staying pod was told to drain")
+	}
+	if err := env.Client.Get(ctx, key, ss); err != nil || *ss.Spec.Replicas != 3 {
+		t.Fatalf("StatefulSet replicas %d while the leaving pods hold mail, want 3 (%v)", *ss.Spec.Replicas, err)
+	}
+	c := apimeta.FindStatusCondition(relay.Status.Conditions, relayv1alpha1.ReadyCondition)
+	if c == nil || !strings.Contains(c.Message, "10 messages left") {
+		t.Fatalf("Ready condition %+v, want the messages left", c)
+	}
+
+	// They deliver everything: the StatefulSet scales down.
+	for _, p := range pods[1:] {
+		p.mu.Lock()
+		p.queued = 0
+		p.mu.Unlock()
+	}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, key, ss); err != nil {
+			return err.Error()
+		}
+		if *ss.Spec.Replicas != 1 {
+			return fmt.Sprintf("StatefulSet replicas %d, want 1", *ss.Spec.Replicas)
+		}
+		return ""
+	})
+	// The StatefulSet controller removes the pods; then their claims go, the staying
+	// pod's does not.
+	for _, name := range []string{"outbound-1", "outbound-2"} {
+		if err := env.Client.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}, client.GracePeriodSeconds(0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, func() string {
+		for _, name := range []string{"queue-outbound-1", "queue-outbound-2"} {
+			pvc := &corev1.PersistentVolumeClaim{}
+			if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, pvc); err == nil && pvc.DeletionTimestamp == nil {
+				return name + " is still there"
+			}
+		}
+		return ""
+	})
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "queue-outbound-0"}, &corev1.PersistentVolumeClaim{}); err != nil {
+		t.Fatalf("the staying pod's claim: %v", err)
+	}
+}
+
+// A scale-down undone while the leaving pods drain restarts them (a draining relay
+// takes no mail until it restarts) and keeps their claims.
+func TestQueueScaleDownUndone(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	ns := namespace(t, "undrain")
+	relay := newRelay(ns, "outbound", withReplicas(2), func(s *relayv1alpha1.SmtpRelaySpec) {
+		s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
+	})
+	create(t, relay)
+	key := types.NamespacedName{Namespace: ns, Name: "outbound"}
+	ss := &appsv1.StatefulSet{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, key, ss); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	startQueuePod(t, ss, "outbound-0")
+	leaving := startQueuePod(t, ss, "outbound-1")
+	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(1)) })
+	eventually(t, func() string {
+		leaving.mu.Lock()
+		defer leaving.mu.Unlock()
+		if !leaving.draining {
+			return "outbound-1 was not told to drain"
+		}
+		return ""
+	})
+	// A draining relay fails its readiness probe.
+	pod := &corev1.Pod{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-1"}, pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}
+	if err := env.Client.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(2)) })
+	eventually(t, func() string {
+		p := &corev1.Pod{}
+		err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-1"}, p)
+		if apierrors.IsNotFound(err) || err == nil && p.DeletionTimestamp != nil {
+			return ""
+		}
+		return "the pod left draining was not restarted"
+	})
+	if err := env.Client.Get(ctx, key, ss); err != nil || *ss.Spec.Replicas != 2 {
+		t.Fatalf("StatefulSet replicas after the undo: %v", err)
+	}
 }

@@ -19,6 +19,8 @@ import (
 type PodStatus interface {
 	// Report returns what the pod says of itself.
 	Report(ctx context.Context, pod *corev1.Pod) (PodReport, error)
+	// Drain makes a Queue-mode pod take no more mail and deliver its queue.
+	Drain(ctx context.Context, pod *corev1.Pod) error
 }
 
 // PodReport is what a relay pod's /status says.
@@ -27,6 +29,8 @@ type PodReport struct {
 	ConfigHash string
 	// Queued is the number of messages in its queue; nil in PassThrough mode.
 	Queued *int64
+	// Draining says the pod takes no more mail (POST /queue/drain).
+	Draining bool
 }
 
 // HTTPPodStatus reads the relay's GET /status on the pod's "http" container port.
@@ -56,6 +60,7 @@ func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport,
 		ConfigHash string `json:"configHash"`
 		Queue      *struct {
 			Messages int64 `json:"messages"`
+			Draining bool  `json:"draining"`
 		} `json:"queue"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&st); err != nil {
@@ -63,9 +68,26 @@ func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport,
 	}
 	r := PodReport{ConfigHash: st.ConfigHash}
 	if st.Queue != nil {
-		r.Queued = &st.Queue.Messages
+		r.Queued, r.Draining = &st.Queue.Messages, st.Queue.Draining
 	}
 	return r, nil
+}
+
+func (h *HTTPPodStatus) Drain(ctx context.Context, pod *corev1.Pod) error {
+	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/queue/drain"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := h.Client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST %s: %s", url, resp.Status)
+	}
+	return nil
 }
 
 // podHTTPPort is the relay container's http port as the pod declares it, so a pod

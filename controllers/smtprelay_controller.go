@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,6 +73,10 @@ type relayScope struct {
 	renderErr *render.Error
 	// applied is what the ready pods reported; nil when they were not asked.
 	applied *configApplied
+	// drainMessage says what a Queue-mode scale-down waits for; drainAfter is when
+	// to look again ("" and 0 when none is waiting).
+	drainMessage string
+	drainAfter   time.Duration
 }
 
 // configApplied counts the ready pods that run the rendered configuration.
@@ -112,7 +117,8 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			return res, err
 		}
 	}
-	return ctrl.Result{}, nil
+	// A scale-down waiting for pods to empty their queues looks again.
+	return ctrl.Result{RequeueAfter: s.drainAfter}, nil
 }
 
 // reconcileConfig gathers the inputs, renders the relay's configuration and writes
@@ -164,8 +170,14 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 	// mail they hold).
 	meta := metav1.ObjectMeta{Name: s.relay.Name, Namespace: s.relay.Namespace}
 	var stale []client.Object
+	var res ctrl.Result
 	if render.QueueMode(s.relay) {
-		objs = append(objs, render.PeerService(s.relay), render.StatefulSet(s.relay, r.Image))
+		replicas, after, err := r.queueReplicas(ctx, s)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		res.RequeueAfter = after
+		objs = append(objs, render.PeerService(s.relay), render.StatefulSet(s.relay, r.Image, replicas))
 		stale = []client.Object{&appsv1.Deployment{ObjectMeta: meta}}
 	} else {
 		objs = append(objs, render.Deployment(s.relay, r.Image))
@@ -174,6 +186,11 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 	}
 	for _, obj := range objs {
 		if err := r.owned.apply(ctx, r.Client, client.ObjectKeyFromObject(s.relay), obj); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if render.QueueMode(s.relay) {
+		if err := r.releaseEmptiedClaims(ctx, s.relay); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -196,7 +213,190 @@ func (r *SmtpRelayReconciler) reconcileWorkload(ctx context.Context, s *relaySco
 			return ctrl.Result{}, err
 		}
 	}
+	if res.RequeueAfter > 0 {
+		// Draining: the rest of the reconcile (domains, pods, status) still runs; the
+		// result only brings the next look at the leaving pods.
+		s.drainAfter = res.RequeueAfter
+	}
 	return ctrl.Result{}, nil
+}
+
+// emptiedAnnotation marks a Queue-mode claim whose pod delivered everything and was
+// then scaled away: the only claims the operator deletes.
+const emptiedAnnotation = "relay.kuberelay.io/queue-emptied"
+
+// drainPoll is how often the leaving pods of a scale-down are asked about their queues.
+const drainPoll = 5 * time.Second
+
+// queueReplicas is the StatefulSet's replica count. A scale-down of a Queue-mode relay
+// removes pods only once they are empty: the leaving pods (the highest ordinals) are
+// told to drain, that is to take no more mail and deliver their queues, and the
+// StatefulSet keeps them until each reports an empty queue. after is when to look
+// again while they drain.
+func (r *SmtpRelayReconciler) queueReplicas(ctx context.Context, s *relayScope) (int32, time.Duration, error) {
+	want := render.Replicas(s.relay)
+	ss := &appsv1.StatefulSet{}
+	switch err := r.Get(ctx, client.ObjectKeyFromObject(s.relay), ss); {
+	case apierrors.IsNotFound(err):
+		return want, 0, nil
+	case err != nil:
+		return 0, 0, err
+	}
+	current := want
+	if ss.Spec.Replicas != nil {
+		current = *ss.Spec.Replicas
+	}
+	if r.Pods == nil {
+		return want, 0, nil
+	}
+	if current <= want {
+		return want, 0, r.undrain(ctx, s.relay, want)
+	}
+	var list corev1.PodList
+	if err := r.List(ctx, &list, client.InNamespace(s.relay.Namespace), client.MatchingLabels(render.SelectorLabels(s.relay))); err != nil {
+		return 0, 0, err
+	}
+	pods := map[int]*corev1.Pod{}
+	for i := range list.Items {
+		if n, ok := ordinal(s.relay.Name, list.Items[i].Name); ok {
+			pods[n] = &list.Items[i]
+		}
+	}
+	var left int64
+	var waiting []string
+	for n := int(want); n < int(current); n++ {
+		p := pods[n]
+		if p == nil || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
+			// A leaving pod that does not run cannot say its queue is empty: its claim
+			// is kept and the scale-down waits for it.
+			waiting = append(waiting, fmt.Sprintf("%s-%d (not running)", s.relay.Name, n))
+			continue
+		}
+		rep, err := r.Pods.Report(ctx, p)
+		switch {
+		case err != nil:
+			waiting = append(waiting, fmt.Sprintf("%s (did not answer: %v)", p.Name, err))
+		case !rep.Draining:
+			// Emptiness counts only once the pod takes no more mail.
+			left += valueOr(rep.Queued)
+			if err := r.Pods.Drain(ctx, p); err != nil {
+				waiting = append(waiting, fmt.Sprintf("%s (could not start draining: %v)", p.Name, err))
+			} else {
+				waiting = append(waiting, fmt.Sprintf("%s (draining, %d messages left)", p.Name, valueOr(rep.Queued)))
+			}
+		case rep.Queued == nil || *rep.Queued > 0:
+			left += valueOr(rep.Queued)
+			waiting = append(waiting, fmt.Sprintf("%s (%d messages left)", p.Name, valueOr(rep.Queued)))
+		}
+	}
+	if len(waiting) > 0 {
+		s.drainMessage = fmt.Sprintf("Scaling down from %d to %d pods once the leaving pods have delivered their queues (%d messages left): %s",
+			current, want, left, briefList(waiting, 3))
+		return current, drainPoll, nil
+	}
+	// Every leaving pod is empty: their claims may go once the pods have.
+	for n := int(want); n < int(current); n++ {
+		claim := &corev1.PersistentVolumeClaim{}
+		key := types.NamespacedName{Namespace: s.relay.Namespace, Name: render.QueueClaimName(s.relay, n)}
+		if err := r.Get(ctx, key, claim); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return 0, 0, err
+		}
+		if claim.Annotations[emptiedAnnotation] == "" {
+			base := claim.DeepCopy()
+			if claim.Annotations == nil {
+				claim.Annotations = map[string]string{}
+			}
+			claim.Annotations[emptiedAnnotation] = "true"
+			if err := r.Patch(ctx, claim, client.MergeFrom(base)); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	log.FromContext(ctx).Info("leaving pods are empty: scaling down", "from", current, "to", want)
+	return want, 0, nil
+}
+
+// undrain restarts the pods that are still draining although they stay (a scale-down
+// was undone before they went): a draining relay takes no mail until it restarts. Only
+// pods that are not ready are asked, as a draining pod is not. Their claims lose the
+// emptied mark, since they take mail again.
+func (r *SmtpRelayReconciler) undrain(ctx context.Context, relay *relayv1alpha1.SmtpRelay, want int32) error {
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods, client.InNamespace(relay.Namespace), client.MatchingLabels(render.SelectorLabels(relay))); err != nil {
+		return err
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		n, ok := ordinal(relay.Name, p.Name)
+		if !ok || n >= int(want) || podReady(p) || p.DeletionTimestamp != nil || p.Status.PodIP == "" {
+			continue
+		}
+		if rep, err := r.Pods.Report(ctx, p); err == nil && rep.Draining {
+			log.FromContext(ctx).Info("restarting a pod left draining by an undone scale-down", "pod", p.Name)
+			if err := r.Delete(ctx, p); err != nil && !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	var claims corev1.PersistentVolumeClaimList
+	if err := r.List(ctx, &claims, client.InNamespace(relay.Namespace), client.MatchingLabels(render.SelectorLabels(relay))); err != nil {
+		return err
+	}
+	for i := range claims.Items {
+		c := &claims.Items[i]
+		if n, ok := ordinal(render.QueueClaimPrefix(relay), c.Name); !ok || n >= int(want) || c.Annotations[emptiedAnnotation] == "" {
+			continue
+		}
+		base := c.DeepCopy()
+		delete(c.Annotations, emptiedAnnotation)
+		if err := r.Patch(ctx, c, client.MergeFrom(base)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseEmptiedClaims deletes the claims marked emptied whose pods are gone (and
+// which the StatefulSet no longer counts), so no claim is left holding mail and none
+// is deleted that might.
+func (r *SmtpRelayReconciler) releaseEmptiedClaims(ctx context.Context, relay *relayv1alpha1.SmtpRelay) error {
+	var claims corev1.PersistentVolumeClaimList
+	if err := r.List(ctx, &claims, client.InNamespace(relay.Namespace), client.MatchingLabels(render.SelectorLabels(relay))); err != nil {
+		return err
+	}
+	want := int(render.Replicas(relay))
+	for i := range claims.Items {
+		c := &claims.Items[i]
+		n, ok := ordinal(render.QueueClaimPrefix(relay), c.Name)
+		if !ok || n < want || c.Annotations[emptiedAnnotation] == "" || c.DeletionTimestamp != nil {
+			continue
+		}
+		pod := &corev1.Pod{}
+		switch err := r.Get(ctx, types.NamespacedName{Namespace: relay.Namespace, Name: fmt.Sprintf("%s-%d", relay.Name, n)}, pod); {
+		case err == nil:
+			continue // still there, still using it
+		case !apierrors.IsNotFound(err):
+			return err
+		}
+		if err := r.Delete(ctx, c); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		log.FromContext(ctx).Info("deleted an emptied queue claim", "claim", c.Name)
+	}
+	return nil
+}
+
+// ordinal reads n from a StatefulSet pod or claim name "<prefix>-<n>".
+func ordinal(prefix, name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, prefix+"-")
+	if !ok || rest == "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n >= 0
 }
 
 // reconcileDomains writes the status of every RelayDomain attached to the relay: it is
@@ -471,6 +671,9 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *relayv1alph
 	case reconcileErr != nil:
 		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonProgressing, "Reconcile failed: "+reconcileErr.Error())
 		setCondition(relay, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonProgressing, "Retrying after an error")
+	case s.drainMessage != "":
+		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonDraining, s.drainMessage)
+		setCondition(relay, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonDraining, s.drainMessage)
 	case !rolledOut:
 		msg := fmt.Sprintf("%d of %d relay pods ready", st.ReadyReplicas, want)
 		setCondition(relay, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonRolloutInProgress, msg)

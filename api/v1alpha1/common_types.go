@@ -75,4 +75,7 @@ const (
 	ReasonConfigPending       = "ConfigPending"
 	ReasonConfigApplied       = "ConfigApplied"
 	ReasonNoReadyPods         = "NoReadyPods"
+	// ReasonDraining: a Queue-mode scale-down waits for the leaving pods to deliver
+	// their queues before they are removed.
+	ReasonDraining = "Draining"
 )

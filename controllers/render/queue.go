@@ -1,6 +1,8 @@
 package render
 
 import (
+	"fmt"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -19,6 +21,15 @@ var defaultQueueSize = resource.MustParse("10Gi")
 func QueueMode(relay *relayv1alpha1.SmtpRelay) bool {
 	d := relay.Spec.Delivery
 	return d != nil && d.Mode == relayv1alpha1.DeliveryQueue
+}
+
+// QueueClaimPrefix starts the name of every Queue-mode claim: the StatefulSet names
+// them <template>-<pod>, the pod being <relay>-<ordinal>.
+func QueueClaimPrefix(relay *relayv1alpha1.SmtpRelay) string { return volumeQueue + "-" + relay.Name }
+
+// QueueClaimName is the claim of the Queue-mode pod with this ordinal.
+func QueueClaimName(relay *relayv1alpha1.SmtpRelay, ordinal int) string {
+	return fmt.Sprintf("%s-%d", QueueClaimPrefix(relay), ordinal)
 }
 
 // PeerServiceName is the headless Service that gives Queue-mode pods stable names.
@@ -41,8 +52,9 @@ func queueSize(q relayv1alpha1.QueueSpec) resource.Quantity {
 // StatefulSet runs the relay pods in Queue mode: the pod of Deployment plus a
 // PersistentVolumeClaim each for its queue. Claims are kept when the relay is scaled
 // down or deleted: a claim may still hold mail, and a pod that comes back with it
-// delivers what it held.
-func StatefulSet(relay *relayv1alpha1.SmtpRelay, defaultImage string) *appsv1.StatefulSet {
+// delivers what it held. replicas is Replicas(relay) except while a scale-down waits
+// for the leaving pods to empty their queues.
+func StatefulSet(relay *relayv1alpha1.SmtpRelay, defaultImage string, replicas int32) *appsv1.StatefulSet {
 	q := queueSpec(relay)
 	claim := corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: volumeQueue, Labels: Labels(relay)},
@@ -58,7 +70,7 @@ func StatefulSet(relay *relayv1alpha1.SmtpRelay, defaultImage string) *appsv1.St
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "StatefulSet"},
 		ObjectMeta: objectMeta(relay, relay.Name),
 		Spec: appsv1.StatefulSetSpec{
-			Replicas:    ptr(Replicas(relay)),
+			Replicas:    ptr(replicas),
 			Selector:    &metav1.LabelSelector{MatchLabels: SelectorLabels(relay)},
 			ServiceName: PeerServiceName(relay),
 			// Pods start and stop together; each has its own queue, so none waits for

@@ -212,7 +212,7 @@ func TestGolden(t *testing.T) {
 			golden(t, filepath.Join(dir, "serviceaccount.yaml"), marshal(t, ServiceAccount(relay)))
 			golden(t, filepath.Join(dir, "service.yaml"), marshal(t, Service(relay)))
 			if QueueMode(relay) {
-				golden(t, filepath.Join(dir, "statefulset.yaml"), marshal(t, StatefulSet(relay, testImage)))
+				golden(t, filepath.Join(dir, "statefulset.yaml"), marshal(t, StatefulSet(relay, testImage, Replicas(relay))))
 				golden(t, filepath.Join(dir, "peerservice.yaml"), marshal(t, PeerService(relay)))
 			} else {
 				golden(t, filepath.Join(dir, "deployment.yaml"), marshal(t, Deployment(relay, testImage)))

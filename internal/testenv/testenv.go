@@ -150,7 +150,12 @@ func (e *Env) WriteKubeconfig(path string) error {
 // http container port is httpPort, and marks it running and ready at 127.0.0.1, so
 // that the operator asks a local server on httpPort for the pod's configuration.
 func StartRelayPod(ctx context.Context, c client.Client, dep *appsv1.Deployment, name string, httpPort int32) (*corev1.Pod, error) {
-	spec := *dep.Spec.Template.Spec.DeepCopy()
+	return StartPod(ctx, c, dep.Spec.Template, dep.Namespace, name, httpPort)
+}
+
+// StartPod is StartRelayPod for any workload's pod template (a StatefulSet's).
+func StartPod(ctx context.Context, c client.Client, tmpl corev1.PodTemplateSpec, namespace, name string, httpPort int32) (*corev1.Pod, error) {
+	spec := *tmpl.Spec.DeepCopy()
 	for i := range spec.Containers {
 		for j := range spec.Containers[i].Ports {
 			if spec.Containers[i].Ports[j].Name == render.HTTPPortName {
@@ -158,7 +163,7 @@ func StartRelayPod(ctx context.Context, c client.Client, dep *appsv1.Deployment,
 			}
 		}
 	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: dep.Namespace, Labels: dep.Spec.Template.Labels}, Spec: spec}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: tmpl.Labels}, Spec: spec}
 	if err := c.Create(ctx, pod); err != nil {
 		return nil, err
 	}
