@@ -79,8 +79,8 @@ type Server struct {
 	// draining (Queue mode) takes no more mail but goes on delivering the queue, so a
 	// pod about to be removed can be emptied first.
 	draining atomic.Bool
-	wg           sync.WaitGroup
-	drained      chan struct{}
+	wg       sync.WaitGroup
+	drained  chan struct{}
 }
 
 // generation is everything derived from one loaded configuration. Sessions keep the
