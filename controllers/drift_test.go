@@ -278,7 +278,10 @@ func TestQueueScaleDownDrainsFirst(t *testing.T) {
 		return condition(t, relay, func() []metav1.Condition { return relay.Status.Conditions },
 			relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, relayv1alpha1.ReasonDraining)()
 	})
-	if pods[0].draining {
+	pods[0].mu.Lock()
+	stayingDrained := pods[0].draining
+	pods[0].mu.Unlock()
+	if stayingDrained {
 		t.Fatal("the staying pod was told to drain")
 	}
 	if err := env.Client.Get(ctx, key, ss); err != nil || *ss.Spec.Replicas != 3 {

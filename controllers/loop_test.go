@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"k8s.io/client-go/util/retry"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -45,14 +47,19 @@ func condition(t *testing.T, obj client.Object, conds func() []metav1.Condition,
 	}
 }
 
+// update reads obj, changes it with mutate and writes it back, reading it again when
+// the operator wrote it (its status) in between.
 func update(t *testing.T, obj client.Object, mutate func()) {
 	t.Helper()
 	ctx := context.Background()
-	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
-		t.Fatal(err)
-	}
-	mutate()
-	if err := env.Client.Update(ctx, obj); err != nil {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		mutate()
+		return env.Client.Update(ctx, obj)
+	})
+	if err != nil {
 		t.Fatalf("updating %T %s: %v", obj, obj.GetName(), err)
 	}
 }
