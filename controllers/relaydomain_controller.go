@@ -68,7 +68,7 @@ func (r *RelayDomainReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	if !conditionIs(base.Status.Conditions, relayv1alpha1.AcceptedCondition, reason, msg) {
 		r.Recorder.Eventf(d, nil, corev1.EventTypeWarning, reason, "Attach", "%s", msg)
 	}
-	return ctrl.Result{}, patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status)
+	return requeueOnConflict(patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status))
 }
 
 // SetupWithManager registers the reconciler and its watches. Status updates of the

@@ -66,7 +66,7 @@ func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.StalledCondition)
 	}
 	apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.ReconcilingCondition)
-	return ctrl.Result{}, patchStatusIfChanged(ctx, r.Client, base, sh, base.Status, sh.Status)
+	return requeueOnConflict(patchStatusIfChanged(ctx, r.Client, base, sh, base.Status, sh.Status))
 }
 
 // SetupWithManager registers the reconciler and its watches.

@@ -107,7 +107,12 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	s := &relayScope{relay: relay}
 	base := relay.DeepCopy()
 	defer func() {
-		if err := r.patchStatus(ctx, base, s, retErr); err != nil {
+		switch err := r.patchStatus(ctx, base, s, retErr); {
+		case apierrors.IsConflict(err):
+			// The status was computed from a cached copy older than the object: run
+			// again on a fresh one rather than write over a newer status.
+			res = ctrl.Result{Requeue: true}
+		case err != nil:
 			retErr = kerrors.NewAggregate([]error{retErr, err})
 		}
 	}()
@@ -407,6 +412,7 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 		return ctrl.Result{}, nil
 	}
 	var errs []error
+	conflict := false
 	for i := range s.domains {
 		d := &s.domains[i]
 		var dr render.DomainResult
@@ -436,11 +442,27 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 		if !dr.Included && s.result != nil && !conditionIs(base.Status.Conditions, relayv1alpha1.ReadyCondition, dr.Reason, dr.Message) {
 			r.Recorder.Eventf(d, s.relay, corev1.EventTypeWarning, dr.Reason, "Attach", "%s", dr.Message)
 		}
-		if err := patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status); err != nil {
+		switch err := patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status); {
+		case apierrors.IsConflict(err):
+			conflict = true
+		case err != nil:
 			errs = append(errs, err)
 		}
 	}
+	if conflict && len(errs) == 0 {
+		// A domain changed under the reconcile: again, on its new version.
+		return ctrl.Result{Requeue: true}, nil
+	}
 	return ctrl.Result{}, kerrors.NewAggregate(errs)
+}
+
+// requeueOnConflict turns the conflict of a status patch made from an outdated copy
+// into a prompt retry on a fresh one, instead of an error.
+func requeueOnConflict(err error) (ctrl.Result, error) {
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{Requeue: true}, nil
+	}
+	return ctrl.Result{}, err
 }
 
 // reconcilePods asks every ready relay pod which configuration it runs, and polls
@@ -747,7 +769,10 @@ func patchStatusIfChanged(ctx context.Context, c client.Client, base, obj client
 	if equalJSON(before, after) {
 		return nil
 	}
-	return c.Status().Patch(ctx, obj, client.MergeFrom(base))
+	// A merge patch from a cached base that is older than the object would leave
+	// fields another reconcile changed meanwhile half-updated (a condition from one,
+	// a count from another): the resourceVersion makes such a patch a conflict.
+	return c.Status().Patch(ctx, obj, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
 }
 
 // SetupWithManager registers the reconciler and its watches; Setup registers the
