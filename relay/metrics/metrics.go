@@ -100,8 +100,8 @@ func New() *Metrics {
 		}),
 		QueueDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "kuberelay", Subsystem: "queue", Name: "deliveries_total",
-			Help: "Queued recipients by the result of a delivery attempt (delivered, deferred, failed, expired) and upstream.",
-		}, []string{"outcome", "upstream"}),
+			Help: "Queued recipients by the result of a delivery attempt (delivered, deferred, failed, expired), reason (4xx, 5xx, connection, no-upstream, local, damaged; empty when delivered) and upstream.",
+		}, []string{"outcome", "reason", "upstream"}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),

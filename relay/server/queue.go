@@ -177,17 +177,17 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 		switch {
 		case res.state == queue.Delivered:
 			r.State = queue.Delivered
-			m.WithLabelValues("delivered", env.Route).Inc()
+			m.WithLabelValues("delivered", "", env.Route).Inc()
 		case res.state == queue.Failed:
 			r.State = queue.Failed
-			m.WithLabelValues("failed", env.Route).Inc()
+			m.WithLabelValues("failed", res.reason, env.Route).Inc()
 		case expired:
 			r.State = queue.Failed
 			r.LastReply = "Gave up after " + qc.MaxAge.Duration.String() + ": " + res.reply
-			m.WithLabelValues("expired", env.Route).Inc()
+			m.WithLabelValues("expired", res.reason, env.Route).Inc()
 		default:
 			pending++
-			m.WithLabelValues("deferred", env.Route).Inc()
+			m.WithLabelValues("deferred", res.reason, env.Route).Inc()
 		}
 	}
 	if pending == 0 {
@@ -273,6 +273,11 @@ func retryAfter(r config.RetryConfig, n int) time.Duration {
 type result struct {
 	state queue.RecipientState // Delivered, Failed, or Pending to try again
 	reply string
+	// reason says why it was not delivered, for the metrics: 4xx or 5xx (the
+	// upstream's reply), connection (no reply: connect, TLS, AUTH, a timeout),
+	// no-upstream (the route is not configured any more), local (reading the queued
+	// copy), damaged (the queued copy does not match what was stored).
+	reason string
 }
 
 // attempt sends the message to its upstream for its pending recipients.
@@ -289,7 +294,7 @@ func (d *deliverer) attempt(ctx context.Context, g *generation, env queue.Envelo
 	}
 	pool := g.pools[env.Route]
 	if pool == nil {
-		return settle(result{state: queue.Pending, reply: "upstream " + env.Route + " is not configured"})
+		return settle(result{state: queue.Pending, reply: "upstream " + env.Route + " is not configured", reason: "no-upstream"})
 	}
 	tx := pool.Begin(ctx, env.From, &upstream.MailOptions{Body: env.Body})
 	defer tx.Close()
@@ -316,7 +321,7 @@ func (d *deliverer) attempt(ctx context.Context, g *generation, env queue.Envelo
 	data, err := d.message(g, env)
 	if err != nil {
 		d.srv.log.Error(err, "reading a queued message", "queue", env.ID)
-		return settle(result{state: queue.Pending, reply: "local error reading the message"})
+		return settle(result{state: queue.Pending, reply: "local error reading the message", reason: "local"})
 	}
 	defer data.Close()
 	reply, err := tx.Data(ctx, data)
@@ -324,7 +329,7 @@ func (d *deliverer) attempt(ctx context.Context, g *generation, env queue.Envelo
 	switch {
 	case errors.Is(err, queue.ErrCorrupt):
 		// Never delivered as it is, so never delivered.
-		res = result{state: queue.Failed, reply: "the queued copy of the message is damaged"}
+		res = result{state: queue.Failed, reply: "the queued copy of the message is damaged", reason: "damaged"}
 	case err != nil:
 		res = verdict(err)
 	}
@@ -338,10 +343,13 @@ func (d *deliverer) attempt(ctx context.Context, g *generation, env queue.Envelo
 // else (4xx, connection trouble) leaves it for the next attempt.
 func verdict(err error) result {
 	var ue *upstream.Error
-	if errors.As(err, &ue) && ue.Code >= 500 {
-		return result{state: queue.Failed, reply: replyText(err)}
+	switch {
+	case errors.As(err, &ue) && ue.Code >= 500:
+		return result{state: queue.Failed, reply: replyText(err), reason: "5xx"}
+	case ue != nil && ue.Code >= 400:
+		return result{state: queue.Pending, reply: replyText(err), reason: "4xx"}
 	}
-	return result{state: queue.Pending, reply: replyText(err)}
+	return result{state: queue.Pending, reply: replyText(err), reason: "connection"}
 }
 
 func replyText(err error) string {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/emersion/go-smtp"
 
 	"github.com/kuberelay/kuberelay/internal/eventually"
@@ -171,6 +173,14 @@ func TestQueuePerRecipientResults(t *testing.T) {
 			to = append(to, m.To)
 		}
 		t.Fatalf("deliveries went to %v, want [now also] then [later] alone", to)
+	}
+	for _, c := range []struct {
+		outcome, reason string
+		want            float64
+	}{{"delivered", "", 4}, {"deferred", "4xx", 1}, {"failed", "5xx", 1}} { // delivered: three recipients and the notification
+		if got := testutil.ToFloat64(e.metrics.QueueDeliveries.WithLabelValues(c.outcome, c.reason, "main")); got != c.want {
+			t.Errorf("deliveries_total{outcome=%q,reason=%q} = %v, want %v", c.outcome, c.reason, got, c.want)
+		}
 	}
 	if !strings.Contains(e.logs.String(), `"recipient failed"`) || !strings.Contains(e.logs.String(), "gone@example.net") {
 		t.Errorf("the refused recipient was not logged as failed:\n%s", e.logs.String())
