@@ -188,6 +188,9 @@ func TestReplayedRecipientRefused(t *testing.T) {
 				t.Fatalf("error %v: code %d, temporary %v; want temporary code %d", e, e.Code, e.Temporary(), c.code)
 			}
 			p.Close()
+			// Both sessions must be over: A's aborted transaction leaves a dump until
+			// its session ends (as in TestStageFaults).
+			a.WaitSessions(t, 1)
 			b.WaitSessions(t, 1)
 			if n := len(a.Messages(t)) + len(b.Messages(t)); n != 0 {
 				t.Fatalf("%d copies delivered, want none", n)
