@@ -132,18 +132,8 @@ func TestQueueModeWorkload(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	ns := namespace(t, "queue")
-	relay := newRelay(ns, "outbound", withReplicas(3), func(s *relayv1alpha1.SmtpRelaySpec) {
-		s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
-	})
-	create(t, relay)
-	key := types.NamespacedName{Namespace: ns, Name: "outbound"}
-	ss := &appsv1.StatefulSet{}
-	eventually(t, func() string {
-		if err := env.Client.Get(ctx, key, ss); err != nil {
-			return err.Error()
-		}
-		return ""
-	})
+	relay, ss := queueRelay(t, ns, 3)
+	key := client.ObjectKeyFromObject(relay)
 	claims := ss.Spec.VolumeClaimTemplates
 	if *ss.Spec.Replicas != 3 || ss.Spec.ServiceName != "outbound-peers" || len(claims) != 1 ||
 		claims[0].Spec.Resources.Requests.Storage().String() != "10Gi" ||
@@ -196,6 +186,22 @@ func TestQueueModeWorkload(t *testing.T) {
 	})
 }
 
+// queueRelay creates the Queue-mode SmtpRelay "outbound" in ns and returns it with the
+// StatefulSet the operator made for it.
+func queueRelay(t *testing.T, ns string, replicas int32) (*relayv1alpha1.SmtpRelay, *appsv1.StatefulSet) {
+	t.Helper()
+	relay := newRelay(ns, "outbound", withReplicas(replicas), withQueue)
+	create(t, relay)
+	ss := &appsv1.StatefulSet{}
+	eventually(t, func() string {
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(relay), ss); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	return relay, ss
+}
+
 // queuePod is a Queue-mode relay pod's HTTP side: /status with a queue that the test
 // sets, and /queue/drain.
 type queuePod struct {
@@ -243,18 +249,8 @@ func TestQueueScaleDownDrainsFirst(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	ns := namespace(t, "drain")
-	relay := newRelay(ns, "outbound", withReplicas(3), func(s *relayv1alpha1.SmtpRelaySpec) {
-		s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
-	})
-	create(t, relay)
-	key := types.NamespacedName{Namespace: ns, Name: "outbound"}
-	ss := &appsv1.StatefulSet{}
-	eventually(t, func() string {
-		if err := env.Client.Get(ctx, key, ss); err != nil {
-			return err.Error()
-		}
-		return ""
-	})
+	relay, ss := queueRelay(t, ns, 3)
+	key := client.ObjectKeyFromObject(relay)
 	// Play the StatefulSet controller: three pods and their claims.
 	pods := make([]*queuePod, 3)
 	for i := range pods {
@@ -334,18 +330,8 @@ func TestQueueScaleDownUndone(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	ns := namespace(t, "undrain")
-	relay := newRelay(ns, "outbound", withReplicas(2), func(s *relayv1alpha1.SmtpRelaySpec) {
-		s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
-	})
-	create(t, relay)
-	key := types.NamespacedName{Namespace: ns, Name: "outbound"}
-	ss := &appsv1.StatefulSet{}
-	eventually(t, func() string {
-		if err := env.Client.Get(ctx, key, ss); err != nil {
-			return err.Error()
-		}
-		return ""
-	})
+	relay, ss := queueRelay(t, ns, 2)
+	key := client.ObjectKeyFromObject(relay)
 	startQueuePod(t, ss, "outbound-0")
 	leaving := startQueuePod(t, ss, "outbound-1")
 	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(1)) })

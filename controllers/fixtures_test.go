@@ -68,6 +68,11 @@ func withReplicas(n int32) func(*relayv1alpha1.SmtpRelaySpec) {
 	return func(s *relayv1alpha1.SmtpRelaySpec) { s.Replicas = &n }
 }
 
+// withQueue runs the relay in Queue mode.
+func withQueue(s *relayv1alpha1.SmtpRelaySpec) {
+	s.Delivery = &relayv1alpha1.DeliverySpec{Mode: relayv1alpha1.DeliveryQueue}
+}
+
 // newSmarthost is a Smarthost with one endpoint, changed by opts.
 func newSmarthost(ns, name, host string, port int32, opts ...func(*relayv1alpha1.SmarthostSpec)) *relayv1alpha1.Smarthost {
 	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
