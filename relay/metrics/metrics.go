@@ -130,26 +130,39 @@ type QueueStats struct {
 	Flushes, Commits int64
 }
 
-// WatchQueue exports the queue's size and age, read from stats at each scrape:
+// WatchQueue exports the queue's size and age, read from stats once per scrape:
 // kuberelay_queue_messages, _bytes, _oldest_seconds, and the group commit's
 // kuberelay_queue_flushes_total and _commits_total (their ratio is the batch size).
 func (m *Metrics) WatchQueue(stats func() QueueStats) {
-	opts := func(name, help string) prometheus.GaugeOpts {
-		return prometheus.GaugeOpts{Namespace: "kuberelay", Subsystem: "queue", Name: name, Help: help}
+	m.Registry.MustRegister(&queueCollector{stats: stats})
+}
+
+var (
+	queueMessagesDesc = prometheus.NewDesc("kuberelay_queue_messages", "Messages in the queue.", nil, nil)
+	queueBytesDesc    = prometheus.NewDesc("kuberelay_queue_bytes", "Bytes of message data in the queue.", nil, nil)
+	queueOldestDesc   = prometheus.NewDesc("kuberelay_queue_oldest_seconds", "Age of the oldest queued message, 0 when the queue is empty.", nil, nil)
+	queueFlushesDesc  = prometheus.NewDesc("kuberelay_queue_flushes_total", "Flushes of the spool's filesystem, each shared by the commits waiting for it.", nil, nil)
+	queueCommitsDesc  = prometheus.NewDesc("kuberelay_queue_commits_total", "Messages made durable in the queue.", nil, nil)
+)
+
+// queueCollector reads the queue's stats once for all its metrics.
+type queueCollector struct{ stats func() QueueStats }
+
+func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{queueMessagesDesc, queueBytesDesc, queueOldestDesc, queueFlushesDesc, queueCommitsDesc} {
+		ch <- d
 	}
-	counter := func(name, help string, v func() float64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts(opts(name, help)), v)
+}
+
+func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	oldest := 0.0
+	if !st.Oldest.IsZero() {
+		oldest = time.Since(st.Oldest).Seconds()
 	}
-	m.Registry.MustRegister(
-		prometheus.NewGaugeFunc(opts("messages", "Messages in the queue."), func() float64 { return float64(stats().Messages) }),
-		prometheus.NewGaugeFunc(opts("bytes", "Bytes of message data in the queue."), func() float64 { return float64(stats().Bytes) }),
-		prometheus.NewGaugeFunc(opts("oldest_seconds", "Age of the oldest queued message, 0 when the queue is empty."), func() float64 {
-			if o := stats().Oldest; !o.IsZero() {
-				return time.Since(o).Seconds()
-			}
-			return 0
-		}),
-		counter("flushes_total", "Flushes of the spool's filesystem, each shared by the commits waiting for it.", func() float64 { return float64(stats().Flushes) }),
-		counter("commits_total", "Messages made durable in the queue.", func() float64 { return float64(stats().Commits) }),
-	)
+	ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(st.Messages))
+	ch <- prometheus.MustNewConstMetric(queueBytesDesc, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, oldest)
+	ch <- prometheus.MustNewConstMetric(queueFlushesDesc, prometheus.CounterValue, float64(st.Flushes))
+	ch <- prometheus.MustNewConstMetric(queueCommitsDesc, prometheus.CounterValue, float64(st.Commits))
 }

@@ -32,8 +32,8 @@ type relayQueue struct {
 // room refuses a new message while the queue is at its configured bounds.
 func (q *relayQueue) room(g *generation) *smtpError {
 	qc := g.loaded.Config.Delivery.Queue
-	st := q.store.Stats()
-	if st.Messages >= qc.MaxMessages || st.Bytes >= qc.MaxBytes {
+	n, b := q.store.Size()
+	if n >= qc.MaxMessages || b >= qc.MaxBytes {
 		return errQueueFull
 	}
 	return nil

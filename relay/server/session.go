@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net/netip"
@@ -84,11 +82,7 @@ func (s *session) restart() {
 	s.user = ""
 }
 
-func newID() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
+func newID() string { return randomHex(6) }
 
 // session is one client connection's SMTP conversation (from EHLO, or from the EHLO
 // after STARTTLS, to the end).

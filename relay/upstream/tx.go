@@ -247,9 +247,6 @@ func (tx *Tx) Close() {
 func (tx *Tx) Failed() error {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if tx.err == nil {
-		return nil
-	}
 	return tx.err
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/kuberelay/kuberelay/internal/eventually"
-	"github.com/kuberelay/kuberelay/internal/gobuild"
 	"github.com/kuberelay/kuberelay/internal/mailcapture"
 )
 
@@ -29,16 +27,7 @@ func TestQueueSurvivesKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills the relay binary")
 	}
-	bin := filepath.Join(t.TempDir(), "relay")
-	if err := gobuild.Build(context.Background(), "./relay/cmd/relay", bin); err != nil {
-		t.Fatal(err)
-	}
-	up, err := mailcapture.Start("127.0.0.1:0", mailcapture.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	_, upPort, _ := net.SplitHostPort(up.Addr())
+	bin, up, upPort := binaryAndUpstream(t)
 	smtpPort, httpPort := freePort(t), freePort(t)
 	spool := filepath.Join(t.TempDir(), "spool")
 	yaml := fmt.Sprintf(cfgTemplate, smtpPort, upPort) + fmt.Sprintf(`delivery:

@@ -112,8 +112,11 @@ func TestCheck(t *testing.T) {
 // TestBinary runs the built relay as a pod would: it serves, reports readiness and the
 // config hash on /status, exposes metrics, relays a message, and stops cleanly on
 // SIGTERM.
-func TestBinary(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "relay")
+// binaryAndUpstream builds the relay binary and starts a capture server as its
+// upstream, stopped when the test ends.
+func binaryAndUpstream(t *testing.T) (bin string, up *mailcapture.Server, upPort string) {
+	t.Helper()
+	bin = filepath.Join(t.TempDir(), "relay")
 	if err := gobuild.Build(context.Background(), "./relay/cmd/relay", bin); err != nil {
 		t.Fatal(err)
 	}
@@ -121,8 +124,13 @@ func TestBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer up.Close()
-	_, upPort, _ := net.SplitHostPort(up.Addr())
+	t.Cleanup(func() { up.Close() })
+	_, upPort, _ = net.SplitHostPort(up.Addr())
+	return bin, up, upPort
+}
+
+func TestBinary(t *testing.T) {
+	bin, up, upPort := binaryAndUpstream(t)
 	smtpPort, httpPort := freePort(t), freePort(t)
 	cfg, sec := writeDirs(t, fmt.Sprintf(cfgTemplate, smtpPort, upPort), hashSecret(t))
 	cmd := exec.Command(bin, "--config-dir", cfg, "--secrets-dir", sec,
