@@ -47,7 +47,9 @@ func (e *e2e) setup() error {
 	t = time.Now()
 	if out, err := e.cmd(3*time.Minute, "", *helmBin, "--kubeconfig", e.kubeconfig, "upgrade", "--install", releaseName,
 		"charts/kuberelay", "-n", releaseNS, "--create-namespace",
-		"--set", "image.tag="+e.tag, "--set", "image.pullPolicy=Never"); err != nil {
+		// --set-string: a tag of digits alone (a short commit hash can be one) is still a
+		// string, as the chart's schema requires.
+		"--set-string", "image.tag="+e.tag, "--set", "image.pullPolicy=Never"); err != nil {
 		return fmt.Errorf("helm install: %v\n%s", err, out)
 	}
 	if out, err := e.kubectl(*readyWait+10*time.Second, "-n", releaseNS, "wait", "deployment", "--all",
