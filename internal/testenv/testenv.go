@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/util/retry"
+
 	"github.com/kuberelay/kuberelay/internal/eventually"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -167,9 +169,16 @@ func StartPod(ctx context.Context, c client.Client, tmpl corev1.PodTemplateSpec,
 	if err := c.Create(ctx, pod); err != nil {
 		return nil, err
 	}
-	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
-		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
-	return pod, c.Status().Update(ctx, pod)
+	// The operator may stamp the new pod meanwhile: read it again on a conflict.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), pod); err != nil {
+			return err
+		}
+		pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+		return c.Status().Update(ctx, pod)
+	})
+	return pod, err
 }
 
 // Eventually waits for cond to return "" (met), and fails the test with the last
