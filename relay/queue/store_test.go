@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,43 +90,109 @@ func TestCommitSurvivesRestart(t *testing.T) {
 	}
 }
 
-// What a crash can leave behind never blocks a start and is never delivered: files
-// in tmp/, data without an envelope, an envelope without data, data cut short, an
-// envelope that does not parse.
-func TestRecoveryRemovesLeftovers(t *testing.T) {
+// segments lists the spool's segment files.
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "log", "*.seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// recordAt returns the offset of the record holding data in the only segment, and
+// that segment's path.
+func recordAt(t *testing.T, dir, data string) (string, int64) {
+	t.Helper()
+	segs := segments(t, dir)
+	if len(segs) != 1 {
+		t.Fatalf("%d segments, want 1", len(segs))
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(data))
+	if i < headerLen {
+		t.Fatalf("%q is not in %s", data, segs[0])
+	}
+	return segs[0], int64(i - headerLen)
+}
+
+func writeAt(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// What a crash can leave behind never blocks a start and is never delivered: a record
+// cut short at the end of a segment, a damaged record (the ones after it are kept), a
+// large message's file without a record, a record whose file is missing or short.
+func TestRecoveryDropsWhatACrashLeft(t *testing.T) {
+	defer setInlineMax(16)()
 	dir := t.TempDir()
 	s, _ := openStore(t, dir)
+	damaged := put(t, s, "damaged\r\n", "x@example.net")
 	good := put(t, s, "good\r\n", "x@example.net")
-	short := put(t, s, "this will be cut short\r\n", "x@example.net")
-	lost := put(t, s, "its data goes missing\r\n", "x@example.net")
+	lost := put(t, s, "its large file goes missing\r\n", "x@example.net")
+	short := put(t, s, "its large file is cut short\r\n", "x@example.net")
+	bigGood := put(t, s, "a large message left intact\r\n", "x@example.net")
 	s.Close()
-	msg := filepath.Join(dir, "msg")
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(os.WriteFile(filepath.Join(dir, "tmp", "half.eml"), []byte("half"), 0o600))
-	must(os.WriteFile(filepath.Join(msg, "orphan.eml"), []byte("no envelope"), 0o600))
-	must(os.WriteFile(filepath.Join(msg, "broken.json"), []byte("{"), 0o600))
-	must(os.WriteFile(filepath.Join(msg, "broken.eml"), []byte("x"), 0o600))
-	must(os.Truncate(filepath.Join(msg, short.ID+".eml"), 5))
-	must(os.Remove(filepath.Join(msg, lost.ID+".eml")))
+	seg, off := recordAt(t, dir, "damaged")
+	writeAt(t, seg, off+headerLen, []byte("D"))
+	must(t, os.Remove(filepath.Join(dir, "large", lost.ID+".eml")))
+	must(t, os.Truncate(filepath.Join(dir, "large", short.ID+".eml"), 5))
+	must(t, os.WriteFile(filepath.Join(dir, "large", "orphan.eml"), []byte("no record"), 0o600))
+	// A record the crash cut short: its header and half its data.
+	fi, err := os.Stat(seg)
+	must(t, err)
+	half, err := encode(append(make([]byte, headerLen), "torn record\r\n"...), &Envelope{ID: "torn"}, false)
+	must(t, err)
+	writeAt(t, seg, fi.Size(), half[:headerLen+6])
 
 	s2, envs := openStore(t, dir)
-	if len(envs) != 1 || envs[0].ID != good.ID {
-		t.Fatalf("recovered %+v, want only the intact message", envs)
+	var ids []string
+	for _, e := range envs {
+		ids = append(ids, e.ID)
 	}
-	left, _ := filepath.Glob(filepath.Join(dir, "*", "*"))
-	for _, f := range left {
-		if !strings.Contains(f, good.ID) {
-			t.Errorf("%s was left behind", f)
+	if want := []string{good.ID, bigGood.ID}; !slices.Equal(ids, want) {
+		t.Fatalf("recovered %v, want only the intact messages %v (damaged %s, lost %s, short %s)", ids, want, damaged.ID, lost.ID, short.ID)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "large", "*"))
+	if want := []string{filepath.Join(dir, "large", bigGood.ID+".eml")}; !slices.Equal(left, want) {
+		t.Errorf("large/ holds %v, want %v", left, want)
+	}
+	for _, e := range envs {
+		if got, err := read(t, s2, e); err != nil || !strings.Contains(got, "intact") && got != "good\r\n" {
+			t.Fatalf("data %q, %v", got, err)
 		}
 	}
-	if got, err := read(t, s2, envs[0]); err != nil || got != "good\r\n" {
-		t.Fatalf("data %q, %v", got, err)
+	// New records go after the cut: the store starts a segment of its own.
+	fresh := put(t, s2, "after the restart\r\n", "x@example.net")
+	s2.Close()
+	if _, envs := openStore(t, dir); len(envs) != 3 || envs[2].ID != fresh.ID {
+		t.Fatalf("after a second restart: %+v", envs)
 	}
+}
+
+// setInlineMax lowers the size past which data gets its own file, for a test.
+func setInlineMax(n int) func() {
+	old := inlineMax
+	inlineMax = n
+	return func() { inlineMax = old }
 }
 
 // Data changed on disk after the commit is refused when read, not delivered.
@@ -133,58 +200,169 @@ func TestCorruptDataRefusedOnRead(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := openStore(t, dir)
 	env := put(t, s, "original\r\n", "x@example.net")
-	if err := os.WriteFile(filepath.Join(dir, "msg", env.ID+".eml"), []byte("changed!\r\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	seg, off := recordAt(t, dir, "original")
+	writeAt(t, seg, off+headerLen, []byte("changed!"))
 	if _, err := read(t, s, env); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("read a changed message with %v, want ErrCorrupt", err)
 	}
 }
 
-// A spool that cannot be written fails the commit; nothing is kept of the message.
+// A spool that cannot be written fails the commit and keeps nothing of the message:
+// a segment that cannot be created, and a full disk under an open one. The next
+// commit after a full disk goes to a new segment and survives a restart.
 func TestWriteErrorFailsCommit(t *testing.T) {
-	dir := t.TempDir()
-	s, _ := openStore(t, dir)
-	// The message directory becomes a file: the data cannot be moved into it.
-	msg := filepath.Join(dir, "msg")
-	if err := os.RemoveAll(msg); err != nil {
-		t.Fatal(err)
+	commit := func(s *Store, data string) (Envelope, error) {
+		w, err := s.Create(Envelope{From: "a@example.com", Received: time.Now(), Recipients: []Recipient{{Address: "x@example.net", State: Pending}}})
+		must(t, err)
+		io.WriteString(w, data)
+		return w.Commit(context.Background())
 	}
-	if err := os.WriteFile(msg, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w, err := s.Create(Envelope{From: "a@example.com", Recipients: []Recipient{{Address: "x@example.net", State: Pending}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(w, "data\r\n")
-	if _, err := w.Commit(context.Background()); err == nil {
-		t.Fatal("a commit into an unwritable spool succeeded")
-	}
-	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
-		t.Fatalf("the failed commit left %d files in tmp/", len(tmp))
-	}
-	if st := s.Stats(); st.Messages != 0 {
-		t.Fatalf("a failed commit is counted: %+v", st)
-	}
+	t.Run("no segment", func(t *testing.T) {
+		dir := t.TempDir()
+		s, _ := openStore(t, dir)
+		// The log directory becomes a file: no segment can be created in it.
+		must(t, os.RemoveAll(filepath.Join(dir, "log")))
+		must(t, os.WriteFile(filepath.Join(dir, "log"), nil, 0o600))
+		if _, err := commit(s, "data\r\n"); err == nil {
+			t.Fatal("a commit into an unwritable spool succeeded")
+		}
+		if st := s.Stats(); st.Messages != 0 {
+			t.Fatalf("a failed commit is counted: %+v", st)
+		}
+	})
+	t.Run("disk full", func(t *testing.T) {
+		dir := t.TempDir()
+		s, _ := openStore(t, dir)
+		first := put(t, s, "first\r\n", "x@example.net")
+		full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+		must(t, err)
+		s.mu.Lock()
+		real := s.cur.f
+		s.cur.f = full
+		s.mu.Unlock()
+		if _, err := commit(s, "no room\r\n"); err == nil || !strings.Contains(err.Error(), "no space") {
+			t.Fatalf("a commit onto a full disk returned %v, want ENOSPC", err)
+		}
+		if st := s.Stats(); st.Messages != 1 {
+			t.Fatalf("a failed commit is counted: %+v", st)
+		}
+		// The first segment is no longer appended to; its file is closed by the test.
+		defer real.Close()
+		s.mu.Lock()
+		s.index[first.ID].seg.f = real
+		s.mu.Unlock()
+		next, err := commit(s, "next\r\n")
+		must(t, err)
+		s.Close()
+		_, envs := openStore(t, dir)
+		if len(envs) != 2 || envs[0].ID != first.ID || envs[1].ID != next.ID {
+			t.Fatalf("after restart: %+v, want the first and the next", envs)
+		}
+	})
 }
 
 // Files and directories are the relay's alone.
 func TestModes(t *testing.T) {
+	defer setInlineMax(4)()
 	dir := filepath.Join(t.TempDir(), "spool")
 	s, _ := openStore(t, dir)
-	env := put(t, s, "x\r\n", "x@example.net")
-	for path, want := range map[string]os.FileMode{
-		dir: 0o700, filepath.Join(dir, "msg"): 0o700, filepath.Join(dir, "tmp"): 0o700,
-		filepath.Join(dir, "msg", env.ID+".eml"): 0o600, filepath.Join(dir, "msg", env.ID+".json"): 0o600,
-	} {
+	env := put(t, s, "large\r\n", "x@example.net")
+	want := map[string]os.FileMode{
+		dir: 0o700, filepath.Join(dir, "log"): 0o700, filepath.Join(dir, "large"): 0o700,
+		filepath.Join(dir, "large", env.ID+".eml"): 0o600,
+	}
+	for _, seg := range segments(t, dir) {
+		want[seg] = 0o600
+	}
+	if len(want) != 5 {
+		t.Fatalf("no segment was written")
+	}
+	for path, want := range want {
 		fi, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		must(t, err)
 		if fi.Mode().Perm() != want {
 			t.Errorf("%s has mode %o, want %o", path, fi.Mode().Perm(), want)
 		}
+	}
+}
+
+// An update is a new record; the later one wins at a start even when the crash came
+// before the old one was marked done. Segments are deleted once nothing in them is
+// current, so a spool whose messages are all delivered holds at most the segment
+// being appended to.
+func TestUpdatesAndSegmentLifetime(t *testing.T) {
+	defer func(old int64) { segmentMax = old }(segmentMax)
+	segmentMax = 600 // about two records per segment
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	var envs []Envelope
+	for i := range 10 {
+		envs = append(envs, put(t, s, fmt.Sprintf("message %d\r\n", i), "x@example.net", "y@example.net"))
+	}
+	if n := len(segments(t, dir)); n < 4 {
+		t.Fatalf("10 messages in %d segments; the test needs several", n)
+	}
+	// The first message is deferred with one recipient delivered; the others are done.
+	kept := envs[0]
+	kept.Recipients[0].State, kept.Recipients[0].Attempts = Delivered, 1
+	must(t, s.Update(context.Background(), kept))
+	for _, e := range envs[1:] {
+		must(t, s.Remove(context.Background(), e.ID))
+	}
+	if segs := segments(t, dir); len(segs) != 1 {
+		t.Fatalf("with one message left, the spool holds %d segments: %v", len(segs), segs)
+	}
+	if got, err := read(t, s, kept); err != nil || got != "message 0\r\n" {
+		t.Fatalf("data after the update: %q, %v", got, err)
+	}
+	s.Close()
+	// A crash after the next update's record, before the old record's done byte and
+	// its segment's deletion reached the disk: both records current.
+	old := segments(t, dir)
+	saved, err := os.ReadFile(old[0])
+	must(t, err)
+	s2, got := openStore(t, dir)
+	if len(got) != 1 || got[0].Recipients[0].State != Delivered || got[0].Recipients[1].State != Pending {
+		t.Fatalf("after restart: %+v", got)
+	}
+	again := got[0]
+	again.Recipients[1].Attempts = 1
+	must(t, s2.Update(context.Background(), again))
+	s2.Close()
+	if _, err := os.Stat(old[0]); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the superseded segment is still there: %v", err)
+	}
+	must(t, os.WriteFile(old[0], saved, 0o600))
+	_, got = openStore(t, dir)
+	if len(got) != 1 || got[0].Recipients[1].Attempts != 1 {
+		t.Fatalf("after a crash before the done byte: %+v, want the later record", got)
+	}
+}
+
+// Data larger than inlineMax has its own file, kept across updates and removed with
+// the message.
+func TestLargeMessage(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	data := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n", inlineMax/64+10)
+	env := put(t, s, data, "x@example.net")
+	file := filepath.Join(dir, "large", env.ID+".eml")
+	if fi, err := os.Stat(file); err != nil || fi.Size() != int64(len(data)) {
+		t.Fatalf("large file: %v %v", fi, err)
+	}
+	env.Recipients[0].Attempts = 1
+	must(t, s.Update(context.Background(), env))
+	s.Close()
+	s2, envs := openStore(t, dir)
+	if len(envs) != 1 || envs[0].Recipients[0].Attempts != 1 {
+		t.Fatalf("after restart: %+v", envs)
+	}
+	if got, err := read(t, s2, envs[0]); err != nil || got != data {
+		t.Fatalf("data: %d bytes, %v", len(got), err)
+	}
+	must(t, s2.Remove(context.Background(), env.ID))
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the large file outlived its message: %v", err)
 	}
 }
 
@@ -231,10 +409,10 @@ func TestGroupCommit(t *testing.T) {
 // second and filesystem flushes per message.
 func BenchmarkCommit(b *testing.B) {
 	data := bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), 64)
-	for _, mode := range []string{"syncfs", "fsync-per-file"} {
+	{
 		for _, sessions := range []int{1, 20} {
-			b.Run(fmt.Sprintf("%s/sessions=%d", mode, sessions), func(b *testing.B) {
-				s, _, err := open(b.TempDir(), mode == "fsync-per-file")
+			b.Run(fmt.Sprintf("sessions=%d", sessions), func(b *testing.B) {
+				s, _, err := Open(b.TempDir())
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -3,48 +3,35 @@ package queue
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 )
 
 // errClosed fails the commits that come after Close.
 var errClosed = errors.New("queue is closed")
 
-// syncer flushes the spool's filesystem for every commit waiting at the time, with
-// one syncfs(2): while one flush runs, the commits that arrive wait for the next,
-// which serves them all (group commit).
+// syncer runs the store's flush for every commit waiting at the time: while one
+// flush runs, the commits that arrive wait for the next, which serves them all
+// (group commit).
 type syncer struct {
-	dir *os.File
-	// flush makes everything written so far durable; syncfs of dir's filesystem, or
-	// a stand-in in tests.
+	// flush makes everything written so far durable (a stand-in in tests).
 	flush func() error
 	reqs  chan chan error
 	syncs atomic.Int64
 
-	once sync.Once
-	done chan struct{}
+	once    sync.Once
+	done    chan struct{}
+	stopped chan struct{}
 }
 
-func newSyncer(dir string, perFile bool) (*syncer, error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
-	}
-	s := &syncer{dir: d, reqs: make(chan chan error, 1024), done: make(chan struct{})}
-	s.flush = func() error { return unix.Syncfs(int(d.Fd())) }
-	if perFile {
-		// Each file was fsynced by its writer: what is left is the directory entries.
-		s.flush = d.Sync
-	}
+func newSyncer(flush func() error) *syncer {
+	s := &syncer{flush: flush, reqs: make(chan chan error, 1024), done: make(chan struct{}), stopped: make(chan struct{})}
 	go s.run()
-	return s, nil
+	return s
 }
 
 func (s *syncer) run() {
+	defer close(s.stopped)
 	for {
 		var batch []chan error
 		select {
@@ -93,8 +80,7 @@ func (s *syncer) sync(ctx context.Context) error {
 }
 
 func (s *syncer) close() {
-	s.once.Do(func() {
-		close(s.done)
-		s.dir.Close()
-	})
+	// The flush running now ends before the files it flushes are closed.
+	s.once.Do(func() { close(s.done) })
+	<-s.stopped
 }
