@@ -1,6 +1,7 @@
 package server
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"io"
@@ -45,8 +46,10 @@ type deliverer struct {
 	srv   *Server
 	store *queue.Store
 
-	mu       sync.Mutex
-	waiting  map[string]queue.Envelope // due at their NextAttempt
+	mu sync.Mutex
+	// waiting are due at their NextAttempt, soonest first: a new message or a retry
+	// looks at the head only, however many wait for a later attempt.
+	waiting  waitQueue
 	inFlight map[string]queue.Envelope // being delivered now
 	wake     chan struct{}
 
@@ -55,10 +58,10 @@ type deliverer struct {
 }
 
 func newDeliverer(srv *Server, store *queue.Store, envs []queue.Envelope) *deliverer {
-	d := &deliverer{srv: srv, store: store, waiting: map[string]queue.Envelope{}, inFlight: map[string]queue.Envelope{},
+	d := &deliverer{srv: srv, store: store, waiting: waitQueue{byID: map[string]*waitItem{}}, inFlight: map[string]queue.Envelope{},
 		wake: make(chan struct{}, 1)}
 	for _, e := range envs {
-		d.waiting[e.ID] = e
+		d.waiting.put(e)
 	}
 	return d
 }
@@ -83,7 +86,7 @@ func (d *deliverer) shutdown() {
 // add schedules a newly stored message for delivery now.
 func (d *deliverer) add(env queue.Envelope) {
 	d.mu.Lock()
-	d.waiting[env.ID] = env
+	d.waiting.put(env)
 	d.mu.Unlock()
 	d.poke()
 }
@@ -122,19 +125,20 @@ func (d *deliverer) dispatch(ctx context.Context) time.Time {
 	now := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var next time.Time
-	for id, env := range d.waiting {
+	for {
+		env, ok := d.waiting.head()
+		if !ok {
+			return time.Time{}
+		}
 		if env.NextAttempt.After(now) {
-			if next.IsZero() || env.NextAttempt.Before(next) {
-				next = env.NextAttempt
-			}
-			continue
+			return env.NextAttempt
 		}
 		if len(d.inFlight) >= limit {
 			// Full: the next finished delivery pokes the loop.
 			return time.Time{}
 		}
-		delete(d.waiting, id)
+		d.waiting.remove(env.ID)
+		id := env.ID
 		d.inFlight[id] = env
 		d.done.Add(1)
 		go func() {
@@ -146,7 +150,6 @@ func (d *deliverer) dispatch(ctx context.Context) time.Time {
 			d.poke()
 		}()
 	}
-	return next
 }
 
 // deliver makes one attempt at a message's pending recipients and records the
@@ -223,7 +226,7 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 	}
 	log.Info("queued message deferred", "pending", pending, "nextAttempt", env.NextAttempt.UTC().Format(time.RFC3339))
 	d.mu.Lock()
-	d.waiting[env.ID] = env
+	d.waiting.put(env)
 	d.mu.Unlock()
 }
 
@@ -403,9 +406,9 @@ var (
 // list returns every queued message, oldest first.
 func (d *deliverer) list() []queue.Envelope {
 	d.mu.Lock()
-	out := make([]queue.Envelope, 0, len(d.waiting)+len(d.inFlight))
-	for _, e := range d.waiting {
-		out = append(out, e)
+	out := make([]queue.Envelope, 0, len(d.waiting.byID)+len(d.inFlight))
+	for _, w := range d.waiting.byID {
+		out = append(out, w.env)
 	}
 	for _, e := range d.inFlight {
 		out = append(out, e)
@@ -421,10 +424,10 @@ func (d *deliverer) retryNow(id string) int {
 	d.mu.Lock()
 	n := 0
 	now := time.Now()
-	for k, e := range d.waiting {
+	for k, w := range d.waiting.byID {
 		if id == "" || k == id {
-			e.NextAttempt = now
-			d.waiting[k] = e
+			w.env.NextAttempt = now
+			d.waiting.fix(w)
 			n++
 		}
 	}
@@ -436,11 +439,8 @@ func (d *deliverer) retryNow(id string) int {
 // remove deletes a waiting message without delivering it or telling its sender.
 func (d *deliverer) remove(id string) error {
 	d.mu.Lock()
-	_, waiting := d.waiting[id]
+	waiting := d.waiting.remove(id)
 	_, busy := d.inFlight[id]
-	if waiting {
-		delete(d.waiting, id)
-	}
 	d.mu.Unlock()
 	switch {
 	case busy:
@@ -449,4 +449,73 @@ func (d *deliverer) remove(id string) error {
 		return errNotQueued
 	}
 	return d.store.Remove(context.Background(), id)
+}
+
+// waitQueue is the messages waiting for an attempt: a heap by NextAttempt, and an
+// index by ID for the HTTP operations.
+type waitQueue struct {
+	heap waitHeap
+	byID map[string]*waitItem
+}
+
+type waitItem struct {
+	env queue.Envelope
+	i   int // position in the heap
+}
+
+func (q *waitQueue) put(env queue.Envelope) {
+	if w := q.byID[env.ID]; w != nil {
+		w.env = env
+		q.fix(w)
+		return
+	}
+	w := &waitItem{env: env}
+	q.byID[env.ID] = w
+	heap.Push(&q.heap, w)
+}
+
+func (q *waitQueue) head() (queue.Envelope, bool) {
+	if len(q.heap) == 0 {
+		return queue.Envelope{}, false
+	}
+	return q.heap[0].env, true
+}
+
+// remove drops id and reports whether it was waiting.
+func (q *waitQueue) remove(id string) bool {
+	w := q.byID[id]
+	if w == nil {
+		return false
+	}
+	delete(q.byID, id)
+	heap.Remove(&q.heap, w.i)
+	return true
+}
+
+func (q *waitQueue) fix(w *waitItem) { heap.Fix(&q.heap, w.i) }
+
+type waitHeap []*waitItem
+
+func (h waitHeap) Len() int { return len(h) }
+func (h waitHeap) Less(i, j int) bool {
+	if c := h[i].env.NextAttempt.Compare(h[j].env.NextAttempt); c != 0 {
+		return c < 0
+	}
+	return h[i].env.ID < h[j].env.ID
+}
+func (h waitHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].i, h[j].i = i, j
+}
+func (h *waitHeap) Push(x any) {
+	w := x.(*waitItem)
+	w.i = len(*h)
+	*h = append(*h, w)
+}
+func (h *waitHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return w
 }
