@@ -153,6 +153,7 @@ type Store struct {
 	dirDirty   bool
 	largeDirty bool
 	commits    atomic.Int64
+	syncs      atomic.Int64
 	// readOnly: Inspect's store changes nothing on disk.
 	readOnly bool
 	// recovered are the segments found by recover.
@@ -262,6 +263,10 @@ func (s *Store) flush() error {
 	dirDirty, largeDirty := s.dirDirty, s.largeDirty
 	s.dirDirty, s.largeDirty = false, false
 	s.mu.Unlock()
+	if len(segs) == 0 && !dirDirty && !largeDirty {
+		return nil
+	}
+	s.syncs.Add(1)
 	var err error
 	for _, seg := range segs {
 		if e := unix.Fdatasync(int(seg.f.Fd())); e != nil && err == nil {
@@ -604,32 +609,28 @@ func (s *Store) Update(ctx context.Context, env Envelope) error {
 	return nil
 }
 
-// Remove deletes a message once nothing is left to deliver, durably: a message whose
-// upstream 250 was recorded is not delivered again after a crash. Removing a message
-// the store does not hold is not an error.
-func (s *Store) Remove(ctx context.Context, id string) error {
+// Remove deletes a message once nothing is left to deliver. Its record is marked
+// done at once and flushed with the next commit, or within lazyDelay: a crash of the
+// machine (not of the relay, whose writes the kernel keeps) in that window may
+// deliver the message again, as with a crash before its upstream 250 was recorded,
+// and nothing waits for a flush per delivery. Removing a message the store does not
+// hold is not an error.
+func (s *Store) Remove(id string) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	l := s.index[id]
 	if l == nil {
-		s.mu.Unlock()
 		return nil
+	}
+	if err := s.markDone(l.seg, l.off); err != nil {
+		return fmt.Errorf("queue: removing %s: %w", id, err)
 	}
 	delete(s.index, id)
 	s.bytes -= l.size
-	err := s.markDone(l.seg, l.off)
-	s.mu.Unlock()
-	if err == nil {
-		err = s.fs.sync(ctx)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err != nil {
-		// Kept where it is: the next start may find the message still current and
-		// deliver it again, but nothing is lost.
-		s.index[id] = l
-		s.bytes += l.size
-		return fmt.Errorf("queue: removing %s: %w", id, err)
-	}
+	s.fs.later()
+	// The segment is deleted once nothing in it is current, maybe before the done
+	// byte is flushed: a segment that comes back after a crash is read again, which
+	// again may only deliver twice.
 	s.dropLive(l.seg)
 	if l.large {
 		_ = os.Remove(s.largePath(id))
@@ -688,7 +689,7 @@ func (s *Store) Stats() Stats {
 		}
 	}
 	s.mu.Unlock()
-	st.Syncs, st.Commits = s.fs.syncs.Load(), s.commits.Load()
+	st.Syncs, st.Commits = s.syncs.Load(), s.commits.Load()
 	return st
 }
 

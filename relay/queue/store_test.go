@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kuberelay/kuberelay/internal/eventually"
 )
 
 func openStore(t testing.TB, dir string) (*Store, []Envelope) {
@@ -81,7 +83,7 @@ func TestCommitSurvivesRestart(t *testing.T) {
 	if st := s2.Stats(); st.Messages != 1 || st.Bytes != env.Size {
 		t.Fatalf("stats %+v", st)
 	}
-	if err := s2.Remove(context.Background(), env.ID); err != nil {
+	if err := s2.Remove(env.ID); err != nil {
 		t.Fatal(err)
 	}
 	s2.Close()
@@ -307,7 +309,7 @@ func TestUpdatesAndSegmentLifetime(t *testing.T) {
 	kept.Recipients[0].State, kept.Recipients[0].Attempts = Delivered, 1
 	must(t, s.Update(context.Background(), kept))
 	for _, e := range envs[1:] {
-		must(t, s.Remove(context.Background(), e.ID))
+		must(t, s.Remove(e.ID))
 	}
 	if segs := segments(t, dir); len(segs) != 1 {
 		t.Fatalf("with one message left, the spool holds %d segments: %v", len(segs), segs)
@@ -360,7 +362,7 @@ func TestLargeMessage(t *testing.T) {
 	if got, err := read(t, s2, envs[0]); err != nil || got != data {
 		t.Fatalf("data: %d bytes, %v", len(got), err)
 	}
-	must(t, s2.Remove(context.Background(), env.ID))
+	must(t, s2.Remove(env.ID))
 	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the large file outlived its message: %v", err)
 	}
@@ -379,11 +381,12 @@ func TestGroupCommit(t *testing.T) {
 		f := first
 		first = false
 		mu.Unlock()
+		err := real()
 		if f {
 			entered <- struct{}{}
 			<-release // the first flush is slow; every commit after it queues
 		}
-		return real()
+		return err
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { put(t, s, "first\r\n", "x@example.net") })
@@ -444,5 +447,29 @@ func BenchmarkCommit(b *testing.B) {
 				b.ReportMetric(float64(st.Syncs)/float64(max(st.Commits, 1)), "flushes/msg")
 			})
 		}
+	}
+}
+
+// A removal waits for no flush: its done byte is flushed by itself within lazyDelay
+// when no commit carries it sooner, and at Close.
+func TestRemovalFlushedLater(t *testing.T) {
+	s, _ := openStore(t, t.TempDir())
+	a := put(t, s, "a\r\n", "x@example.net")
+	b := put(t, s, "b\r\n", "x@example.net")
+	before := s.Stats().Syncs
+	must(t, s.Remove(a.ID))
+	if st := s.Stats(); st.Messages != 1 || st.Syncs != before {
+		t.Fatalf("after a removal: %+v, want 1 message and no flush yet (%d before)", st, before)
+	}
+	eventually.Require(t, 10*lazyDelay, func() string {
+		if st := s.Stats(); st.Syncs != before+1 {
+			return fmt.Sprintf("%d flushes after the removal, want %d", st.Syncs, before+1)
+		}
+		return ""
+	})
+	must(t, s.Remove(b.ID))
+	s.Close()
+	if st := s.Stats(); st.Syncs != before+2 {
+		t.Fatalf("%d flushes after Close, want %d: the last removal was not flushed", st.Syncs, before+2)
 	}
 }

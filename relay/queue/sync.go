@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
+	"time"
 )
 
 // errClosed fails the commits that come after Close.
@@ -17,7 +17,8 @@ type syncer struct {
 	// flush makes everything written so far durable (a stand-in in tests).
 	flush func() error
 	reqs  chan chan error
-	syncs atomic.Int64
+	// lazy asks for a flush within lazyDelay, for changes nothing waits on.
+	lazy chan struct{}
 
 	once    sync.Once
 	done    chan struct{}
@@ -25,19 +26,36 @@ type syncer struct {
 }
 
 func newSyncer(flush func() error) *syncer {
-	s := &syncer{flush: flush, reqs: make(chan chan error, 1024), done: make(chan struct{}), stopped: make(chan struct{})}
+	s := &syncer{flush: flush, reqs: make(chan chan error, 1024), lazy: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
 	go s.run()
 	return s
 }
 
+// lazyDelay bounds how long a change nothing waits on (a delivered message's done
+// byte) stays unflushed when no commit's flush carries it sooner.
+const lazyDelay = time.Second
+
 func (s *syncer) run() {
 	defer close(s.stopped)
+	lazy := time.NewTimer(lazyDelay)
+	lazy.Stop()
+	pending := false
 	for {
 		var batch []chan error
 		select {
 		case r := <-s.reqs:
 			batch = append(batch, r)
+		case <-s.lazy:
+			if !pending {
+				pending = true
+				lazy.Reset(lazyDelay)
+			}
+			continue
+		case <-lazy.C:
 		case <-s.done:
+			if pending {
+				_ = s.flush()
+			}
 			return
 		}
 	more:
@@ -49,11 +67,21 @@ func (s *syncer) run() {
 				break more
 			}
 		}
+		// Every flush carries the lazy changes too.
+		pending = false
+		lazy.Stop()
 		err := s.flush()
-		s.syncs.Add(1)
 		for _, r := range batch {
 			r <- err
 		}
+	}
+}
+
+// later asks for a flush within lazyDelay without waiting for it.
+func (s *syncer) later() {
+	select {
+	case s.lazy <- struct{}{}:
+	default:
 	}
 }
 

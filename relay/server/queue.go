@@ -208,7 +208,7 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 				log.Error(err, "queuing the delivery status notification for the sender")
 			}
 		}
-		if err := d.store.Remove(context.Background(), env.ID); err != nil {
+		if err := d.store.Remove(env.ID); err != nil {
 			log.Error(err, "removing a delivered message")
 		}
 		log.Info("queued message done", "recipients", len(env.Recipients))
@@ -448,7 +448,7 @@ func (d *deliverer) remove(id string) error {
 	case !waiting:
 		return errNotQueued
 	}
-	return d.store.Remove(context.Background(), id)
+	return d.store.Remove(id)
 }
 
 // waitQueue is the messages waiting for an attempt: a heap by NextAttempt, and an
