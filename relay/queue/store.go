@@ -386,6 +386,10 @@ func encode(buf []byte, env *Envelope, large bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(b) > envMax {
+		// A start would take it for a torn record and stop reading its segment.
+		return nil, fmt.Errorf("envelope of %d bytes is over the limit of %d", len(b), envMax)
+	}
 	buf = append(buf, b...)
 	h := buf[:headerLen]
 	copy(h, recMagic)

@@ -473,3 +473,21 @@ func TestRemovalFlushedLater(t *testing.T) {
 		t.Fatalf("%d flushes after Close, want %d: the last removal was not flushed", st.Syncs, before+2)
 	}
 }
+
+// An envelope too large for a start to read back is refused at the commit, and the
+// segment goes on taking records.
+func TestEnvelopeTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	w, err := s.Create(Envelope{From: "a@example.com", Recipients: []Recipient{{Address: "x@example.net", State: Pending, LastReply: strings.Repeat("x", envMax)}}})
+	must(t, err)
+	io.WriteString(w, "data\r\n")
+	if _, err := w.Commit(context.Background()); err == nil || !strings.Contains(err.Error(), "over the limit") {
+		t.Fatalf("an envelope over %d bytes was committed: %v", envMax, err)
+	}
+	after := put(t, s, "after\r\n", "x@example.net")
+	s.Close()
+	if _, envs := openStore(t, dir); len(envs) != 1 || envs[0].ID != after.ID {
+		t.Fatalf("after restart: %+v", envs)
+	}
+}

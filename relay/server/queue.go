@@ -176,7 +176,7 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 			continue
 		}
 		r.Attempts++
-		r.LastReply = res.reply
+		r.LastReply = clip(res.reply, maxReplyKept)
 		switch {
 		case res.state == queue.Delivered:
 			r.State = queue.Delivered
@@ -186,7 +186,7 @@ func (d *deliverer) deliver(ctx context.Context, env queue.Envelope) {
 			m.WithLabelValues("failed", res.reason, env.Route).Inc()
 		case expired:
 			r.State = queue.Failed
-			r.LastReply = "Gave up after " + qc.MaxAge.Duration.String() + ": " + res.reply
+			r.LastReply = "Gave up after " + qc.MaxAge.Duration.String() + ": " + r.LastReply
 			m.WithLabelValues("expired", res.reason, env.Route).Inc()
 		default:
 			pending++
@@ -353,6 +353,17 @@ func verdict(err error) result {
 		return result{state: queue.Pending, reply: replyText(err), reason: "4xx"}
 	}
 	return result{state: queue.Pending, reply: replyText(err), reason: "connection"}
+}
+
+// maxReplyKept bounds the upstream reply kept per recipient: a reply line is at most
+// 512 octets (RFC 5321 section 4.5.3.1.5), and a multiline reply need not be kept whole.
+const maxReplyKept = 1024
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "..."
 }
 
 func replyText(err error) string {
