@@ -2,8 +2,12 @@
 // messages with smtp-source (and, for STARTTLS and latency, with a Go client) straight
 // to smtp-sink and through a relay whose only upstream is that smtp-sink, in the same
 // run, and prints the rates, their ratio, the latency from the final "." to the 250,
-// and what an idle client connection costs the relay in memory. It prints figures and
-// never fails on them; it fails only when it cannot run.
+// and what an idle client connection costs the relay in memory. The "postfix" rows
+// put a real Postfix where the Queue-mode relay is, a private instance (its own
+// configuration, queue and log in the work directory, relaying to smtp-sink) on the
+// same filesystem, for comparison; they need root (Postfix's master starts as root) and
+// are skipped with a note without it. It prints figures and never fails on them; it
+// fails only when it cannot run.
 //
 //	make bench-relay                      # builds bin/relay, then:
 //	go run ./hack/bench-relay -relay bin/relay [-n 2000] [-sessions 1,20] [-idle 1000]
@@ -117,6 +121,8 @@ type row struct {
 	// message stored (group commit), 0 where not measured.
 	queue         bool
 	flushesPerMsg float64
+	// postfix: the private Postfix in the queue relay's place.
+	postfix bool
 }
 
 func (r row) ratio() (float64, bool) {
@@ -236,6 +242,7 @@ func run(o options) error {
 	if err := proc.WaitReady(ctx, qrelay, "http://"+qHTTPAddr+"/readyz", 15*time.Second); err != nil {
 		return fmt.Errorf("%w\nqueue relay log %s ends:\n%s", err, qLog, proc.TailFile(qLog, 20))
 	}
+	pf, pfNote := startPostfix(tmp, sinkAddr, max(100, slices.Max(o.sessions)), o.upstreamConns)
 
 	fmt.Printf("bench-relay: %s", strings.TrimSpace(string(version))+"\n")
 	if built {
@@ -248,6 +255,12 @@ func run(o options) error {
 	fmt.Printf("  relay          pid %d, plain %s, STARTTLS %s, http %s; upstream maxConnections %d, limits.maxConnections %d\n",
 		relay.Pid(), plainAddr, tlsAddr, httpAddr, o.upstreamConns, maxConns)
 	fmt.Printf("  smtp-sink      %s (%s -m 1024 ... 1024)\n", sinkAddr, sinkPath)
+	if pf != nil {
+		fmt.Printf("  postfix        %s, Postfix %s, pid %d, private instance in %s (etc/, queue/, maillog), relaying to smtp-sink\n",
+			pf.addr, pf.version, pf.master.Pid(), pf.dir)
+	} else {
+		fmt.Printf("  postfix        %s\n", pfNote)
+	}
 	fmt.Printf("  host           %d CPUs shared by the load generators, the relay and smtp-sink\n\n", numCPU())
 
 	// Idle connections first, on a relay that has not carried mail yet, so that heap
@@ -275,6 +288,10 @@ func run(o options) error {
 			relayedExpected += r.sent
 		}
 	}
+	if pf != nil {
+		progress("warm-up: 200 messages over 20 sessions to postfix, until delivered, not counted")
+		pf.warmUp(ctx, msg)
+	}
 
 	pid := relay.Pid()
 	var rows []row
@@ -293,13 +310,16 @@ func run(o options) error {
 			}
 			return append(a, addr)
 		}
-		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS, srcQueued, srcDelivered acc
+		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS, srcQueued, srcDelivered, pfStored, pfDelivered acc
 		var flushes, commits float64
 		for rep := range o.runs {
 			// Direct and relayed runs alternate, so that drift on the host hits both.
 			if rep == 0 {
 				progress("smtp-source %s   (direct)", strings.Join(srcArgs(sinkAddr), " "))
 				progress("smtp-source %s   (relay, plain listener)", strings.Join(srcArgs(plainAddr), " "))
+				if pf != nil {
+					progress("smtp-source %s   (postfix)", strings.Join(srcArgs(pf.addr), " "))
+				}
 			}
 			progress("%d sessions, %d messages, run %d of %d: smtp-source direct, relay; Go client direct, relay, relay STARTTLS", s, n, rep+1, o.runs)
 			d, err := runSource(ctx, sourcePath, srcArgs(sinkAddr))
@@ -334,6 +354,9 @@ func run(o options) error {
 				flushes += m1["kuberelay_queue_flushes_total"] - m0["kuberelay_queue_flushes_total"]
 				commits += m1["kuberelay_queue_commits_total"] - m0["kuberelay_queue_commits_total"]
 			}
+			if pf != nil {
+				pf.measure(ctx, sourcePath, srcArgs(pf.addr), n, &pfStored, &pfDelivered)
+			}
 			goDirect.addGen(n, generate(ctx, sinkAddr, nil, s, n, msg))
 			c0 = cpuTime(pid)
 			goRelay.addGen(n, generate(ctx, plainAddr, nil, s, n, msg))
@@ -361,6 +384,9 @@ func run(o options) error {
 		dq.queue = true
 		dq.relayCPU = nil
 		rows = append(rows, q, dq)
+		if pf != nil {
+			rows = append(rows, postfixRows(s, n, &srcDirect, &pfStored, &pfDelivered)...)
+		}
 		lats = append(lats,
 			latRow{s, n, "direct to smtp-sink, plain", &goDirect},
 			latRow{s, n, "relay, plain", &goRelay},
@@ -372,8 +398,11 @@ func run(o options) error {
 	printRates(rows, o)
 	printLatency(lats)
 	printIdle(idle)
-	printTargets(rows, idle)
+	printTargets(rows, idle, pfNote)
 	printRelayCounters(final, relayedExpected)
+	if pf != nil {
+		pf.printLog()
+	}
 
 	progress("stopping the relay (SIGTERM)")
 	killed := relay.Stop(syscall.SIGTERM, 10*time.Second)
@@ -385,6 +414,9 @@ func run(o options) error {
 	}
 	errs, warns := countLogLevels(relayLog)
 	fmt.Printf("\nrelay %s; its log has %d ERROR and %d WARN lines: %s\n", status, errs, warns, relayLog)
+	if pf != nil {
+		fmt.Println(pf.stop())
+	}
 	return nil
 }
 
@@ -594,6 +626,11 @@ func printRates(rows []row, o options) {
 	}
 	fmt.Println(`  "queue, stored": a second relay in Queue mode, the rate of 250s, each given once the message is on`)
 	fmt.Println(`  stable storage; "queue, delivered": from the first message sent until its queue was empty again.`)
+	if slices.ContainsFunc(rows, func(r row) bool { return r.postfix }) {
+		fmt.Println(`  "postfix": a private Postfix in the queue relay's place, measured the same way (its 250 too follows`)
+		fmt.Println(`  an fsync of the queue file; delivered = until its queue directories are empty); relay CPU is`)
+		fmt.Println(`  Postfix's, all its processes.`)
+	}
 	fmt.Println(`  "relay client-TLS vs direct plain": the client speaks STARTTLS to the relay; smtp-sink has no TLS,`)
 	fmt.Println(`  so its direct figure is the plain Go-client rate of the row above.`)
 	if o.floor {
@@ -646,11 +683,11 @@ func printIdle(idle []idleCost) {
 	fmt.Println()
 }
 
-func printTargets(rows []row, idle []idleCost) {
+func printTargets(rows []row, idle []idleCost, postfixNote string) {
 	fmt.Println("Targets")
 	found := false
 	for _, r := range rows {
-		if r.sessions != 20 || r.reference || r.queue {
+		if r.sessions != 20 || r.reference || r.queue || r.postfix {
 			continue
 		}
 		found = true
@@ -675,6 +712,7 @@ func printTargets(rows []row, idle []idleCost) {
 	if len(idle) == 0 {
 		fmt.Println("  target idle connection <=64 KiB: not measured (-idle 0)")
 	}
+	printPostfixTargets(rows, postfixNote)
 }
 
 func metStr(ok bool) string {

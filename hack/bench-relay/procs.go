@@ -21,6 +21,10 @@ import (
 type childSet struct {
 	mu       sync.Mutex
 	children []*proc.Child
+	after    []func()
+	// stopping is held through stopAll, so that a second call (main's, racing the
+	// signal handler's) returns only once the first has done everything.
+	stopping sync.Mutex
 }
 
 var children childSet
@@ -37,25 +41,44 @@ func (s *childSet) start(name string, cmd *exec.Cmd) (*proc.Child, error) {
 	return c, nil
 }
 
-// stopAll stops every child still running, the relay with SIGTERM (it drains), the
-// others with SIGKILL.
+// afterStop registers f to run once, after stopAll has stopped the children: for what a
+// child leaves behind (Postfix's daemons).
+func (s *childSet) afterStop(f func()) {
+	s.mu.Lock()
+	s.after = append(s.after, f)
+	s.mu.Unlock()
+}
+
+// stopAll stops every child still running, the relay with SIGTERM (it drains), Postfix's
+// master with SIGTERM (it passes that on to its daemons), the others with SIGKILL; then
+// it runs what afterStop registered.
 func (s *childSet) stopAll() {
+	s.stopping.Lock()
+	defer s.stopping.Unlock()
 	s.mu.Lock()
 	cs := append([]*proc.Child(nil), s.children...)
+	after := s.after
+	s.after = nil
 	s.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range cs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if c.Name == "relay" {
+			switch c.Name {
+			case "relay":
 				c.Stop(syscall.SIGTERM, 10*time.Second)
-			} else {
+			case "postfix":
+				c.Stop(syscall.SIGTERM, 5*time.Second)
+			default:
 				c.Stop(syscall.SIGKILL, time.Second)
 			}
 		}()
 	}
 	wg.Wait()
+	for _, f := range after {
+		f()
+	}
 }
 
 // findTool finds a Postfix test program in PATH or in the Debian locations.
