@@ -462,6 +462,61 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// WriteString is Write without a copy of s.
+func (w *Writer) WriteString(s string) (int, error) {
+	if w.large == nil && len(*w.buf)-headerLen+len(s) <= inlineMax && !w.done {
+		io.WriteString(w.h, s)
+		w.n += int64(len(s))
+		*w.buf = append(*w.buf, s...)
+		return len(s), nil
+	}
+	return w.Write([]byte(s))
+}
+
+// ReadFrom reads r to its end straight into the record (so io.Copy needs no buffer of
+// its own), and on into a file of its own past inlineMax.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for w.large == nil && !w.done {
+		b := *w.buf
+		room := headerLen + inlineMax - len(b)
+		if room <= 0 {
+			break
+		}
+		if cap(b)-len(b) < min(room, 4096) {
+			b = slices.Grow(b, min(room, max(len(b), 16<<10)))
+		}
+		n, err := r.Read(b[len(b):min(cap(b), len(b)+room)])
+		w.h.Write(b[len(b) : len(b)+n])
+		w.n += int64(n)
+		total += int64(n)
+		*w.buf = b[:len(b)+n]
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	// Past inlineMax: Write moves what is held to the message's own file.
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 // Commit makes the message durable and returns its envelope. It returns only once the
 // data and envelope are on stable storage; on any error nothing of the message is kept
 // and the client must not be told it was accepted.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/kuberelay/kuberelay/internal/eventually"
@@ -489,5 +490,33 @@ func TestEnvelopeTooLarge(t *testing.T) {
 	s.Close()
 	if _, envs := openStore(t, dir); len(envs) != 1 || envs[0].ID != after.ID {
 		t.Fatalf("after restart: %+v", envs)
+	}
+}
+
+// io.Copy into a Writer reads straight into the record, and on into the message's
+// own file past inlineMax, whatever the reads' sizes.
+func TestReadFrom(t *testing.T) {
+	defer setInlineMax(1000)()
+	s, _ := openStore(t, t.TempDir())
+	for _, size := range []int{0, 10, 1000, 1001, 5000} {
+		data := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz", size/36+1)[:size]
+		for name, r := range map[string]io.Reader{"whole": struct{ io.Reader }{strings.NewReader(data)},
+			"halves": iotest.HalfReader(strings.NewReader(data)), "bytes": iotest.OneByteReader(strings.NewReader(data))} {
+			w, err := s.Create(Envelope{From: "a@example.com", Recipients: []Recipient{{Address: "x@example.net", State: Pending}}})
+			must(t, err)
+			n, err := io.Copy(w, r)
+			if err != nil || n != int64(size) {
+				t.Fatalf("%d bytes, %s: copied %d, %v", size, name, n, err)
+			}
+			env, err := w.Commit(context.Background())
+			must(t, err)
+			if got, err := read(t, s, env); err != nil || got != data {
+				t.Fatalf("%d bytes, %s: read back %d bytes, %v", size, name, len(got), err)
+			}
+			_, statErr := os.Stat(s.largePath(env.ID))
+			if large := statErr == nil; large != (size > 1000) {
+				t.Fatalf("%d bytes, %s: own file %v, want %v", size, name, large, size > 1000)
+			}
+		}
 	}
 }

@@ -2,14 +2,17 @@ package server_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 
+	"github.com/kuberelay/kuberelay/internal/eventually"
 	"github.com/kuberelay/kuberelay/internal/testpeers"
 )
 
@@ -21,6 +24,26 @@ func BenchmarkRelayMessage(b *testing.B) {
 	sink := testpeers.StartSink(b)
 	log := logr.FromSlogHandler(slog.NewJSONHandler(io.Discard, nil))
 	e := startRelayLog(b, baseConfig(sink.Addr, ""), testSecrets(b, "one"), log)
+	benchSession(b, e)
+}
+
+// BenchmarkQueueMessage is BenchmarkRelayMessage in Queue mode: each message stored,
+// then delivered to smtp-sink; the time includes the deliveries.
+func BenchmarkQueueMessage(b *testing.B) {
+	sink := testpeers.StartSink(b)
+	log := logr.FromSlogHandler(slog.NewJSONHandler(io.Discard, nil))
+	e := startRelayLog(b, queueConfig(sink.Addr, b.TempDir(), ""), testSecrets(b, "one"), log)
+	benchSession(b, e)
+	eventually.Require(b, time.Minute, func() string {
+		if st := e.srv.QueueStatus(); st.Messages != 0 {
+			return fmt.Sprintf("%d messages still queued", st.Messages)
+		}
+		return ""
+	})
+}
+
+// benchSession sends b.N messages over one connection to e's plain listener.
+func benchSession(b *testing.B, e *relayEnv) {
 	c, err := net.Dial("tcp", e.addr("plain"))
 	if err != nil {
 		b.Fatal(err)
