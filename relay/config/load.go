@@ -30,8 +30,9 @@ type Loaded struct {
 
 	// Certificate is the listeners' certificate, nil when no listener uses TLS.
 	Certificate *tls.Certificate
-	// PasswordHashes maps a username to its bcrypt hash.
-	PasswordHashes map[string][]byte
+	// PasswordHashes maps a username to its bcrypt hash, then the previous
+	// password's if it has one.
+	PasswordHashes map[string][][]byte
 	// DKIMKeys maps a sender domain to its signing key.
 	DKIMKeys map[string]crypto.Signer
 	// UpstreamCAs maps an upstream name to the CA pool its caFile holds.
@@ -79,7 +80,7 @@ func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
 	r := &secretReader{fsys: secrets, files: map[string][]byte{}}
 	l := &Loaded{
 		Config:              c,
-		PasswordHashes:      map[string][]byte{},
+		PasswordHashes:      map[string][][]byte{},
 		DKIMKeys:            map[string]crypto.Signer{},
 		UpstreamCAs:         map[string]*x509.CertPool{},
 		UpstreamCredentials: map[string]Credentials{},
@@ -97,16 +98,23 @@ func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
 		}
 	}
 	for i, u := range c.Users {
-		f := fmt.Sprintf("users[%d].passwordHashFile", i)
-		h := bytes.TrimSpace(r.read(f, u.PasswordHashFile))
-		if h == nil {
-			continue
+		for _, h := range []struct{ field, file string }{
+			{"passwordHashFile", u.PasswordHashFile}, {"previousPasswordHashFile", u.PreviousPasswordHashFile},
+		} {
+			if h.file == "" {
+				continue
+			}
+			f := fmt.Sprintf("users[%d].%s", i, h.field)
+			b := bytes.TrimSpace(r.read(f, h.file))
+			if b == nil {
+				continue
+			}
+			if _, err := bcrypt.Cost(b); err != nil {
+				r.fail(f, "%s does not hold a bcrypt hash: %v", h.file, err)
+				continue
+			}
+			l.PasswordHashes[u.Username] = append(l.PasswordHashes[u.Username], b)
 		}
-		if _, err := bcrypt.Cost(h); err != nil {
-			r.fail(f, "%s does not hold a bcrypt hash: %v", u.PasswordHashFile, err)
-			continue
-		}
-		l.PasswordHashes[u.Username] = h
 	}
 	for i, d := range c.Domains {
 		if d.DKIM == nil {
@@ -187,6 +195,9 @@ func (c *Config) ReferencedSecretFiles() []string {
 	}
 	for _, u := range c.Users {
 		files = append(files, u.PasswordHashFile)
+		if u.PreviousPasswordHashFile != "" {
+			files = append(files, u.PreviousPasswordHashFile)
+		}
 	}
 	for _, d := range c.Domains {
 		if d.DKIM != nil {

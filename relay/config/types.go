@@ -174,6 +174,9 @@ type User struct {
 	// passwordHashFile holds the bcrypt hash of the user's password, relative to the
 	// secrets directory. Required.
 	PasswordHashFile string `json:"passwordHashFile"`
+	// previousPasswordHashFile holds the bcrypt hash of a password that also works,
+	// for a while after a rotation, relative to the secrets directory. Optional.
+	PreviousPasswordHashFile string `json:"previousPasswordHashFile,omitempty"`
 	// allowedSenders restricts the envelope senders this user may use. Each entry is an
 	// address ("noreply@example.com", where "*" in the local part matches any run of
 	// characters) or a domain ("example.com", any address at it). Empty means any

@@ -361,6 +361,11 @@ func (u User) validate(errs *fieldErrors, f string) {
 	if err := checkSecretPath(u.PasswordHashFile); err != nil {
 		errs.add(f+"passwordHashFile", "%v", err)
 	}
+	if u.PreviousPasswordHashFile != "" {
+		if err := checkSecretPath(u.PreviousPasswordHashFile); err != nil {
+			errs.add(f+"previousPasswordHashFile", "%v", err)
+		}
+	}
 	for j, s := range u.AllowedSenders {
 		if err := checkSenderPattern(s); err != nil {
 			errs.add(fmt.Sprintf("%sallowedSenders[%d]", f, j), "%v", err)

@@ -46,7 +46,7 @@ type Policy struct {
 }
 
 type user struct {
-	hash    []byte
+	hashes  [][]byte // the current password's, then the previous one's
 	senders []senderPattern
 }
 
@@ -81,7 +81,7 @@ func New(l *config.Loaded, cache *AuthCache) *Policy {
 		}
 	}
 	for _, u := range c.Users {
-		cu := &user{hash: l.PasswordHashes[u.Username]}
+		cu := &user{hashes: l.PasswordHashes[u.Username]}
 		for _, s := range u.AllowedSenders {
 			local, dom, ok := strings.Cut(strings.ToLower(s), "@")
 			if !ok {
@@ -122,23 +122,28 @@ func (p *Policy) NetworkAllowed(ip netip.Addr) bool {
 	return false
 }
 
-// Authenticate checks a password against the user's bcrypt hash.
+// Authenticate checks a password against the user's bcrypt hashes: the current
+// password's, and during a rotation's overlap the previous one's.
 func (p *Policy) Authenticate(username, password string) bool {
 	u, ok := p.users[username]
-	if !ok || len(u.hash) == 0 {
+	if !ok || len(u.hashes) == 0 {
 		// Spend the same time as a real check so that timing does not reveal which
 		// user names exist.
 		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
 		return false
 	}
-	if p.cache.hit(username, password, u.hash) {
-		return true
+	for _, h := range u.hashes {
+		if p.cache.hit(username, password, h) {
+			return true
+		}
 	}
-	if bcrypt.CompareHashAndPassword(u.hash, []byte(password)) != nil {
-		return false
+	for _, h := range u.hashes {
+		if bcrypt.CompareHashAndPassword(h, []byte(password)) == nil {
+			p.cache.add(username, password, h)
+			return true
+		}
 	}
-	p.cache.add(username, password, u.hash)
-	return true
+	return false
 }
 
 // dummyHash is a bcrypt hash of a random password at the default cost, made on first

@@ -15,7 +15,7 @@ func compile(t *testing.T, c *config.Config) *Policy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(&config.Loaded{Config: c, PasswordHashes: map[string][]byte{"app": hash, "any": hash}}, nil)
+	return New(&config.Loaded{Config: c, PasswordHashes: map[string][][]byte{"app": {hash}, "any": {hash}}}, nil)
 }
 
 func testConfig() *config.Config {
@@ -60,12 +60,32 @@ func TestAuthenticate(t *testing.T) {
 	// The cache does not outlive a password change.
 	c := testConfig()
 	other, _ := bcrypt.GenerateFromPassword([]byte("new"), bcrypt.MinCost)
-	p2 := New(&config.Loaded{Config: c, PasswordHashes: map[string][]byte{"app": other}}, p.AuthCache())
+	p2 := New(&config.Loaded{Config: c, PasswordHashes: map[string][][]byte{"app": {other}}}, p.AuthCache())
 	if p2.Authenticate("app", "pw") {
 		t.Error("old password accepted from the cache after rotation")
 	}
 	if !p2.Authenticate("app", "new") {
 		t.Error("new password refused")
+	}
+}
+
+// During a rotation's overlap both passwords work; once the previous hash is gone,
+// only the new one does, cached or not.
+func TestAuthenticateRotationOverlap(t *testing.T) {
+	old, _ := bcrypt.GenerateFromPassword([]byte("old"), bcrypt.MinCost)
+	cur, _ := bcrypt.GenerateFromPassword([]byte("new"), bcrypt.MinCost)
+	p := New(&config.Loaded{Config: testConfig(), PasswordHashes: map[string][][]byte{"app": {cur, old}}}, nil)
+	for _, pw := range []string{"old", "new", "old", "new"} {
+		if !p.Authenticate("app", pw) {
+			t.Fatalf("%s password refused during the overlap", pw)
+		}
+	}
+	if p.Authenticate("app", "other") {
+		t.Fatal("a wrong password accepted with two hashes")
+	}
+	after := New(&config.Loaded{Config: testConfig(), PasswordHashes: map[string][][]byte{"app": {cur}}}, p.AuthCache())
+	if after.Authenticate("app", "old") || !after.Authenticate("app", "new") {
+		t.Fatal("after the overlap the old password still works, or the new one does not")
 	}
 }
 
