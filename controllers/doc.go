@@ -6,8 +6,8 @@ package controllers
 
 // The manager's permissions, generated into config/rbac by `make manifests`.
 //
-// +kubebuilder:rbac:groups=relay.kuberelay.io,resources=smtprelays;smarthosts;relaydomains,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=relay.kuberelay.io,resources=smtprelays/status;smarthosts/status;relaydomains/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=relay.kuberelay.io,resources=smtprelays;smarthosts;relaydomains;relayclients,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=relay.kuberelay.io,resources=smtprelays/status;smarthosts/status;relaydomains/status;relayclients/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=configmaps;secrets;services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;patch;delete

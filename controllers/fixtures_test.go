@@ -112,3 +112,9 @@ func signedWith(selector, secret string) func(*relayv1alpha1.RelayDomainSpec) {
 
 // ref is a RelayReference to the relay name in the domain's own namespace.
 func ref(name string) relayv1alpha1.RelayReference { return relayv1alpha1.RelayReference{Name: name} }
+
+// newClient is a RelayClient of the relay ref, allowed to send as senders.
+func newClient(ns, name string, ref relayv1alpha1.RelayReference, senders ...string) *relayv1alpha1.RelayClient {
+	return &relayv1alpha1.RelayClient{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: relayv1alpha1.RelayClientSpec{RelayRef: ref, AllowedSenders: senders}}
+}

@@ -24,6 +24,8 @@ const (
 	indexRelaySecret = "smtprelay.secretRefs"
 	// indexSmarthostSecret indexes Smarthosts by "namespace/name" of every Secret they name.
 	indexSmarthostSecret = "smarthost.secretRefs"
+	// indexClientRelay indexes RelayClients by "namespace/name" of their relay.
+	indexClientRelay = "relayclient.relayRef"
 )
 
 // key is the index value of an object: its "namespace/name".
@@ -107,6 +109,9 @@ func setupIndexes(ctx context.Context, idx client.FieldIndexer) error {
 		}},
 		{&relayv1alpha1.SmtpRelay{}, indexRelaySecret, func(o client.Object) []string {
 			return keys(relaySecrets(o.(*relayv1alpha1.SmtpRelay)))
+		}},
+		{&relayv1alpha1.RelayClient{}, indexClientRelay, func(o client.Object) []string {
+			return []string{clientRelay(o.(*relayv1alpha1.RelayClient)).String()}
 		}},
 		{&relayv1alpha1.Smarthost{}, indexSmarthostSecret, func(o client.Object) []string {
 			return keys(smarthostSecrets(o.(*relayv1alpha1.Smarthost)))

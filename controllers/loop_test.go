@@ -315,7 +315,7 @@ func TestChangesReachTheConfig(t *testing.T) {
 	if first.Config.Upstreams[0].Endpoints[0].Host != "smtp.one.example" {
 		t.Fatalf("upstream: %+v", first.Config.Upstreams[0])
 	}
-	hashBefore := first.PasswordHashes["app"]
+	hashBefore := first.PasswordHashes["app"][0]
 
 	// Each kind, updated.
 	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: "up", Namespace: ns}}
@@ -331,7 +331,7 @@ func TestChangesReachTheConfig(t *testing.T) {
 	if l := rendered("a RelayDomain change"); len(l.Config.Domains[0].AllowedSenders) != 1 {
 		t.Errorf("domain after the change: %+v", l.Config.Domains[0])
 	}
-	if l, _ := loadRendered(ns, "relay"); !bytes.Equal(l.PasswordHashes["app"], hashBefore) {
+	if l, _ := loadRendered(ns, "relay"); !bytes.Equal(l.PasswordHashes["app"][0], hashBefore) {
 		t.Error("the client password was re-hashed although it did not change")
 	}
 
@@ -350,7 +350,7 @@ func TestChangesReachTheConfig(t *testing.T) {
 		t.Errorf("the relay Secret does not hold the rotated upstream password")
 	}
 	rotate("app", map[string][]byte{"password": []byte("client-pw-2")})
-	if l := rendered("a client password rotation"); bytes.Equal(l.PasswordHashes["app"], hashBefore) {
+	if l := rendered("a client password rotation"); bytes.Equal(l.PasswordHashes["app"][0], hashBefore) {
 		t.Error("the rotated client password was not re-hashed")
 	}
 	rotate("tls", map[string][]byte{"tls.crt": fixture(t, "relay-tls-renewed.crt"), "tls.key": fixture(t, "relay-tls-renewed.key")})

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -83,9 +84,11 @@ func (m *mapper) smarthostRelays(ctx context.Context, o client.Object) []reconci
 }
 
 // secretRelays: a Secret enqueues the relays that read it, directly, through a DKIM
-// key of one of their domains, or through a Smarthost they use.
+// key of one of their domains, as a client's credentials, or through a Smarthost they
+// use.
 func (m *mapper) secretRelays(ctx context.Context, o client.Object) []reconcile.Request {
 	reqs := append(m.naming(ctx, &relayv1alpha1.SmtpRelayList{}, indexRelaySecret, o), m.relaysOfDomainsNaming(ctx, indexDomainSecret, o)...)
+	reqs = append(reqs, m.clientSecretRelay(ctx, o)...)
 	var shs relayv1alpha1.SmarthostList
 	if !m.list(ctx, &shs, indexSmarthostSecret, o) {
 		return reqs
@@ -113,14 +116,71 @@ func (m *mapper) crossNamespaceDomains(ctx context.Context, ns string) []relayv1
 	return out
 }
 
+// crossNamespaceClients are the clients in namespace ns that name a relay in another
+// namespace.
+func (m *mapper) crossNamespaceClients(ctx context.Context, ns string) []relayv1alpha1.RelayClient {
+	var list relayv1alpha1.RelayClientList
+	if err := m.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		log.FromContext(ctx).Error(err, "listing clients to enqueue", "namespace", ns)
+		return nil
+	}
+	var out []relayv1alpha1.RelayClient
+	for _, c := range list.Items {
+		if clientRelay(&c).Namespace != ns {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // namespaceRelays: a Namespace's labels decide which relays with a namespace
-// selector accept its domains, so it enqueues the relays its domains name.
+// selector accept its domains and clients, so it enqueues the relays they name.
 func (m *mapper) namespaceRelays(ctx context.Context, o client.Object) []reconcile.Request {
 	var reqs []reconcile.Request
 	for _, d := range m.crossNamespaceDomains(ctx, o.GetName()) {
 		reqs = append(reqs, reconcile.Request{NamespacedName: domainRelay(&d)})
 	}
+	for _, c := range m.crossNamespaceClients(ctx, o.GetName()) {
+		reqs = append(reqs, reconcile.Request{NamespacedName: clientRelay(&c)})
+	}
 	return reqs
+}
+
+// namespaceClients: a Namespace enqueues its clients that name a relay elsewhere.
+func (m *mapper) namespaceClients(ctx context.Context, o client.Object) []reconcile.Request {
+	var reqs []reconcile.Request
+	for _, c := range m.crossNamespaceClients(ctx, o.GetName()) {
+		reqs = append(reqs, request(c.Namespace, c.Name))
+	}
+	return reqs
+}
+
+// clientRelay: a RelayClient enqueues the relay it names.
+func (m *mapper) clientRelay(_ context.Context, o client.Object) []reconcile.Request {
+	c, ok := o.(*relayv1alpha1.RelayClient)
+	if !ok {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: clientRelay(c)}}
+}
+
+// relayClients: an SmtpRelay enqueues the clients that name it.
+func (m *mapper) relayClients(ctx context.Context, o client.Object) []reconcile.Request {
+	return m.naming(ctx, &relayv1alpha1.RelayClientList{}, indexClientRelay, o)
+}
+
+// clientSecretRelay: a RelayClient's Secret enqueues the relay of the client that
+// controls it.
+func (m *mapper) clientSecretRelay(ctx context.Context, o client.Object) []reconcile.Request {
+	ref := metav1.GetControllerOf(o)
+	if ref == nil || ref.Kind != "RelayClient" || ref.APIVersion != relayv1alpha1.GroupVersion.String() {
+		return nil
+	}
+	c := &relayv1alpha1.RelayClient{}
+	if err := m.Get(ctx, types.NamespacedName{Namespace: o.GetNamespace(), Name: ref.Name}, c); err != nil {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: clientRelay(c)}}
 }
 
 // namespaceDomains: a Namespace enqueues its domains that name a relay elsewhere.

@@ -49,7 +49,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	domains := &RelayDomainReconciler{Client: mgr.GetClient(), Recorder: recorder}
-	return domains.SetupWithManager(mgr)
+	if err := domains.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	clients := &RelayClientReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder}
+	return clients.SetupWithManager(mgr)
 }
 
 // CacheOptions are the manager's cache options: namespaces, when not empty, restricts

@@ -68,7 +68,9 @@ const configHashAnnotation = "relay.kuberelay.io/config-hash"
 type relayScope struct {
 	relay   *relayv1alpha1.SmtpRelay
 	domains []relayv1alpha1.RelayDomain
-	result  *render.Result
+	// in are the render's inputs (the attached clients and their Secrets among them).
+	in     render.Inputs
+	result *render.Result
 	// renderErr is what the user must fix before the relay can be rendered.
 	renderErr *render.Error
 	// applied is what the ready pods reported; nil when they were not asked.
@@ -116,14 +118,21 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			retErr = kerrors.NewAggregate([]error{retErr, err})
 		}
 	}()
-	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains, r.reconcilePods} {
+	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains, r.reconcileClients, r.reconcilePods} {
 		res, err := p(ctx, s)
 		if err != nil || !res.IsZero() {
 			return res, err
 		}
 	}
-	// A scale-down waiting for pods to empty their queues looks again.
-	return ctrl.Result{RequeueAfter: s.drainAfter}, nil
+	// A scale-down waiting for pods to empty their queues looks again, and so does a
+	// rendering that changes by itself (a rotation's previous password expires).
+	after := s.drainAfter
+	if s.result != nil && !s.result.NextChange.IsZero() {
+		if d := time.Until(s.result.NextChange) + time.Second; after == 0 || d < after {
+			after = max(d, time.Second)
+		}
+	}
+	return ctrl.Result{RequeueAfter: after}, nil
 }
 
 // reconcileConfig gathers the inputs, renders the relay's configuration and writes
@@ -133,7 +142,7 @@ func (r *SmtpRelayReconciler) reconcileConfig(ctx context.Context, s *relayScope
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	s.domains = domains
+	s.domains, s.in = domains, in
 	result, err := render.Config(in)
 	if err != nil {
 		var re *render.Error
@@ -456,6 +465,77 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 	return ctrl.Result{}, kerrors.NewAggregate(errs)
 }
 
+// reconcileClients writes the status of every RelayClient attached to the relay, as
+// reconcileDomains does for domains.
+func (r *SmtpRelayReconciler) reconcileClients(ctx context.Context, s *relayScope) (ctrl.Result, error) {
+	if s.result == nil && s.renderErr == nil {
+		return ctrl.Result{}, nil
+	}
+	var errs []error
+	conflict := false
+	for i := range s.in.Clients {
+		c := &s.in.Clients[i]
+		key := types.NamespacedName{Namespace: c.Namespace, Name: c.Name}
+		var cr render.ClientResult
+		if s.result != nil {
+			cr = s.result.ClientResults[key]
+		} else {
+			cr = render.ClientResult{Reason: s.renderErr.Reason, Message: fmt.Sprintf(
+				"SmtpRelay %s/%s cannot be configured: %s", s.relay.Namespace, s.relay.Name, s.renderErr.Message)}
+		}
+		base := c.DeepCopy()
+		c.Status.ObservedGeneration = c.Generation
+		c.Status.SecretName = render.ClientSecretName(c)
+		c.Status.Username = render.ClientUsername(c)
+		c.Status.RotatedAt, c.Status.PreviousPasswordExpiresAt = nil, nil
+		if sec := s.in.Secrets[types.NamespacedName{Namespace: c.Namespace, Name: c.Status.SecretName}]; sec != nil && metav1.IsControlledBy(sec, c) {
+			c.Status.RotatedAt = annotationTime(sec, render.RotatedAtAnnotation)
+			if t := annotationTime(sec, render.PreviousExpiresAnnotation); t != nil && t.After(s.in.Now) {
+				c.Status.PreviousPasswordExpiresAt = t
+			}
+		}
+		setClientCondition(c, relayv1alpha1.AcceptedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded,
+			fmt.Sprintf("Attached to SmtpRelay %s/%s", s.relay.Namespace, s.relay.Name))
+		switch {
+		case cr.Included:
+			setClientCondition(c, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded,
+				fmt.Sprintf("Can log in to %s as %s with the credentials in Secret %s", s.relay.Name, c.Status.Username, c.Status.SecretName))
+			apimeta.RemoveStatusCondition(&c.Status.Conditions, relayv1alpha1.StalledCondition)
+			apimeta.RemoveStatusCondition(&c.Status.Conditions, relayv1alpha1.ReconcilingCondition)
+		case cr.Reason == relayv1alpha1.ReasonProgressing:
+			setClientCondition(c, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, cr.Reason, cr.Message)
+			setClientCondition(c, relayv1alpha1.ReconcilingCondition, metav1.ConditionTrue, cr.Reason, cr.Message)
+			apimeta.RemoveStatusCondition(&c.Status.Conditions, relayv1alpha1.StalledCondition)
+		default:
+			setClientCondition(c, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, cr.Reason, cr.Message)
+			setClientCondition(c, relayv1alpha1.StalledCondition, metav1.ConditionTrue, cr.Reason, cr.Message)
+			apimeta.RemoveStatusCondition(&c.Status.Conditions, relayv1alpha1.ReconcilingCondition)
+			if s.result != nil && !conditionIs(base.Status.Conditions, relayv1alpha1.ReadyCondition, cr.Reason, cr.Message) {
+				r.Recorder.Eventf(c, s.relay, corev1.EventTypeWarning, cr.Reason, "Attach", "%s", cr.Message)
+			}
+		}
+		switch err := patchStatusIfChanged(ctx, r.Client, base, c, base.Status, c.Status); {
+		case apierrors.IsConflict(err):
+			conflict = true
+		case err != nil:
+			errs = append(errs, err)
+		}
+	}
+	if conflict && len(errs) == 0 {
+		return ctrl.Result{Requeue: true}, nil
+	}
+	return ctrl.Result{}, kerrors.NewAggregate(errs)
+}
+
+// annotationTime reads an RFC 3339 time from an annotation of o.
+func annotationTime(o metav1.Object, name string) *metav1.Time {
+	t, err := time.Parse(time.RFC3339, o.GetAnnotations()[name])
+	if err != nil {
+		return nil
+	}
+	return &metav1.Time{Time: t}
+}
+
 // requeueOnConflict turns the conflict of a status patch made from an outdated copy
 // into a prompt retry on a fresh one, instead of an error.
 func requeueOnConflict(err error) (ctrl.Result, error) {
@@ -561,6 +641,21 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *relayv1alpha1.S
 	in.Domains = attached
 
 	secretRefs := relaySecrets(relay)
+	var clients relayv1alpha1.RelayClientList
+	if err := r.List(ctx, &clients, client.MatchingFields{indexClientRelay: key(relay.Namespace, relay.Name)}); err != nil {
+		return in, nil, err
+	}
+	for _, c := range clients.Items {
+		ok, err := attachmentAllowed(ctx, r.Client, relay, c.Namespace)
+		if err != nil {
+			return in, nil, err
+		}
+		if ok && c.DeletionTimestamp.IsZero() {
+			in.Clients = append(in.Clients, c)
+			secretRefs = append(secretRefs, types.NamespacedName{Namespace: c.Namespace, Name: render.ClientSecretName(&c)})
+		}
+	}
+	in.Now = time.Now()
 	smarthost := func(ns, name string) error {
 		k := types.NamespacedName{Namespace: ns, Name: name}
 		if _, seen := in.Smarthosts[k]; seen {
@@ -796,6 +891,10 @@ func (r *SmtpRelayReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int
 		Owns(&policyv1.PodDisruptionBudget{}, builder.OnlyMetadata).
 		// A domain's status is written by the relay: only spec changes re-render.
 		Watches(&relayv1alpha1.RelayDomain{}, handler.EnqueueRequestsFromMapFunc(m.domainRelay),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// A client's status is written by the relay too; its rotate annotation changes
+		// its Secret, which is watched below.
+		Watches(&relayv1alpha1.RelayClient{}, handler.EnqueueRequestsFromMapFunc(m.clientRelay),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&relayv1alpha1.Smarthost{}, handler.EnqueueRequestsFromMapFunc(m.smarthostRelays),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).

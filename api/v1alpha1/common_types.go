@@ -51,7 +51,8 @@ const (
 	// ConfigAppliedCondition (SmtpRelay) is True when every ready pod runs the
 	// configuration the operator last rendered.
 	ConfigAppliedCondition = "ConfigApplied"
-	// AcceptedCondition (RelayDomain) is True when the domain is attached to its relay.
+	// AcceptedCondition (RelayDomain, RelayClient) is True when the object is attached
+	// to its relay.
 	AcceptedCondition = "Accepted"
 )
 
@@ -78,4 +79,12 @@ const (
 	// ReasonDraining: a Queue-mode scale-down waits for the leaving pods to deliver
 	// their queues before they are removed.
 	ReasonDraining = "Draining"
+	// ReasonSecretConflict: a RelayClient's Secret exists and is not the client's.
+	ReasonSecretConflict = "SecretConflict"
+	// ReasonInvalidSender: a RelayClient's allowed sender is not in a domain it may use.
+	ReasonInvalidSender = "InvalidSender"
+	// ReasonUserConflict: two clients of a relay have the same user name.
+	ReasonUserConflict = "UserConflict"
+	// ReasonNoSubmissionListener: the relay has no TLS listener a client can log in on.
+	ReasonNoSubmissionListener = "NoSubmissionListener"
 )

@@ -11,7 +11,6 @@ import (
 // through it.
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners) || self.listeners.all(l, !has(l.requireAuth) || !l.requireAuth || (has(l.tls) && l.tls != 'None') || (!has(l.tls) && has(self.tls)))",message="a listener with requireAuth needs TLS: set its tls to STARTTLS or Implicit (and spec.tls.secretRef), since AUTH is only offered over TLS"
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners) || has(self.tls) || self.listeners.all(l, !has(l.tls) || l.tls == 'None')",message="a listener with tls STARTTLS or Implicit needs a certificate: set spec.tls.secretRef"
-// +kubebuilder:validation:XValidation:rule="!has(self.listeners) || (has(self.auth) && size(self.auth.users) > 0) || self.listeners.all(l, !has(l.requireAuth) || !l.requireAuth)",message="a listener with requireAuth is unusable without users: add spec.auth.users or set requireAuth to false"
 // +kubebuilder:validation:XValidation:rule="!has(self.nullSender) || self.nullSender != 'Allow' || has(self.smarthostRef)",message="nullSender Allow relays bounces through spec.smarthostRef: set it, or keep nullSender Reject"
 type SmtpRelaySpec struct {
 	// replicas is the number of relay pods. Default: 2.
@@ -23,7 +22,7 @@ type SmtpRelaySpec struct {
 
 	// listeners are the SMTP ports the relay serves. Default: smtp on port 25 (STARTTLS
 	// offered when spec.tls is set), and, when spec.tls is set, submission on port 587
-	// (STARTTLS, AUTH required) if spec.auth has users.
+	// (STARTTLS, AUTH required), where spec.auth.users and RelayClients log in.
 	// +optional
 	// +kubebuilder:validation:MaxItems=8
 	// +listType=map

@@ -166,7 +166,12 @@ func TestRejected(t *testing.T) {
 		mut(&d.Spec)
 		return d
 	}
-	tlsRef := &relayv1alpha1.RelayTLS{SecretRef: relayv1alpha1.LocalObjectReference{Name: "tls"}}
+	rclient := func(mut func(*relayv1alpha1.RelayClientSpec)) client.Object {
+		c := &relayv1alpha1.RelayClient{ObjectMeta: meta, Spec: relayv1alpha1.RelayClientSpec{
+			RelayRef: relayv1alpha1.RelayReference{Name: "r"}, AllowedSenders: []string{"example.com"}}}
+		mut(&c.Spec)
+		return c
+	}
 	users := &relayv1alpha1.RelayAuth{Users: []relayv1alpha1.RelayUser{{SecretRef: relayv1alpha1.LocalObjectReference{Name: "u"}}}}
 	cases := []struct {
 		name string
@@ -196,10 +201,6 @@ func TestRejected(t *testing.T) {
 		{"TLS listener without certificate", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
 			s.Listeners = []relayv1alpha1.Listener{{Name: "smtps", Port: 465, TLS: relayv1alpha1.TLSImplicit}}
 		}), "needs a certificate"},
-		{"AUTH listener without users", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
-			s.TLS = tlsRef
-			s.Listeners = []relayv1alpha1.Listener{{Name: "submission", Port: 587, TLS: relayv1alpha1.TLSStartTLS, RequireAuth: true}}
-		}), "unusable without users"},
 		{"duplicate listener ports", relay(func(s *relayv1alpha1.SmtpRelaySpec) {
 			s.Listeners = []relayv1alpha1.Listener{{Name: "a", Port: 25}, {Name: "b", Port: 25}}
 		}), "ports must be unique"},
@@ -256,6 +257,9 @@ func TestRejected(t *testing.T) {
 			s.DKIM = &relayv1alpha1.DKIMSigning{Selector: "a b", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "k"}}
 		}), "selector"},
 		{"bad allowed sender", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.AllowedSenders = []string{"a@b"} }), "allowedSenders"},
+		{"client without senders", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.AllowedSenders = nil }), "allowedSenders"},
+		{"client without relay", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.RelayRef.Name = "" }), "relayRef.name"},
+		{"client Secret name", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.SecretName = "Not_A_Name" }), "secretName"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing/fstest"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,6 +42,11 @@ type Inputs struct {
 	Previous map[string][]byte
 	// Hasher hashes client passwords. Required when the relay has users.
 	Hasher PasswordHasher
+	// Clients are the RelayClients attached to the relay (the caller decides
+	// attachment), in any order; their Secrets are in Secrets.
+	Clients []relayv1alpha1.RelayClient
+	// Now decides whether a rotation's previous password still works.
+	Now time.Time
 }
 
 // Result is a rendered relay configuration.
@@ -58,6 +64,12 @@ type Result struct {
 	// DomainResults says, for every input domain, whether it is in the configuration
 	// and if not, why.
 	DomainResults map[types.NamespacedName]DomainResult
+	// ClientResults says, for every input client, whether it can log in and if not,
+	// why.
+	ClientResults map[types.NamespacedName]ClientResult
+	// NextChange is when the rendering changes by itself (a previous password
+	// expires); zero if never.
+	NextChange time.Time
 }
 
 // DomainResult is what became of one RelayDomain.
@@ -106,6 +118,7 @@ func Config(in Inputs) (*Result, error) {
 		relayKey:   types.NamespacedName{Namespace: in.Relay.Namespace, Name: in.Relay.Name},
 		files:      map[string][]byte{},
 		smarthosts: map[types.NamespacedName]*smarthostSource{},
+		usernames:  map[string]string{},
 	}
 	return r.render()
 }
@@ -126,6 +139,10 @@ type renderer struct {
 	files map[string][]byte
 	// smarthosts caches resolved Smarthosts, by namespace/name.
 	smarthosts map[types.NamespacedName]*smarthostSource
+	// usernames are the user names taken, with what took each.
+	usernames map[string]string
+	// nextChange: see Result.NextChange.
+	nextChange time.Time
 }
 
 // smarthostSource is a Smarthost with the contents of the Secrets it references.
@@ -190,6 +207,7 @@ func (r *renderer) render() (*Result, error) {
 	}
 
 	results, pending := r.domains(defaultSmarthost != nil)
+	clientResults := r.clients(cfg, results)
 
 	// Upstreams: the relay's default and those of the included domains.
 	used := map[types.NamespacedName]bool{}
@@ -231,6 +249,8 @@ func (r *renderer) render() (*Result, error) {
 		SecretData:    r.files,
 		Hash:          config.Hash(raw, r.files),
 		DomainResults: results,
+		ClientResults: clientResults,
+		NextChange:    r.nextChange,
 	}
 	// Load what was rendered exactly as a relay pod will: whatever slipped past the
 	// checks above is caught here rather than in every pod.

@@ -44,7 +44,9 @@ func Listeners(relay *relayv1alpha1.SmtpRelay) []Listener {
 	src := spec.Listeners
 	if len(src) == 0 {
 		src = []relayv1alpha1.Listener{{Name: "smtp", Port: defaultSMTPPort}}
-		if hasTLS && spec.Auth != nil && len(spec.Auth.Users) > 0 {
+		// With a certificate, clients can log in: spec.auth.users, and RelayClients,
+		// which attach without a change to the pods.
+		if hasTLS {
 			src = append(src, relayv1alpha1.Listener{
 				Name: "submission", Port: defaultSubmissionPort, TLS: relayv1alpha1.TLSStartTLS, RequireAuth: true,
 			})

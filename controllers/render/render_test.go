@@ -772,7 +772,7 @@ func TestConfigWithDefaultHasher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bcryptCompare(loaded.PasswordHashes["app"], "app-password-one"); err != nil {
+	if err := bcryptCompare(loaded.PasswordHashes["app"][0], "app-password-one"); err != nil {
 		t.Errorf("app's hash does not verify its password (trailing newline trimmed): %v", err)
 	}
 	// Same hasher: cached.

@@ -52,6 +52,7 @@ func (r *renderer) users(cfg *config.Config) error {
 			return invalid("user name %q is also the user name in Secret %s/%s: each user needs a distinct user name", username, s.Namespace, other)
 		}
 		byName[username] = s.Name
+		r.usernames[username] = s.Name
 
 		if r.in.Hasher == nil {
 			return errors.New("render: Inputs.Hasher is nil but the relay has users")

@@ -235,8 +235,8 @@ func TestTemplateDefaults(t *testing.T) {
 	}
 
 	crds := r.all("CustomResourceDefinition")
-	if len(crds) != 3 {
-		t.Errorf("%d CRDs rendered, want 3", len(crds))
+	if len(crds) != 4 {
+		t.Errorf("%d CRDs rendered, want 4", len(crds))
 	}
 	for _, d := range crds {
 		if got := annotations(d)[keepKey]; got != "keep" {
@@ -279,8 +279,8 @@ func TestTemplateValues(t *testing.T) {
 			args: []string{"--set", "crds.keep=false"},
 			check: func(t *testing.T, r rendered) {
 				crds := r.all("CustomResourceDefinition")
-				if len(crds) != 3 {
-					t.Fatalf("%d CRDs rendered, want 3", len(crds))
+				if len(crds) != 4 {
+					t.Fatalf("%d CRDs rendered, want 4", len(crds))
 				}
 				for _, d := range crds {
 					if v, ok := annotations(d)[keepKey]; ok {

@@ -34,6 +34,7 @@ var crdNames = []string{
 	"smtprelays.relay.kuberelay.io",
 	"smarthosts.relay.kuberelay.io",
 	"relaydomains.relay.kuberelay.io",
+	"relayclients.relay.kuberelay.io",
 }
 
 var crdGVK = schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"}

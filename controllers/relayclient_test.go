@@ -1,0 +1,179 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+)
+
+// TestRelayClient follows one application's RelayClient through its life: refused
+// while its namespace is not admitted, then its Secret written and its hash in the
+// relay's configuration, a bad allowed sender named in a condition, a rotation whose
+// previous password works for the overlap and then stops, and its deletion revoking
+// it. A client whose Secret name is taken gets a condition and leaves that Secret be.
+func TestRelayClient(t *testing.T) {
+	startManager(t)
+	ctx := context.Background()
+	relayNS, appNS := namespace(t, "client-mail"), namespace(t, "client-app")
+	relay := newRelay(relayNS, "outbound", withTLS("tls"), withSmarthost("mta"))
+	create(t, tlsSecret(t, relayNS, "tls"), newSmarthost(relayNS, "mta", "mta.corp.example", 25, plainText), relay,
+		newDomain(appNS, "app", "app.example", relayv1alpha1.RelayReference{Name: "outbound", Namespace: relayNS}))
+	app := newClient(appNS, "billing", relayv1alpha1.RelayReference{Name: "outbound", Namespace: relayNS}, "noreply@app.example")
+	create(t, app)
+	conds := func() []metav1.Condition { return app.Status.Conditions }
+	username := appNS + ".billing"
+
+	// The relay takes RelayClients from its own namespace only: refused, no Secret.
+	eventually(t, condition(t, app, conds, relayv1alpha1.AcceptedCondition, metav1.ConditionFalse, relayv1alpha1.ReasonNamespaceNotAllowed))
+	sec := &corev1.Secret{}
+	secKey := types.NamespacedName{Namespace: appNS, Name: "billing"}
+	if err := env.Client.Get(ctx, secKey, sec); !apierrors.IsNotFound(err) {
+		t.Fatalf("a refused client got a Secret: %v", err)
+	}
+
+	// Admitting the namespace writes the Secret and attaches the client.
+	update(t, relay, func() {
+		relay.Spec.Domains.Namespaces = relayv1alpha1.DomainNamespaces{From: "Selector",
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"mail": "yes"}}}
+	})
+	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: appNS}}
+	update(t, nsObj, func() { nsObj.Labels = map[string]string{"mail": "yes"} })
+	eventually(t, condition(t, app, conds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
+	if err := env.Client.Get(ctx, secKey, sec); err != nil {
+		t.Fatal(err)
+	}
+	if !metav1.IsControlledBy(sec, app) {
+		t.Errorf("the Secret is not controlled by its RelayClient: %+v", sec.OwnerReferences)
+	}
+	password := string(sec.Data["password"])
+	want := map[string]string{"host": "outbound." + relayNS + ".svc", "port": "587", "username": username}
+	for k, v := range want {
+		if got := string(sec.Data[k]); got != v {
+			t.Errorf("Secret key %s = %q, want %q", k, got, v)
+		}
+	}
+	u, err := url.Parse(string(sec.Data["url"]))
+	if pw, _ := u.User.Password(); err != nil || u.Scheme != "smtp" || u.Host != want["host"]+":587" || u.User.Username() != username || pw != password {
+		t.Errorf("url %q does not carry the credentials (%v)", sec.Data["url"], err)
+	}
+	if len(password) < 32 {
+		t.Errorf("password of %d characters, want at least 32", len(password))
+	}
+	if app.Status.Username != username || app.Status.SecretName != "billing" || app.Status.RotatedAt == nil {
+		t.Errorf("status %s", toString(app.Status))
+	}
+	// hashes returns a function that checks which passwords the rendered
+	// configuration accepts for the client.
+	hashes := func(accepted []string, refused ...string) func() string {
+		return func() string {
+			l, msg := loadRendered(relayNS, "outbound")
+			if l == nil {
+				return msg
+			}
+			works := func(pw string) bool {
+				for _, h := range l.PasswordHashes[username] {
+					if bcrypt.CompareHashAndPassword(h, []byte(pw)) == nil {
+						return true
+					}
+				}
+				return false
+			}
+			for _, pw := range accepted {
+				if !works(pw) {
+					return fmt.Sprintf("a password that should work does not (%d hashes)", len(l.PasswordHashes[username]))
+				}
+			}
+			for _, pw := range refused {
+				if works(pw) {
+					return fmt.Sprintf("a password that should not work does (%d hashes)", len(l.PasswordHashes[username]))
+				}
+			}
+			return ""
+		}
+	}
+	eventually(t, hashes([]string{password}))
+
+	// A sender outside the client's domains: named in a condition, and the client
+	// leaves the configuration.
+	update(t, app, func() { app.Spec.AllowedSenders = []string{"noreply@app.example", "ceo@other.example"} })
+	eventually(t, condition(t, app, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonInvalidSender))
+	if c := apimeta.FindStatusCondition(app.Status.Conditions, relayv1alpha1.ReadyCondition); !strings.Contains(c.Message, "spec.allowedSenders[1]") {
+		t.Errorf("the condition does not name the field: %s", c.Message)
+	}
+	eventually(t, hashes(nil, password))
+	update(t, app, func() { app.Spec.AllowedSenders = []string{"noreply@app.example"} })
+	eventually(t, hashes([]string{password}))
+
+	// Rotation: a new password; the previous one works for the overlap, then stops.
+	update(t, app, func() {
+		app.Spec.Rotation.Overlap = &metav1.Duration{Duration: 3 * time.Second}
+		app.Annotations = map[string]string{relayv1alpha1.RotateAnnotation: "1"}
+	})
+	var rotated string
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, secKey, sec); err != nil {
+			return err.Error()
+		}
+		if rotated = string(sec.Data["password"]); rotated == password {
+			return "password not rotated yet"
+		}
+		return ""
+	})
+	eventually(t, hashes([]string{password, rotated}))
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: appNS, Name: "billing"}, app); err != nil {
+			return err.Error()
+		}
+		if app.Status.PreviousPasswordExpiresAt == nil {
+			return "status.previousPasswordExpiresAt not set: " + toString(app.Status)
+		}
+		return ""
+	})
+	eventually(t, hashes([]string{rotated}, password))
+	// The same annotation value again is not a new request.
+	update(t, app, func() { app.Labels = map[string]string{"touched": "yes"} })
+	if err := env.Client.Get(ctx, secKey, sec); err != nil || string(sec.Data["password"]) != rotated {
+		t.Fatalf("the password changed without a new rotate request (%v)", err)
+	}
+	noSecretIn(t, appNS, password, rotated)
+	noSecretIn(t, relayNS, password, rotated)
+
+	// A Secret name someone else uses: a condition, and the Secret untouched.
+	create(t, basicAuth(appNS, "taken", "someone", "their-own-password"))
+	other := newClient(appNS, "other", relayv1alpha1.RelayReference{Name: "outbound", Namespace: relayNS}, "app.example")
+	other.Spec.SecretName = "taken"
+	create(t, other)
+	eventually(t, condition(t, other, func() []metav1.Condition { return other.Status.Conditions },
+		relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretConflict))
+	taken := &corev1.Secret{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: appNS, Name: "taken"}, taken); err != nil || string(taken.Data["password"]) != "their-own-password" || len(taken.OwnerReferences) != 0 {
+		t.Fatalf("the taken Secret was changed: %v %+v", err, taken.OwnerReferences)
+	}
+
+	// Deleting the client revokes it.
+	if err := env.Client.Delete(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		l, msg := loadRendered(relayNS, "outbound")
+		if l == nil {
+			return msg
+		}
+		if _, ok := l.PasswordHashes[username]; ok {
+			return "the deleted client can still log in"
+		}
+		return ""
+	})
+}

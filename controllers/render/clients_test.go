@@ -1,0 +1,115 @@
+package render
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+)
+
+// clientWithSecret is a RelayClient in ns and the Secret it controls.
+func clientWithSecret(ns, name, password string, senders ...string) (relayv1alpha1.RelayClient, *corev1.Secret) {
+	c := relayv1alpha1.RelayClient{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + ns + "-" + name)},
+		Spec:       relayv1alpha1.RelayClientSpec{RelayRef: relayv1alpha1.RelayReference{Name: relayName, Namespace: relayNS}, AllowedSenders: senders},
+	}
+	yes := true
+	s := secretObj(ns, name, corev1.SecretTypeOpaque, map[string][]byte{ClientKeyPassword: []byte(password)})
+	s.OwnerReferences = []metav1.OwnerReference{{APIVersion: relayv1alpha1.GroupVersion.String(), Kind: "RelayClient", Name: name, UID: c.UID, Controller: &yes}}
+	return c, s
+}
+
+// Each way a client can be left out says why, naming the field to fix; the others
+// become users, with the previous password's hash only while it has not expired.
+func TestClientResults(t *testing.T) {
+	w := newWorld(t)
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	relay := realisticRelay()
+	domains := []relayv1alpha1.RelayDomain{domain("team-a", "a", "team-a.example", 1), domain(relayNS, "shared", "example.com", 2),
+		domain("team-b", "b", "team-b.example", 3)}
+
+	good, goodSec := clientWithSecret("team-a", "app", "pw-good", "noreply@team-a.example", "example.com")
+	old, _ := bcrypt.GenerateFromPassword([]byte("pw-old"), bcrypt.MinCost)
+	goodSec.Annotations = map[string]string{PreviousHashAnnotation: string(old), PreviousExpiresAnnotation: now.Add(time.Hour).Format(time.RFC3339)}
+	expired, expiredSec := clientWithSecret("team-a", "expired", "pw-expired", "team-a.example")
+	expiredSec.Annotations = map[string]string{PreviousHashAnnotation: string(old), PreviousExpiresAnnotation: now.Add(-time.Second).Format(time.RFC3339)}
+	foreign, foreignSec := clientWithSecret("team-a", "foreign", "pw-foreign", "team-b.example")
+	unknown, unknownSec := clientWithSecret("team-a", "unknown", "pw-unknown", "nowhere.example")
+	stolen, stolenSec := clientWithSecret("team-a", "stolen", "pw-stolen", "team-a.example")
+	stolenSec.OwnerReferences = nil
+	waiting, _ := clientWithSecret("team-a", "waiting", "", "team-a.example")
+	for _, s := range []*corev1.Secret{goodSec, expiredSec, foreignSec, unknownSec, stolenSec} {
+		w.addSecret(s)
+	}
+	in := w.inputs(relay, domains...)
+	in.Clients = []relayv1alpha1.RelayClient{good, expired, foreign, unknown, stolen, waiting}
+	in.Now = now
+	res, err := Config(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]struct{ reason, in string }{
+		"app": {"", ""}, "expired": {"", ""},
+		"foreign": {relayv1alpha1.ReasonInvalidSender, "spec.allowedSenders[0]"},
+		"unknown": {relayv1alpha1.ReasonInvalidSender, "not relayed"},
+		"stolen":  {relayv1alpha1.ReasonSecretConflict, "not this RelayClient's"},
+		"waiting": {relayv1alpha1.ReasonProgressing, "waiting"},
+	} {
+		got := res.ClientResults[types.NamespacedName{Namespace: "team-a", Name: name}]
+		if got.Included != (want.reason == "") || got.Reason != want.reason || !strings.Contains(got.Message, want.in) {
+			t.Errorf("%s: %+v, want reason %q mentioning %q", name, got, want.reason, want.in)
+		}
+	}
+	users := map[string]int{}
+	for _, u := range res.Config.Users {
+		n := 1
+		if u.PreviousPasswordHashFile != "" {
+			n = 2
+		}
+		users[u.Username] = n
+	}
+	if users["team-a.app"] != 2 || users["team-a.expired"] != 1 || len(users) != 4 { // and the relay's two users
+		t.Errorf("users and their hash counts: %v", users)
+	}
+	if !res.NextChange.Equal(now.Add(time.Hour)) {
+		t.Errorf("NextChange %v, want the previous password's expiry", res.NextChange)
+	}
+	checkNoSecretValues(t, in, res)
+}
+
+// The endpoint is the first listener that requires AUTH over TLS; without TLS there
+// is none, and clients are told so.
+func TestClientEndpoint(t *testing.T) {
+	relay := realisticRelay()
+	if ep := ClientEndpoint(relay); ep.Port != 587 || ep.Implicit || ep.Host != relayName+"."+relayNS+".svc" {
+		t.Errorf("default listeners: %+v", ep)
+	}
+	relay.Spec.Listeners = []relayv1alpha1.Listener{{Name: "smtp", Port: 25}, {Name: "smtps", Port: 465, TLS: relayv1alpha1.TLSImplicit, RequireAuth: true}}
+	if ep := ClientEndpoint(relay); ep.Port != 465 || !ep.Implicit {
+		t.Errorf("implicit TLS listener: %+v", ep)
+	}
+	relay.Spec.TLS = nil
+	relay.Spec.Listeners = nil
+	if ep := ClientEndpoint(relay); ep.Port != 0 {
+		t.Errorf("no TLS: %+v", ep)
+	}
+	w := newWorld(t)
+	c, s := clientWithSecret(relayNS, "app", "pw", "example.com")
+	w.addSecret(s)
+	relay.Spec.Auth = nil
+	in := w.inputs(relay, domain(relayNS, "d", "example.com", 1))
+	in.Clients = []relayv1alpha1.RelayClient{c}
+	res, err := Config(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.ClientResults[types.NamespacedName{Namespace: relayNS, Name: "app"}]; got.Reason != relayv1alpha1.ReasonNoSubmissionListener {
+		t.Errorf("client of a relay without TLS: %+v", got)
+	}
+}
