@@ -15,6 +15,10 @@
 // themselves. Data larger than inlineMax is kept in its own file in large/, so a
 // session never holds a large message in memory. Records record the data's size and
 // SHA-256: data a crash cut short or the disk changed is found and never delivered.
+// Checksums start from the spool's own random key (the file key), so bytes a client
+// sent that look like a record are never taken for one, even when a damaged header
+// makes a start look for the next record through a message's data. The spool is
+// locked (flock) while open: two relays never share one.
 //
 // Plain files over an embedded database (bbolt): records stream into one file with
 // one flush per batch, where a B-tree rewrites pages and flushes twice per commit,
@@ -22,6 +26,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -137,8 +142,10 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Store is a spool directory. It is safe for concurrent use.
 type Store struct {
-	dir      string
-	logDir   *os.File
+	dir    string
+	logDir *os.File
+	// lock holds the spool's flock while the store is open.
+	lock     *os.File
 	largeDir *os.File
 	fs       *syncer
 
@@ -156,8 +163,12 @@ type Store struct {
 	syncs      atomic.Int64
 	// readOnly: Inspect's store changes nothing on disk.
 	readOnly bool
+	// seed starts every record's checksum: the CRC-32C of the spool's own random key,
+	// so data a client sent that looks like a record never passes for one.
+	seed uint32
 	// recovered are the segments found by recover.
 	recovered []*segment
+	closed    bool
 }
 
 // segment is one log file.
@@ -171,6 +182,9 @@ type segment struct {
 	// with a deleted segment.
 	refs    int
 	deleted bool
+	// failed is set once an fdatasync of f failed: what was appended since may be
+	// lost without a later fdatasync saying so.
+	failed error
 }
 
 // loc is where a message's current record is.
@@ -199,20 +213,33 @@ func Open(dir string) (*Store, []Envelope, error) {
 	}
 	s := &Store{dir: dir, index: map[string]*loc{}, dirty: map[*segment]bool{}, nextSeq: 1}
 	var err error
+	var envs []Envelope
+	if s.lock, err = os.Open(dir); err != nil {
+		return nil, nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := unix.Flock(int(s.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		s.lock.Close()
+		return nil, nil, fmt.Errorf("queue: spool %s is in use by another process (%v): each relay needs a spool of its own", dir, err)
+	}
 	if s.logDir, err = os.Open(filepath.Join(dir, "log")); err != nil {
+		s.lock.Close()
 		return nil, nil, fmt.Errorf("queue: %w", err)
 	}
 	if s.largeDir, err = os.Open(filepath.Join(dir, "large")); err != nil {
 		s.logDir.Close()
+		s.lock.Close()
 		return nil, nil, fmt.Errorf("queue: %w", err)
 	}
-	envs, err := s.recover()
+	if s.seed, err = spoolKey(dir, true); err == nil {
+		envs, err = s.recover()
+	}
 	if err != nil {
 		for _, seg := range s.recovered {
 			seg.f.Close()
 		}
 		s.logDir.Close()
 		s.largeDir.Close()
+		s.lock.Close()
 		return nil, nil, err
 	}
 	s.fs = newSyncer(s.flush)
@@ -230,6 +257,7 @@ func (s *Store) Close() {
 func (s *Store) closeFiles() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	seen := map[*segment]bool{}
 	for _, l := range s.index {
 		seen[l.seg] = true
@@ -242,6 +270,8 @@ func (s *Store) closeFiles() {
 	}
 	s.logDir.Close()
 	s.largeDir.Close()
+	// Closing the descriptor releases the flock.
+	s.lock.Close()
 }
 
 func (s *Store) segPath(seq uint64) string {
@@ -254,8 +284,13 @@ func (s *Store) largePath(id string) string { return filepath.Join(s.dir, "large
 // since the last flush, then the directories that gained entries.
 func (s *Store) flush() error {
 	s.mu.Lock()
+	var err error
 	segs := make([]*segment, 0, len(s.dirty))
 	for seg := range s.dirty {
+		if seg.failed != nil {
+			err = seg.failed
+			continue
+		}
 		seg.refs++ // not closed under the flush if deleted meanwhile
 		segs = append(segs, seg)
 	}
@@ -264,15 +299,9 @@ func (s *Store) flush() error {
 	s.dirDirty, s.largeDirty = false, false
 	s.mu.Unlock()
 	if len(segs) == 0 && !dirDirty && !largeDirty {
-		return nil
+		return err
 	}
 	s.syncs.Add(1)
-	var err error
-	for _, seg := range segs {
-		if e := unix.Fdatasync(int(seg.f.Fd())); e != nil && err == nil {
-			err = fmt.Errorf("flushing %s: %w", seg.f.Name(), e)
-		}
-	}
 	if dirDirty {
 		if e := s.logDir.Sync(); e != nil && err == nil {
 			err = e
@@ -283,14 +312,30 @@ func (s *Store) flush() error {
 			err = e
 		}
 	}
+	var failed []*segment
+	for _, seg := range segs {
+		if e := unix.Fdatasync(int(seg.f.Fd())); e != nil {
+			e = fmt.Errorf("flushing %s: %w", seg.f.Name(), e)
+			if err == nil {
+				err = e
+			}
+			failed = append(failed, seg)
+		}
+	}
 	s.mu.Lock()
+	for _, seg := range failed {
+		seg.failed = err
+		if seg == s.cur {
+			s.seal()
+		}
+	}
 	for _, seg := range segs {
 		s.release(seg)
 	}
 	if err != nil {
 		// What failed to flush is flushed again next time rather than assumed safe.
 		for _, seg := range segs {
-			if !seg.deleted {
+			if !seg.deleted && seg.failed == nil {
 				s.dirty[seg] = true
 			}
 		}
@@ -320,6 +365,7 @@ func (s *Store) dropLive(seg *segment) {
 	// Its records are all done or superseded by durable ones: if the unlink is lost
 	// in a crash, the next start finds nothing current in it and deletes it again.
 	_ = os.Remove(seg.f.Name())
+	s.dirDirty = true
 	if seg.refs == 0 {
 		seg.f.Close()
 	}
@@ -328,6 +374,9 @@ func (s *Store) dropLive(seg *segment) {
 // append writes rec at the end of the current segment, starting a new one when the
 // current one is full, and counts it live there; s.mu is held.
 func (s *Store) append(rec []byte) (*segment, int64, error) {
+	if s.closed {
+		return nil, 0, errClosed
+	}
 	if s.cur != nil && s.cur.size > 0 && s.cur.size+int64(len(rec)) > segmentMax {
 		s.seal()
 	}
@@ -374,13 +423,15 @@ func (s *Store) markDone(seg *segment, off int64) error {
 	if _, err := seg.f.WriteAt([]byte{1}, off+offDone); err != nil {
 		return err
 	}
-	s.dirty[seg] = true
+	if seg.failed == nil {
+		s.dirty[seg] = true
+	}
 	return nil
 }
 
 // encode completes the record in buf (the header's room, then the inline data) with
 // env and the header.
-func encode(buf []byte, env *Envelope, large bool) ([]byte, error) {
+func encode(buf []byte, env *Envelope, large bool, seed uint32) ([]byte, error) {
 	dataLen := len(buf) - headerLen
 	b, err := json.Marshal(env)
 	if err != nil {
@@ -399,7 +450,7 @@ func encode(buf []byte, env *Envelope, large bool) ([]byte, error) {
 	}
 	binary.LittleEndian.PutUint32(h[8:], uint32(len(b)))
 	binary.LittleEndian.PutUint64(h[12:], uint64(dataLen))
-	c := crc32.Update(0, castagnoli, h[5:20])
+	c := crc32.Update(seed, castagnoli, h[5:20])
 	binary.LittleEndian.PutUint32(h[20:], crc32.Update(c, castagnoli, buf[headerLen:]))
 	return buf, nil
 }
@@ -464,7 +515,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // WriteString is Write without a copy of s.
 func (w *Writer) WriteString(s string) (int, error) {
-	if w.large == nil && len(*w.buf)-headerLen+len(s) <= inlineMax && !w.done {
+	if !w.done && w.large == nil && len(*w.buf)-headerLen+len(s) <= inlineMax {
 		io.WriteString(w.h, s)
 		w.n += int64(len(s))
 		*w.buf = append(*w.buf, s...)
@@ -556,7 +607,7 @@ func (w *Writer) store(ctx context.Context, env *Envelope) (*loc, error) {
 			return nil, err
 		}
 	}
-	rec, err := encode(*w.buf, env, w.large != nil)
+	rec, err := encode(*w.buf, env, w.large != nil, s.seed)
 	if err != nil {
 		return nil, err
 	}
@@ -630,7 +681,7 @@ func (s *Store) Update(ctx context.Context, env Envelope) error {
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 	}
 	env.Size, env.SHA256 = old.size, old.sha
-	rec, err := encode(*buf, &env, old.large)
+	rec, err := encode(*buf, &env, old.large, s.seed)
 	if err != nil {
 		return fmt.Errorf("queue: updating %s: %w", env.ID, err)
 	}
@@ -782,7 +833,60 @@ func Inspect(dir string) ([]Envelope, error) {
 			seg.f.Close()
 		}
 	}()
+	var err error
+	if s.seed, err = spoolKey(dir, false); err != nil {
+		return nil, err
+	}
 	return s.recover()
+}
+
+// spoolKey returns the checksum seed of the spool's key file, making the key (16
+// random bytes) for a spool that holds no segment yet when create is set.
+func spoolKey(dir string, create bool) (uint32, error) {
+	path := filepath.Join(dir, "key")
+	key, err := os.ReadFile(path)
+	if err == nil && len(key) == 16 {
+		return crc32.Update(0, castagnoli, key), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("queue: %w", err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.seg"))
+	switch {
+	case len(segs) > 0:
+		return 0, fmt.Errorf("queue: %s is missing or damaged: without it the records in %s cannot be verified; restore it from a backup of the volume", path, filepath.Join(dir, "log"))
+	case !create:
+		return 0, nil
+	}
+	key = make([]byte, 16)
+	if _, err := rand.Read(key); err != nil {
+		return 0, fmt.Errorf("queue: %w", err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		_, err = f.Write(key)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(dir); err == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: making the spool key: %w", err)
+	}
+	return crc32.Update(0, castagnoli, key), nil
 }
 
 // recover reads every segment in order and indexes the current records; the later
@@ -797,7 +901,7 @@ func (s *Store) recover() ([]Envelope, error) {
 	for _, e := range ents {
 		name, ok := strings.CutSuffix(e.Name(), ".seg")
 		seq, err := strconv.ParseUint(name, 16, 64)
-		if !ok || err != nil {
+		if !ok || err != nil || e.Name() != filepath.Base(s.segPath(seq)) {
 			// Not the store's: left alone rather than guessed at.
 			continue
 		}
@@ -844,6 +948,12 @@ func (s *Store) recover() ([]Envelope, error) {
 		}
 	}
 	clear(s.dirty)
+	if s.dirDirty && !s.readOnly {
+		if err := s.logDir.Sync(); err != nil {
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+		s.dirDirty = false
+	}
 	out := make([]Envelope, 0, len(envs))
 	for _, e := range envs {
 		out = append(out, e)
@@ -859,7 +969,8 @@ func (s *Store) recover() ([]Envelope, error) {
 
 // scan indexes seg's current records. It stops at the first record that is not one
 // (the end, or a tail a crash left unwritten or torn: nothing after it was ever
-// acknowledged) and skips one whose header is whole but whose checksum fails.
+// acknowledged); a record whose checksum fails is skipped, and reading goes on at the
+// next offset where a record's checksum holds (its own lengths may be the damage).
 func (s *Store) scan(seg *segment, envs map[string]Envelope) error {
 	fi, err := seg.f.Stat()
 	if err != nil {
@@ -874,17 +985,23 @@ func (s *Store) scan(seg *segment, envs map[string]Envelope) error {
 			return fmt.Errorf("queue: reading %s: %w", seg.f.Name(), err)
 		}
 		envLen := int64(binary.LittleEndian.Uint32(h[8:]))
-		dataLen := int64(binary.LittleEndian.Uint64(h[12:]))
-		if string(h[:4]) != recMagic || envLen > envMax || dataLen > end || off+headerLen+dataLen+envLen > end {
+		dl := binary.LittleEndian.Uint64(h[12:])
+		if string(h[:4]) != recMagic || envLen > envMax || dl > uint64(end) || off+headerLen+int64(dl)+envLen > end {
 			break
 		}
+		dataLen := int64(dl)
 		n := off + headerLen + dataLen + envLen
 		payload = slices.Grow(payload[:0], int(dataLen+envLen))[:dataLen+envLen]
 		if _, err := seg.f.ReadAt(payload, off+headerLen); err != nil {
 			return fmt.Errorf("queue: reading %s: %w", seg.f.Name(), err)
 		}
-		c := crc32.Update(crc32.Update(0, castagnoli, h[5:20]), castagnoli, payload)
-		if c != binary.LittleEndian.Uint32(h[20:]) || h[offDone] != 0 {
+		c := crc32.Update(crc32.Update(s.seed, castagnoli, h[5:20]), castagnoli, payload)
+		if c != binary.LittleEndian.Uint32(h[20:]) {
+			// Its lengths may be what is damaged: go on at the next record that checks.
+			off = resync(seg, off+1, end, s.seed)
+			continue
+		}
+		if h[offDone] != 0 {
 			off = n
 			continue
 		}
@@ -920,4 +1037,35 @@ func newID() string {
 	var r [6]byte
 	_, _ = rand.Read(r[:])
 	return fmt.Sprintf("%016x%s", time.Now().UnixNano(), hex.EncodeToString(r[:]))
+}
+
+// resync returns the offset of the first record at or after from whose checksum
+// holds, or end.
+func resync(seg *segment, from, end int64, seed uint32) int64 {
+	buf := make([]byte, end-from)
+	if _, err := seg.f.ReadAt(buf, from); err != nil && err != io.EOF {
+		return end
+	}
+	for i := 0; ; {
+		j := bytes.Index(buf[i:], []byte(recMagic))
+		if j < 0 {
+			return end
+		}
+		if p := i + j; validAt(buf[p:], seed) {
+			return from + int64(p)
+		}
+		i += j + 1
+	}
+}
+
+func validAt(b []byte, seed uint32) bool {
+	if len(b) < headerLen {
+		return false
+	}
+	envLen, dataLen := uint64(binary.LittleEndian.Uint32(b[8:])), binary.LittleEndian.Uint64(b[12:])
+	if envLen > envMax || dataLen > uint64(len(b)) || headerLen+dataLen+envLen > uint64(len(b)) {
+		return false
+	}
+	c := crc32.Update(crc32.Update(seed, castagnoli, b[5:20]), castagnoli, b[headerLen:headerLen+dataLen+envLen])
+	return c == binary.LittleEndian.Uint32(b[20:])
 }

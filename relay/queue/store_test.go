@@ -162,7 +162,7 @@ func TestRecoveryDropsWhatACrashLeft(t *testing.T) {
 	// A record the crash cut short: its header and half its data.
 	fi, err := os.Stat(seg)
 	must(t, err)
-	half, err := encode(append(make([]byte, headerLen), "torn record\r\n"...), &Envelope{ID: "torn"}, false)
+	half, err := encode(append(make([]byte, headerLen), "torn record\r\n"...), &Envelope{ID: "torn"}, false, s.seed)
 	must(t, err)
 	writeAt(t, seg, fi.Size(), half[:headerLen+6])
 
@@ -272,12 +272,12 @@ func TestModes(t *testing.T) {
 	env := put(t, s, "large\r\n", "x@example.net")
 	want := map[string]os.FileMode{
 		dir: 0o700, filepath.Join(dir, "log"): 0o700, filepath.Join(dir, "large"): 0o700,
-		filepath.Join(dir, "large", env.ID+".eml"): 0o600,
+		filepath.Join(dir, "large", env.ID+".eml"): 0o600, filepath.Join(dir, "key"): 0o600,
 	}
 	for _, seg := range segments(t, dir) {
 		want[seg] = 0o600
 	}
-	if len(want) != 5 {
+	if len(want) != 6 {
 		t.Fatalf("no segment was written")
 	}
 	for path, want := range want {
@@ -519,4 +519,54 @@ func TestReadFrom(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A record hidden in a message's data, checksummed as the store would without its
+// key, is never taken for one, even when a damaged header sends the start looking
+// for the next record through that data.
+func TestForgedRecordNotRecovered(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	forged, err := encode(append(make([]byte, headerLen), "Subject: spam\r\n\r\n"...),
+		&Envelope{ID: "forged", From: "a@example.com", Route: "main", Recipients: []Recipient{{Address: "victim@example.net", State: Pending}}}, false, 0)
+	must(t, err)
+	carrier := put(t, s, "Subject: looks harmless\r\n\r\n"+string(forged)+"\r\n", "x@example.net")
+	after := put(t, s, "after\r\n", "x@example.net")
+	s.Close()
+	seg, off := recordAt(t, dir, "Subject: looks harmless")
+	writeAt(t, seg, off+12, []byte{0xff}) // the carrier's data length, damaged
+	_, envs := openStore(t, dir)
+	for _, e := range envs {
+		if e.ID == "forged" {
+			t.Fatal("a record from a client's data was recovered as a message")
+		}
+	}
+	if len(envs) != 1 || envs[0].ID != after.ID {
+		t.Fatalf("recovered %+v; want the record after the damaged one (%s) alone, not %s", envs, after.ID, carrier.ID)
+	}
+}
+
+// A spool whose key is gone refuses to start rather than drop every record.
+func TestMissingKeyRefused(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	put(t, s, "kept\r\n", "x@example.net")
+	s.Close()
+	must(t, os.Remove(filepath.Join(dir, "key")))
+	if _, _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "key") {
+		t.Fatalf("Open without the key: %v, want an error naming it", err)
+	}
+}
+
+// A spool open in one store cannot be opened by another until it is closed.
+func TestSpoolLocked(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, dir)
+	if _, _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("a second Open of an open spool: %v, want it refused", err)
+	}
+	s.Close()
+	s2, _, err := Open(dir)
+	must(t, err)
+	s2.Close()
 }

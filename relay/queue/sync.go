@@ -53,9 +53,9 @@ func (s *syncer) run() {
 			continue
 		case <-lazy.C:
 		case <-s.done:
-			if pending {
-				_ = s.flush()
-			}
+			// Whatever was changed without waiting (a removal) is flushed, pending or
+			// not: flush does nothing when nothing changed.
+			_ = s.flush()
 			return
 		}
 	more:
@@ -99,7 +99,14 @@ func (s *syncer) sync(ctx context.Context) error {
 	case err := <-ch:
 		return err
 	case <-s.done:
-		return errClosed
+		// A flush under way when Close came still answers: its verdict stands.
+		<-s.stopped
+		select {
+		case err := <-ch:
+			return err
+		default:
+			return errClosed
+		}
 	case <-ctx.Done():
 		// The flush may still complete; the caller treats the commit as failed, which
 		// is safe (the client retries; the message might be delivered twice).

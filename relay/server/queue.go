@@ -322,6 +322,10 @@ func (d *deliverer) attempt(ctx context.Context, g *generation, env queue.Envelo
 		return out
 	}
 	data, err := d.message(g, env)
+	if errors.Is(err, queue.ErrCorrupt) {
+		// Found while signing: never delivered as it is, so never delivered.
+		return settle(result{state: queue.Failed, reply: "the queued copy of the message is damaged", reason: "damaged"})
+	}
 	if err != nil {
 		d.srv.log.Error(err, "reading a queued message", "queue", env.ID)
 		return settle(result{state: queue.Pending, reply: "local error reading the message", reason: "local"})

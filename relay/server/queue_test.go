@@ -2,7 +2,11 @@ package server_test
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -460,4 +464,81 @@ func TestQueueDrain(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// A queued copy changed on disk is never delivered, signed or not: the recipient
+// fails as damaged, and the sender is told.
+func TestQueueDamagedCopyNotDelivered(t *testing.T) {
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	for _, signed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dkim=%v", signed), func(t *testing.T) {
+			up := downAddr(t)
+			spool := t.TempDir()
+			// One attempt, then none until asked: the record stays where it is.
+			cfg := strings.Replace(queueConfig(up, spool, ""), "retry: {first: 100ms, backoff: 1, maxInterval: 100ms}", "retry: {first: 1h, maxInterval: 1h}", 1)
+			secrets := testSecrets(t, "one")
+			if signed {
+				cfg = strings.Replace(cfg, "  allowedSenders: [noreply, \"alerts-*\"]\n",
+					"  allowedSenders: [noreply, \"alerts-*\"]\n  dkim: {selector: s1, privateKeyFile: dkim/example.com.key}\n", 1)
+				der, _ := x509.MarshalPKCS8PrivateKey(edKey)
+				secrets["dkim/example.com.key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+			}
+			e := startRelay(t, cfg, secrets)
+			if code, text := sendQueued(t, e, "damaged", "x@example.net"); code != 250 {
+				t.Fatalf("%d %s", code, text)
+			}
+			// Until the first attempt's record is on disk.
+			eventually.Require(t, wait, func() string {
+				envs, err := queue.Inspect(spool)
+				if err != nil || len(envs) != 1 || envs[0].Recipients[0].Attempts != 1 {
+					return fmt.Sprintf("the first attempt is not recorded: %+v %v", envs, err)
+				}
+				return ""
+			})
+			segs, _ := filepath.Glob(filepath.Join(spool, "log", "*.seg"))
+			if len(segs) != 1 {
+				t.Fatalf("segments %v", segs)
+			}
+			b, err := os.ReadFile(segs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The current record is the last one: the deferral wrote it.
+			i := strings.LastIndex(string(b), "body of damaged")
+			if i < 0 {
+				t.Fatal("message not found in its segment")
+			}
+			f, err := os.OpenFile(segs[0], os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt([]byte("B"), int64(i))
+			f.Close()
+			capture, err := mailcapture.Start(up, mailcapture.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { capture.Close() })
+			h := httptest.NewServer(e.srv.QueueHandler())
+			t.Cleanup(h.Close)
+			eventually.Require(t, wait, func() string {
+				// Asked until the message is back among those waiting.
+				if resp, err := http.Post(h.URL+"/queue/retry", "", nil); err == nil {
+					resp.Body.Close()
+				}
+				if got := testutil.ToFloat64(e.metrics.QueueDeliveries.WithLabelValues("failed", "damaged", "main")); got != 1 {
+					return fmt.Sprintf("%v recipients failed as damaged, want 1", got)
+				}
+				if ids := spooled(t, spool); len(ids) != 0 {
+					return fmt.Sprintf("spool still holds %v", ids)
+				}
+				return ""
+			})
+			for _, m := range capture.Messages() {
+				if strings.Contains(string(m.Data), "Body of damaged") && !slices.Equal(m.To, []string{"noreply@example.com"}) {
+					t.Fatalf("the damaged copy was delivered to %v", m.To)
+				}
+			}
+		})
+	}
 }
