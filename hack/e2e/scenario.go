@@ -72,6 +72,8 @@ func (e *e2e) scenario() {
 	if !e.hotReloads(w) {
 		return
 	}
+	// An application's own credentials: written, used, rotated, revoked.
+	e.relayClients(w)
 	// Queue mode: mail kept through a smarthost outage and a scale-down.
 	e.queueMode()
 	// A rolling change and a scale-down while a client sends without pause.

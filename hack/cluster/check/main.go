@@ -11,6 +11,10 @@
 //	                           # refuses (its reply printed as "smtp-reply: CODE STAGE MESSAGE"),
 //	                           # 3 on any other failure. With -starttls it prints the server
 //	                           # certificate's SHA-256 as "tls-cert-sha256: HEX" (not verified).
+//	check -url-env NAME [-smtp HOST:PORT] -from A -to B[,C] [-subject S]
+//	                           # the same, to the server, credentials and STARTTLS of the URL
+//	                           # smtp://USER:PASS@HOST:PORT in environment variable NAME (as a
+//	                           # RelayClient's Secret holds it); -smtp overrides the address
 //	check -smtp HOST:PORT -load N [-concurrency C] [-per-session M] [-interval D] -id-prefix P
 //	      [-starttls] [-auth USER:PASS] -from A -to B[,C] [-timeout 5m]
 //	                           # send N messages, each with Subject P-000000.. and a Message-ID of
@@ -33,6 +37,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -52,6 +57,7 @@ func main() {
 	get := flag.String("get", "", "GET this URL until it answers 200")
 	timeout := flag.Duration("timeout", 20*time.Second, "how long -get and -smtp retry refused connections")
 	smtpAddr := flag.String("smtp", "", "send one message to this SMTP server (HOST:PORT)")
+	urlEnv := flag.String("url-env", "", "send one message to the smtp:// URL in this environment variable (STARTTLS and AUTH from it)")
 	starttls := flag.Bool("starttls", false, "with -smtp: STARTTLS before anything else")
 	auth := flag.String("auth", "", "with -smtp: AUTH PLAIN as USER:PASS")
 	from := flag.String("from", "", "with -smtp: envelope sender and From")
@@ -63,6 +69,19 @@ func main() {
 	perConn := flag.Int("per-session", 10, "with -load: messages per session before it reconnects")
 	idPrefix := flag.String("id-prefix", "load", "with -load: the prefix of each message's id (Subject and Message-ID)")
 	flag.Parse()
+	if *urlEnv != "" {
+		u, err := url.Parse(os.Getenv(*urlEnv))
+		if err != nil || u.Scheme != "smtp" || u.User == nil || u.Host == "" {
+			fmt.Fprintf(os.Stderr, "check: -url-env %s: want smtp://USER:PASS@HOST:PORT, got an unusable URL (%v)\n", *urlEnv, err)
+			os.Exit(2)
+		}
+		pass, _ := u.User.Password()
+		// -smtp, when given too, says where to connect (a cluster without DNS).
+		if *smtpAddr == "" {
+			*smtpAddr = u.Host
+		}
+		*starttls, *auth = true, u.User.Username()+":"+pass
+	}
 	switch {
 	case *showVersion:
 		fmt.Println(version)

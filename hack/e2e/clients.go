@@ -1,0 +1,213 @@
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// appNS is the application namespace of the RelayClient step.
+const appNS = ns + "-app"
+
+// smtplibSend is Python's smtplib sending one message with the credentials of an
+// smtp:// URL to addr (the Service's ClusterIP: the URL's host name resolves only in
+// the cluster). It prints the SMTP code of a refusal and exits 1 then.
+const smtplibSend = `
+import smtplib, ssl, sys, urllib.parse
+u = urllib.parse.urlsplit(sys.argv[1])
+host, port = sys.argv[2].rsplit(":", 1)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+msg = "From: %s\r\nTo: someone@example.net\r\nSubject: %s\r\n\r\nsent with smtplib\r\n" % (sys.argv[3], sys.argv[4])
+try:
+    with smtplib.SMTP(host, int(port), timeout=20) as s:
+        s.starttls(context=ctx)
+        s.login(urllib.parse.unquote(u.username), urllib.parse.unquote(u.password))
+        s.sendmail(sys.argv[3], ["someone@example.net"], msg)
+except smtplib.SMTPResponseException as e:
+    print("smtp-reply: %d %s" % (e.smtp_code, e.smtp_error.decode(errors="replace")))
+    sys.exit(1)
+`
+
+// relayClients: an application namespace gets a RelayClient; a pod that takes the
+// generated Secret's url from its environment sends with it, and so does Python's
+// smtplib; a rotation keeps the old password working (the pod still holds it) beside
+// the new one; deleting the RelayClient revokes both.
+func (e *e2e) relayClients(w *world) {
+	const step = "relay clients: "
+	_, _ = e.kubectl(90*time.Second, "delete", "namespace", appNS, "--ignore-not-found", "--wait=true", "--timeout=80s")
+	out, err := e.kubectl(20*time.Second, "-n", ns, "patch", "smtprelay", relayName, "--type=merge", "-p",
+		`{"spec":{"domains":{"namespaces":{"from":"Selector","selector":{"matchLabels":{"kuberelay.io/e2e-mail":"yes"}}}}}}`)
+	if !e.check(step+"the relay admits labelled namespaces", wrap(err, out)) {
+		return
+	}
+	t := time.Now()
+	manifests := fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %[1]s
+  labels: {kuberelay.io/e2e-mail: "yes"}
+---
+apiVersion: relay.kuberelay.io/v1alpha1
+kind: RelayDomain
+metadata: {name: app-example, namespace: %[1]s}
+spec:
+  domain: app.example
+  relayRef: {name: %[2]s, namespace: %[3]s}
+---
+apiVersion: relay.kuberelay.io/v1alpha1
+kind: RelayClient
+metadata: {name: mailer, namespace: %[1]s}
+spec:
+  relayRef: {name: %[2]s, namespace: %[3]s}
+  allowedSenders: [noreply@app.example]
+`, appNS, relayName, ns)
+	if !e.check(step+"apply a namespace with a RelayDomain and a RelayClient", e.apply(manifests)) {
+		return
+	}
+	out, err = e.kubectl(70*time.Second, "-n", appNS, "wait", "--for=condition=Ready", "relayclient/mailer", "--timeout=60s")
+	if !e.check(step+"RelayClient Ready", wrap(err, out)) {
+		e.logf("%s", e.describe("-n", appNS, "relayclient/mailer"))
+		return
+	}
+	e.time("RelayClient applied to Ready", time.Since(t))
+	first, err := e.clientURL()
+	if !e.check(step+"its Secret holds the url", err) {
+		return
+	}
+	if !e.check(step+"the url names the relay's submission port", func() error {
+		if want := relayName + "." + ns + ".svc:587"; first.Host != want || first.Scheme != "smtp" || first.User.Username() != appNS+".mailer" {
+			return fmt.Errorf("url %s://%s@%s, want smtp://%s.mailer@%s", first.Scheme, first.User.Username(), first.Host, appNS, want)
+		}
+		return nil
+	}()) {
+		return
+	}
+	pod := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: %[1]s}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: %[2]s
+      imagePullPolicy: Never
+      args: ["-listen", ":8080"]
+      env:
+        - name: SMTP_URL
+          valueFrom: {secretKeyRef: {name: mailer, key: url}}
+      readinessProbe:
+        httpGet: {path: /, port: 8080}
+        periodSeconds: 1
+`, appNS, checkImage)
+	if !e.check(step+"an application pod with SMTP_URL from the Secret", e.apply(pod)) {
+		return
+	}
+	if out, err := e.kubectl(70*time.Second, "-n", appNS, "wait", "--for=condition=Ready", "pod/app", "--timeout=60s"); !e.check(step+"application pod Ready", wrap(err, out)) {
+		return
+	}
+	fromPod := func(subject string) error {
+		// The Service's ClusterIP: this cluster runs no DNS for the URL's host name.
+		out, err := e.kubectl(40*time.Second, "-n", appNS, "exec", "app", "--", "/check", "-url-env", "SMTP_URL", "-smtp", w.svc587,
+			"-from", "noreply@app.example", "-to", "someone@example.net", "-subject", subject, "-timeout", "20s")
+		if err != nil {
+			return wrap(err, out)
+		}
+		_, err = e.captured(subject, &w.captured)
+		return err
+	}
+	smtplib := func(u *url.URL, subject string) (string, error) {
+		return e.cmd(40*time.Second, "", "python3", "-c", smtplibSend, u.String(), w.svc587, "noreply@app.example", subject)
+	}
+	sentWith := func(u *url.URL) error {
+		subject := "e2e-smtplib-" + randomString()
+		if out, err := smtplib(u, subject); err != nil {
+			return wrap(err, out)
+		}
+		_, err := e.captured(subject, &w.captured)
+		return err
+	}
+	e.check(step+"the pod sends with the url from its environment", fromPod("e2e-client-pod-"+randomString()))
+	e.check(step+"Python's smtplib sends with the Secret's credentials", sentWith(first))
+	e.check(step+"a sender outside allowedSenders is refused", func() error {
+		out, err := e.cmd(40*time.Second, "", "python3", "-c", smtplibSend, first.String(), w.svc587, "billing@example.com", "e2e-refused")
+		if err == nil || !strings.Contains(out, "smtp-reply: 5") {
+			return fmt.Errorf("want a 5xx: %v %s", err, out)
+		}
+		return nil
+	}())
+
+	// Rotation: the Secret changes at once; the pod keeps the old url in its
+	// environment and goes on sending during the overlap.
+	t = time.Now()
+	out, err = e.kubectl(20*time.Second, "-n", appNS, "annotate", "relayclient", "mailer", "relay.kuberelay.io/rotate=e2e-1", "--overwrite")
+	if !e.check(step+"ask for a rotation", wrap(err, out)) {
+		return
+	}
+	var rotated *url.URL
+	if !e.check(step+"the Secret gets a new password", poll(30*time.Second, 250*time.Millisecond, func() (bool, error) {
+		u, err := e.clientURL()
+		if err != nil {
+			return false, nil
+		}
+		rotated = u
+		p1, _ := first.User.Password()
+		p2, _ := u.User.Password()
+		return p1 != p2, nil
+	})) {
+		return
+	}
+	e.check(step+"the new password works within the reload time", poll(4*applyBound, 500*time.Millisecond, func() (bool, error) {
+		return sentWith(rotated) == nil, nil
+	}))
+	e.time("rotation requested to the new password accepted", time.Since(t))
+	e.check(step+"the old password still works during the overlap (the pod's environment)", fromPod("e2e-client-pod-old-"+randomString()))
+
+	// Deleting the client revokes both passwords.
+	t = time.Now()
+	out, err = e.kubectl(30*time.Second, "-n", appNS, "delete", "relayclient", "mailer", "--wait=false")
+	if !e.check(step+"delete the RelayClient", wrap(err, out)) {
+		return
+	}
+	e.check(step+"deleting the RelayClient revokes the old and the new password", poll(4*applyBound, 500*time.Millisecond, func() (bool, error) {
+		for _, u := range []*url.URL{first, rotated} {
+			out, err := smtplib(u, "e2e-revoked")
+			if err == nil || !strings.Contains(out, "smtp-reply: 535") {
+				return false, nil
+			}
+		}
+		return true, nil
+	}))
+	e.time("RelayClient deleted to its passwords refused", time.Since(t))
+	_, _ = e.kubectl(30*time.Second, "delete", "namespace", appNS, "--wait=false")
+}
+
+// clientURL reads the url key of the RelayClient's Secret.
+func (e *e2e) clientURL() (*url.URL, error) {
+	out, err := e.kubectl(20*time.Second, "-n", appNS, "get", "secret", "mailer", "-o", "jsonpath={.data.url}")
+	if err != nil {
+		return nil, wrap(err, out)
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out))
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(string(raw))
+	if err != nil || u.User == nil {
+		return nil, fmt.Errorf("the Secret's url does not parse with credentials")
+	}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return nil, fmt.Errorf("the Secret's url has no port: %w", err)
+	}
+	return u, nil
+}
+
+// describe is kubectl describe, for the log of a failed step.
+func (e *e2e) describe(args ...string) string {
+	out, _ := e.kubectl(20*time.Second, append([]string{"describe"}, args...)...)
+	return out
+}
