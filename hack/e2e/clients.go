@@ -178,13 +178,13 @@ spec:
 		out, err := smtplib(rotated, "e2e-revoked")
 		return err != nil && strings.Contains(out, "smtp-reply: 535"), nil
 	}))
+	e.time("RelayClient deleted to its password refused", time.Since(t))
 	e.check(step+"and the old one", func() error {
 		if out, err := smtplib(first, "e2e-revoked"); err == nil || !strings.Contains(out, "smtp-reply: 535") {
 			return fmt.Errorf("want 535: %v %s", err, out)
 		}
 		return nil
 	}())
-	e.time("RelayClient deleted to its passwords refused", time.Since(t))
 	_, _ = e.kubectl(30*time.Second, "delete", "namespace", appNS, "--wait=false")
 }
 
