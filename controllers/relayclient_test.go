@@ -21,7 +21,7 @@ import (
 // TestRelayClient follows one application's RelayClient through its life: refused
 // while its namespace is not admitted, then its Secret written and its hash in the
 // relay's configuration, a bad allowed sender named in a condition, a rotation whose
-// previous password works for the overlap and then stops, and its deletion revoking
+// previous password works until the overlap's end and then stops, and its deletion revoking
 // it. A client whose Secret name is taken gets a condition and leaves that Secret be.
 func TestRelayClient(t *testing.T) {
 	startManager(t)
@@ -118,7 +118,7 @@ func TestRelayClient(t *testing.T) {
 
 	// Rotation: a new password; the previous one works for the overlap, then stops.
 	update(t, app, func() {
-		app.Spec.Rotation.Overlap = &metav1.Duration{Duration: 3 * time.Second}
+		app.Spec.Rotation.Overlap = &metav1.Duration{Duration: time.Hour}
 		app.Annotations = map[string]string{relayv1alpha1.RotateAnnotation: "1"}
 	})
 	var rotated string
@@ -140,6 +140,11 @@ func TestRelayClient(t *testing.T) {
 			return "status.previousPasswordExpiresAt not set: " + toString(app.Status)
 		}
 		return ""
+	})
+	// The overlap ends (its end moved to the past, as time would): the old password
+	// stops working.
+	update(t, sec, func() {
+		sec.Annotations["relay.kuberelay.io/previous-password-expires"] = time.Now().Add(-time.Second).UTC().Format(time.RFC3339)
 	})
 	eventually(t, hashes([]string{rotated}, password))
 	// The same annotation value again is not a new request.
