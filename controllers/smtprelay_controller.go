@@ -98,12 +98,14 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if err := r.Get(ctx, req.NamespacedName, relay); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.owned.forget(req.NamespacedName)
+			forgetRelayReady(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !relay.DeletionTimestamp.IsZero() {
 		// Owner references remove everything the relay owns.
 		r.owned.forget(req.NamespacedName)
+		forgetRelayReady(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 	s := &relayScope{relay: relay}
@@ -804,6 +806,7 @@ func (r *SmtpRelayReconciler) patchStatus(ctx context.Context, base *relayv1alph
 			fmt.Sprintf("%d relay pods ready, %d domains attached", st.ReadyReplicas, st.AttachedDomains))
 		apimeta.RemoveStatusCondition(&st.Conditions, relayv1alpha1.ReconcilingCondition)
 	}
+	setRelayReady(client.ObjectKeyFromObject(relay), apimeta.IsStatusConditionTrue(st.Conditions, relayv1alpha1.ReadyCondition))
 	return patchStatusIfChanged(ctx, r.Client, base, relay, base.Status, relay.Status)
 }
 

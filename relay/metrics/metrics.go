@@ -3,6 +3,8 @@
 package metrics
 
 import (
+	"regexp"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,16 +105,42 @@ func New() *Metrics {
 			Help: "Queued recipients by the result of a delivery attempt (delivered, deferred, failed, expired), reason (4xx, 5xx, connection, no-upstream, local, damaged; empty when delivered) and upstream.",
 		}, []string{"outcome", "reason", "upstream"}),
 	}
-	m.Registry.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
-		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.AuthThrottled, m.ConfigReloads, m.ConfigInfo,
-		m.ConfigLastSuccess, m.QueueDeliveries,
-	)
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.own()...)
 	m.ConfigReloads.WithLabelValues("success")
 	m.ConfigReloads.WithLabelValues("failure")
 	return m
+}
+
+// own are the relay's own collectors (not the Go runtime's and the process's).
+func (m *Metrics) own() []prometheus.Collector {
+	return []prometheus.Collector{m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
+		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.AuthThrottled, m.ConfigReloads, m.ConfigInfo,
+		m.ConfigLastSuccess, m.QueueDeliveries}
+}
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Names lists the names of the metrics the relay serves, its own and Queue mode's,
+// so that dashboards and alerts can be checked to query only metrics that exist.
+// Histograms are served as <name>_bucket, _sum and _count.
+func Names() []string {
+	m := New()
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range append(m.own(), &queueCollector{}) {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	var out []string
+	for d := range ch {
+		if n := fqName.FindStringSubmatch(d.String()); n != nil {
+			out = append(out, n[1])
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // SetConfigHash makes hash the only value of the config_info metric.
