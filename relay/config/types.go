@@ -182,6 +182,25 @@ type User struct {
 	// characters) or a domain ("example.com", any address at it). Empty means any
 	// sender the relay domains allow.
 	AllowedSenders []string `json:"allowedSenders,omitempty"`
+	// rateLimits bound what the user sends through this relay process. Optional.
+	RateLimits *RateLimits `json:"rateLimits,omitempty"`
+}
+
+// RateLimits bound the messages and recipients sent in each window aligned to the
+// clock (the minute, the hour, the UTC day), and the concurrent sessions, of one user,
+// sender domain or upstream, in one relay process; 0 or absent is no limit. A message
+// over a limit is answered 451 4.7.1 at MAIL, a recipient 452 4.5.3 at RCPT, a
+// session 454 4.7.0 at AUTH: the client tries again later. A fleet's operator gives
+// each pod its share of a fleet-wide budget.
+type RateLimits struct {
+	MessagesPerMinute   int64 `json:"messagesPerMinute,omitempty"`
+	MessagesPerHour     int64 `json:"messagesPerHour,omitempty"`
+	MessagesPerDay      int64 `json:"messagesPerDay,omitempty"`
+	RecipientsPerMinute int64 `json:"recipientsPerMinute,omitempty"`
+	RecipientsPerHour   int64 `json:"recipientsPerHour,omitempty"`
+	RecipientsPerDay    int64 `json:"recipientsPerDay,omitempty"`
+	// maxSessions bounds a user's concurrent authenticated sessions (users only).
+	MaxSessions int `json:"maxSessions,omitempty"`
 }
 
 // NullSenderPolicy is what the relay does with the null reverse-path.
@@ -208,6 +227,9 @@ type Domain struct {
 	AllowedSenders []string `json:"allowedSenders,omitempty"`
 	// dkim signs mail from this domain. Optional.
 	DKIM *DKIM `json:"dkim,omitempty"`
+	// rateLimits bound the mail sent from this domain through this relay process.
+	// Optional.
+	RateLimits *RateLimits `json:"rateLimits,omitempty"`
 }
 
 // DKIM is a DKIM signing key (RFC 6376).
@@ -246,6 +268,9 @@ type Upstream struct {
 	MaxMessagesPerConnection int `json:"maxMessagesPerConnection,omitempty"`
 	// timeouts bound each step of talking to the upstream.
 	Timeouts UpstreamTimeouts `json:"timeouts,omitzero"`
+	// rateLimits bound the mail this relay process sends through the upstream (a
+	// provider's sending quota). Optional.
+	RateLimits *RateLimits `json:"rateLimits,omitempty"`
 }
 
 // Endpoint is one address of an upstream.

@@ -355,6 +355,7 @@ func (u User) Validate() error {
 }
 
 func (u User) validate(errs *fieldErrors, f string) {
+	u.RateLimits.validate(errs, f+"rateLimits.", true)
 	if u.Username == "" || strings.ContainsAny(u.Username, "\x00\r\n") {
 		errs.add(f+"username", "is required and may not contain NUL, CR or LF")
 	}
@@ -398,6 +399,7 @@ func (u Upstream) Validate() error {
 }
 
 func (u Upstream) validate(errs *fieldErrors, f string) {
+	u.RateLimits.validate(errs, f+"rateLimits.", false)
 	if !nameRE.MatchString(u.Name) {
 		errs.add(f+"name", "%q must be lowercase letters, digits and dashes", u.Name)
 	}
@@ -485,6 +487,7 @@ func (d Domain) Validate() error {
 }
 
 func (d Domain) validate(errs *fieldErrors, f string) {
+	d.RateLimits.validate(errs, f+"rateLimits.", false)
 	if !IsDomain(d.Domain) {
 		errs.add(f+"domain", "%q is not a domain name such as example.com", d.Domain)
 	}
@@ -650,4 +653,27 @@ func isHostname(s string) bool {
 		}
 	}
 	return true
+}
+
+func (r *RateLimits) validate(errs *fieldErrors, f string, sessions bool) {
+	if r == nil {
+		return
+	}
+	for _, l := range []struct {
+		name string
+		v    int64
+	}{
+		{"messagesPerMinute", r.MessagesPerMinute}, {"messagesPerHour", r.MessagesPerHour}, {"messagesPerDay", r.MessagesPerDay},
+		{"recipientsPerMinute", r.RecipientsPerMinute}, {"recipientsPerHour", r.RecipientsPerHour}, {"recipientsPerDay", r.RecipientsPerDay},
+	} {
+		if l.v < 0 {
+			errs.add(f+l.name, "must not be negative (0 or absent is no limit)")
+		}
+	}
+	switch {
+	case r.MaxSessions < 0:
+		errs.add(f+"maxSessions", "must not be negative (0 or absent is no limit)")
+	case r.MaxSessions > 0 && !sessions:
+		errs.add(f+"maxSessions", "applies to users only")
+	}
 }

@@ -44,6 +44,8 @@ type Metrics struct {
 	ConfigLastSuccess  prometheus.Gauge
 	// QueueDeliveries counts delivery attempts' results per recipient in Queue mode.
 	QueueDeliveries *prometheus.CounterVec
+	// RateLimited counts what rate limits refused.
+	RateLimited *prometheus.CounterVec
 }
 
 // New creates and registers every metric, with Go runtime and process collectors.
@@ -104,6 +106,10 @@ func New() *Metrics {
 			Namespace: "kuberelay", Subsystem: "queue", Name: "deliveries_total",
 			Help: "Queued recipients by the result of a delivery attempt (delivered, deferred, failed, expired), reason (4xx, 5xx, connection, no-upstream, local, damaged; empty when delivered) and upstream.",
 		}, []string{"outcome", "reason", "upstream"}),
+		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "rate_limited_total",
+			Help: "Messages, recipients and sessions refused by a rate limit, by what the limit bounds (user, domain, upstream), unit (messages, recipients, sessions) and window (minute, hour, day; empty for sessions).",
+		}, []string{"kind", "unit", "window"}),
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.own()...)
@@ -116,7 +122,7 @@ func New() *Metrics {
 func (m *Metrics) own() []prometheus.Collector {
 	return []prometheus.Collector{m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
 		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.AuthThrottled, m.ConfigReloads, m.ConfigInfo,
-		m.ConfigLastSuccess, m.QueueDeliveries}
+		m.ConfigLastSuccess, m.QueueDeliveries, m.RateLimited}
 }
 
 var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)

@@ -27,6 +27,18 @@ func BenchmarkRelayMessage(b *testing.B) {
 	benchSession(b, e)
 }
 
+// BenchmarkRelayMessageLimited is BenchmarkRelayMessage with rate limits on the
+// sender domain and the upstream (never reached): their cost on the hot path.
+func BenchmarkRelayMessageLimited(b *testing.B) {
+	sink := testpeers.StartSink(b)
+	log := logr.FromSlogHandler(slog.NewJSONHandler(io.Discard, nil))
+	cfg := strings.Replace(baseConfig(sink.Addr, ""), "  allowedSenders: [noreply, \"alerts-*\"]\n",
+		"  allowedSenders: [noreply, \"alerts-*\"]\n  rateLimits: {messagesPerMinute: 1000000000, recipientsPerDay: 1000000000}\n", 1)
+	cfg = strings.Replace(cfg, "  timeouts: {acquire: 2s}\n", "  timeouts: {acquire: 2s}\n  rateLimits: {messagesPerHour: 1000000000}\n", 1)
+	e := startRelayLog(b, cfg, testSecrets(b, "one"), log)
+	benchSession(b, e)
+}
+
 // BenchmarkQueueMessage is BenchmarkRelayMessage in Queue mode: each message stored,
 // then delivered to smtp-sink; the time includes the deliveries.
 func BenchmarkQueueMessage(b *testing.B) {

@@ -129,7 +129,7 @@ func startRelay(t testing.TB, yaml string, secrets map[string][]byte) *relayEnv 
 
 // startRelayLog is startRelay with the relay's log going to log instead (benchmarks
 // log as the relay binary does, not through the test log).
-func startRelayLog(t testing.TB, yaml string, secrets map[string][]byte, log logr.Logger) *relayEnv {
+func startRelayLog(t testing.TB, yaml string, secrets map[string][]byte, log logr.Logger, opts ...func(*server.Options)) *relayEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &relayEnv{t: t, configDir: filepath.Join(dir, "config"), secretsDir: filepath.Join(dir, "secrets"),
@@ -154,7 +154,11 @@ func startRelayLog(t testing.TB, yaml string, secrets map[string][]byte, log log
 	if err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
-	e.srv = server.New(l, server.Options{Log: log, Metrics: e.metrics, SpoolDir: dir, SpoolMemory: 1024})
+	o := server.Options{Log: log, Metrics: e.metrics, SpoolDir: dir, SpoolMemory: 1024}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.srv = server.New(l, o)
 	if err := e.srv.Listen(); err != nil {
 		t.Fatal(err)
 	}

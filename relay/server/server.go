@@ -26,6 +26,7 @@ import (
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/policy"
 	"github.com/kuberelay/kuberelay/relay/queue"
+	"github.com/kuberelay/kuberelay/relay/ratelimit"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 
@@ -36,6 +37,8 @@ type Options struct {
 	// SpoolDir holds messages being DKIM-signed that outgrow memory. Default: the
 	// system temporary directory.
 	SpoolDir string
+	// Now is the rate limits' clock; time.Now when nil (tests set it).
+	Now func() time.Time
 	// SpoolMemory is how many bytes of a message being signed are kept in memory before
 	// spilling to SpoolDir. Default 256 KiB.
 	SpoolMemory int
@@ -56,6 +59,8 @@ type Server struct {
 	pools     *poolRegistry
 	authCache *policy.AuthCache
 	authLimit *authLimiter
+	// rates counts what rate limits bound; it outlives generations.
+	rates *ratelimit.Table
 
 	mu        sync.Mutex
 	gen       *generation
@@ -93,6 +98,10 @@ type generation struct {
 	policy   *policy.Policy
 	pools    map[string]*upstream.Pool
 	dkim     map[string]*dkim.Key
+	// limits are the configured rate limits by what they bound; sessions the users'
+	// maxSessions. Both nil when none is configured (the common case costs nothing).
+	limits   map[ratelimit.Key]*ratelimit.Limits
+	sessions map[string]int
 
 	mu      sync.Mutex
 	conns   int
@@ -125,6 +134,7 @@ func New(l *config.Loaded, opts Options) *Server {
 		pools:       &poolRegistry{},
 		authCache:   policy.NewAuthCache(),
 		authLimit:   newAuthLimiter(),
+		rates:       &ratelimit.Table{Now: opts.Now},
 		conns:       map[*trackedConn]struct{}{},
 		perClient:   map[netip.Addr]int{},
 		perListener: map[string]int{},
@@ -274,6 +284,35 @@ func (s *Server) apply(l *config.Loaded) {
 			Log:       s.log.WithValues("upstream", u.Name),
 			Dial:      s.opts.Dial,
 		})
+	}
+	addLimits := func(k ratelimit.Kind, name string, r *config.RateLimits) {
+		if r == nil {
+			return
+		}
+		var lim ratelimit.Limits
+		lim[ratelimit.Messages] = [3]int64{r.MessagesPerMinute, r.MessagesPerHour, r.MessagesPerDay}
+		lim[ratelimit.Recipients] = [3]int64{r.RecipientsPerMinute, r.RecipientsPerHour, r.RecipientsPerDay}
+		if lim.Any() {
+			if g.limits == nil {
+				g.limits = map[ratelimit.Key]*ratelimit.Limits{}
+			}
+			g.limits[ratelimit.Key{Kind: k, Name: name}] = &lim
+		}
+		if r.MaxSessions > 0 {
+			if g.sessions == nil {
+				g.sessions = map[string]int{}
+			}
+			g.sessions[name] = r.MaxSessions
+		}
+	}
+	for _, u := range l.Config.Users {
+		addLimits(ratelimit.User, u.Username, u.RateLimits)
+	}
+	for _, d := range l.Config.Domains {
+		addLimits(ratelimit.Domain, d.Domain, d.RateLimits)
+	}
+	for _, u := range l.Config.Upstreams {
+		addLimits(ratelimit.Upstream, u.Name, u.RateLimits)
 	}
 	for _, d := range l.Config.Domains {
 		if d.DKIM != nil {

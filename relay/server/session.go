@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/kuberelay/kuberelay/relay/metrics"
 	"github.com/kuberelay/kuberelay/relay/policy"
 	"github.com/kuberelay/kuberelay/relay/queue"
+	"github.com/kuberelay/kuberelay/relay/ratelimit"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 
@@ -97,9 +99,11 @@ type session struct {
 	cancel context.CancelFunc
 	log    logr.Logger
 
-	user   string // authenticated user name, "" when not authenticated
-	errors int
-	seq    int
+	user string // authenticated user name, "" when not authenticated
+	// userSession is set while the user's session counts against its maxSessions.
+	userSession bool
+	errors      int
+	seq         int
 
 	mu       sync.Mutex
 	inTx     bool
@@ -152,6 +156,14 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		}
 		if identity != "" && identity != username || !s.b.gen.policy.Authenticate(username, password) {
 			return s.authFailed(lim, username)
+		}
+		if max := s.b.gen.sessions[username]; max > 0 {
+			if !s.b.srv.rates.OpenSession(ratelimit.Key{Kind: ratelimit.User, Name: username}, max) {
+				s.b.srv.metrics.RateLimited.WithLabelValues("user", "sessions", "").Inc()
+				s.log.Info("session limit reached", "user", sanitizeToken(username, 64), "maxSessions", max)
+				return errSessionRateLimited
+			}
+			s.userSession = true
 		}
 		limiter.succeeded(s.ip, username)
 		s.user = username
@@ -235,6 +247,13 @@ func (s *session) Mail(from string, opts mailParams) error {
 			return e
 		}
 	}
+	// Counted last, once nothing else refuses the transaction.
+	if g.limits != nil {
+		var buf [3]ratelimit.Request
+		if r := s.b.srv.rates.Take(ratelimit.Messages, 1, s.rateRequests(g, sender.Domain, route, &buf)...); r != nil {
+			return s.rateLimited(r, errMessageRateLimited)
+		}
+	}
 	s.seq++
 	s.inTx = true
 	s.from = from
@@ -268,6 +287,12 @@ func (s *session) Rcpt(to string) error {
 		s.b.srv.metrics.Recipients.WithLabelValues("rejected", s.route).Inc()
 		s.log.Info("recipient refused", "queue", s.queueID, "reason", perr.Error())
 		return s.fail(pathError(perr, enhancedCode{5, 1, 3}))
+	}
+	if g := s.b.gen; g.limits != nil {
+		var buf [3]ratelimit.Request
+		if r := s.b.srv.rates.Take(ratelimit.Recipients, 1, s.rateRequests(g, s.domain, s.route, &buf)...); r != nil {
+			return s.rateLimited(r, errRecipientRateLimited)
+		}
 	}
 	if tx == nil {
 		// Queue mode: the recipient is the queue's to deliver to.
@@ -507,6 +532,43 @@ func (s *session) endTx() {
 func (s *session) Logout() {
 	s.endTx()
 	s.cancel()
+	if s.userSession {
+		s.b.srv.rates.CloseSession(ratelimit.Key{Kind: ratelimit.User, Name: s.user})
+	}
+}
+
+// Rate limit replies: the client keeps the mail and tries again later.
+var (
+	errMessageRateLimited   = &smtpError{Code: 451, EnhancedCode: enhancedCode{4, 7, 1}, Message: "Message rate limit reached"}
+	errRecipientRateLimited = &smtpError{Code: 452, EnhancedCode: enhancedCode{4, 5, 3}, Message: "Recipient rate limit reached"}
+	// RFC 4954 section 6: a temporary failure of AUTH.
+	errSessionRateLimited = &smtpError{Code: 454, EnhancedCode: enhancedCode{4, 7, 0}, Message: "Too many sessions for this user, try again later"}
+)
+
+// rateRequests are the limits a message or recipient counts against: the user's, the
+// sender domain's and the upstream's.
+// They are built in dst, so that the hot path allocates nothing for them.
+func (s *session) rateRequests(g *generation, domain, route string, dst *[3]ratelimit.Request) []ratelimit.Request {
+	keys := [3]ratelimit.Key{{Kind: ratelimit.User, Name: s.user}, {Kind: ratelimit.Domain, Name: config.NormalizeDomain(domain)},
+		{Kind: ratelimit.Upstream, Name: route}}
+	reqs := dst[:0]
+	for _, k := range keys {
+		if l := g.limits[k]; l != nil && k.Name != "" {
+			reqs = append(reqs, ratelimit.Request{Key: k, Limits: l})
+		}
+	}
+	return reqs
+}
+
+// rateLimited answers a refusal by a rate limit, saying which, counts and logs it.
+func (s *session) rateLimited(r *ratelimit.Refusal, base *smtpError) error {
+	s.b.srv.metrics.RateLimited.WithLabelValues(r.Key.Kind.String(), r.Unit.String(), r.Window.String()).Inc()
+	s.log.Info("rate limit reached", "kind", r.Key.Kind.String(), "name", sanitizeToken(r.Key.Name, 255),
+		"unit", r.Unit.String(), "window", r.Window.String(), "limit", r.Limit)
+	reply := *base
+	reply.Message = fmt.Sprintf("%s: at most %d %s per %s for %s %s, try again later", base.Message, r.Limit, r.Unit, r.Window, r.Key.Kind, sanitizeToken(r.Key.Name, 255))
+	// Not an error of the client's: it does not count towards closing the session.
+	return &reply
 }
 
 // loginServer is the server side of the LOGIN mechanism
