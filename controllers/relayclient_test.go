@@ -182,3 +182,35 @@ func TestRelayClient(t *testing.T) {
 		return ""
 	})
 }
+
+// A RelayClient's budget is split across the relay's pods and split again when the
+// relay is scaled.
+func TestFleetRateLimits(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "client-limits")
+	relay := newRelay(ns, "outbound", withTLS("tls"), withSmarthost("mta"), withReplicas(3))
+	app := newClient(ns, "app", ref("outbound"), "app.example")
+	app.Spec.Limits = &relayv1alpha1.ClientRateLimits{RateLimits: relayv1alpha1.RateLimits{MessagesPerMinute: 300}, MaxSessions: 6}
+	create(t, tlsSecret(t, ns, "tls"), newSmarthost(ns, "mta", "mta.corp.example", 25, plainText), relay,
+		newDomain(ns, "app", "app.example", ref("outbound")), app)
+	perPod := func(msgs int64, sessions int) func() string {
+		return func() string {
+			l, msg := loadRendered(ns, "outbound")
+			if l == nil {
+				return msg
+			}
+			for _, u := range l.Config.Users {
+				if u.Username == ns+".app" {
+					if u.RateLimits == nil || u.RateLimits.MessagesPerMinute != msgs || u.RateLimits.MaxSessions != sessions {
+						return fmt.Sprintf("per-pod limits %+v, want %d messages a minute and %d sessions", u.RateLimits, msgs, sessions)
+					}
+					return ""
+				}
+			}
+			return "the client is not rendered yet"
+		}
+	}
+	eventually(t, perPod(100, 2))
+	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(2)) })
+	eventually(t, perPod(150, 3))
+}

@@ -658,6 +658,12 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *relayv1alpha1.S
 		}
 	}
 	in.Now = time.Now()
+	// Budgets are shared by every pod that may be sending: those wanted, and those
+	// still running during a scale-down or a rollout.
+	in.FleetSize = render.Replicas(relay)
+	if w, err := r.workload(ctx, relay); err == nil {
+		in.FleetSize = max(in.FleetSize, w.replicas)
+	}
 	smarthost := func(ns, name string) error {
 		k := types.NamespacedName{Namespace: ns, Name: name}
 		if _, seen := in.Smarthosts[k]; seen {

@@ -88,3 +88,43 @@ const (
 	// ReasonNoSubmissionListener: the relay has no TLS listener a client can log in on.
 	ReasonNoSubmissionListener = "NoSubmissionListener"
 )
+
+// RateLimits are budgets for a whole relay fleet, in windows aligned to the clock (the
+// minute, the hour, the UTC day); 0 or absent is no limit. The operator gives each
+// relay pod an equal share, rounded down and at least 1, dividing by the larger of
+// spec.replicas and the pods running, and shares again when that changes, so the pods
+// together never send more than the budget (a budget smaller than the number of pods is
+// the exception: each pod still sends 1). Over a limit, a message is answered 451
+// 4.7.1, a recipient 452 4.5.3, a session 454 4.7.0: the client tries again later.
+type RateLimits struct {
+	// messagesPerMinute, messagesPerHour and messagesPerDay bound messages.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MessagesPerMinute int64 `json:"messagesPerMinute,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MessagesPerHour int64 `json:"messagesPerHour,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MessagesPerDay int64 `json:"messagesPerDay,omitempty"`
+	// recipientsPerMinute, recipientsPerHour and recipientsPerDay bound recipients.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RecipientsPerMinute int64 `json:"recipientsPerMinute,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RecipientsPerHour int64 `json:"recipientsPerHour,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RecipientsPerDay int64 `json:"recipientsPerDay,omitempty"`
+}
+
+// ClientRateLimits are a RelayClient's budgets: RateLimits and concurrent sessions.
+type ClientRateLimits struct {
+	RateLimits `json:",inline"`
+	// maxSessions bounds the client's concurrent sessions over the fleet, shared as
+	// the other budgets are.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxSessions int32 `json:"maxSessions,omitempty"`
+}

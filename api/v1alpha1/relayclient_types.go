@@ -37,6 +37,11 @@ type RelayClientSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
 	SecretName string `json:"secretName,omitempty"`
 
+	// limits are the client's budgets over the whole relay fleet (see RateLimits).
+	// Optional.
+	// +optional
+	Limits *ClientRateLimits `json:"limits,omitempty"`
+
 	// rotation says how a new password replaces the old one. A rotation is asked
 	// for with the relay.kuberelay.io/rotate annotation.
 	// +optional

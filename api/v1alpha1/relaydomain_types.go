@@ -36,6 +36,11 @@ type RelayDomainSpec struct {
 	// +listType=set
 	AllowedSenders []string `json:"allowedSenders,omitempty"`
 
+	// limits bound the mail sent from this domain, by any client, over the whole
+	// relay fleet (see RateLimits). Optional.
+	// +optional
+	Limits *RateLimits `json:"limits,omitempty"`
+
 	// dkim signs the domain's outgoing mail with DKIM (RFC 6376).
 	// +optional
 	DKIM *DKIMSigning `json:"dkim,omitempty"`

@@ -37,6 +37,12 @@ type SmarthostSpec struct {
 	// +kubebuilder:validation:Maximum=1000
 	MaxConnections int32 `json:"maxConnections,omitempty"`
 
+	// limits bound what each relay fleet that routes through this smarthost sends
+	// through it, e.g. the provider's sending quota (see RateLimits; each relay using
+	// the Smarthost gets the whole budget for its own fleet). Optional.
+	// +optional
+	Limits *RateLimits `json:"limits,omitempty"`
+
 	// maxMessagesPerConnection retires a pooled connection after this many messages.
 	// Default: 100.
 	// +optional

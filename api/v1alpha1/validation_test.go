@@ -260,6 +260,9 @@ func TestRejected(t *testing.T) {
 		{"client without senders", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.AllowedSenders = nil }), "allowedSenders"},
 		{"client without relay", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.RelayRef.Name = "" }), "relayRef.name"},
 		{"client Secret name", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.SecretName = "Not_A_Name" }), "secretName"},
+		{"negative client limit", rclient(func(s *relayv1alpha1.RelayClientSpec) {
+			s.Limits = &relayv1alpha1.ClientRateLimits{RateLimits: relayv1alpha1.RateLimits{MessagesPerMinute: -1}}
+		}), "messagesPerMinute"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

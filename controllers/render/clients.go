@@ -115,7 +115,8 @@ func (r *renderer) client(cfg *config.Config, c *relayv1alpha1.RelayClient, doma
 	}
 	id := c.Namespace + "." + c.Name
 	file := secretFileName("client", id, "bcrypt")
-	user := config.User{Username: username, PasswordHashFile: file, AllowedSenders: sortedSet(c.Spec.AllowedSenders)}
+	user := config.User{Username: username, PasswordHashFile: file, AllowedSenders: sortedSet(c.Spec.AllowedSenders),
+		RateLimits: clientRateLimits(c.Spec.Limits, r.in.FleetSize)}
 	if err := fieldsAt(user.Validate(), "spec."); err != nil {
 		return fail(relayv1alpha1.ReasonInvalidSender, "RelayClient %s/%s: %v", c.Namespace, c.Name, err)
 	}

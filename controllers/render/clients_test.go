@@ -113,3 +113,46 @@ func TestClientEndpoint(t *testing.T) {
 		t.Errorf("client of a relay without TLS: %+v", got)
 	}
 }
+
+// Each pod gets its share of a fleet budget, rounded down and at least 1: a client's,
+// a domain's and a smarthost's.
+func TestFleetShares(t *testing.T) {
+	w := newWorld(t)
+	relay := realisticRelay()
+	d := domain("team-a", "a", "team-a.example", 1)
+	d.Spec.Limits = &relayv1alpha1.RateLimits{RecipientsPerHour: 1000}
+	c, s := clientWithSecret("team-a", "app", "pw", "team-a.example")
+	c.Spec.Limits = &relayv1alpha1.ClientRateLimits{RateLimits: relayv1alpha1.RateLimits{MessagesPerMinute: 300, MessagesPerDay: 2}, MaxSessions: 10}
+	w.addSecret(s)
+	ses := w.smarthosts[types.NamespacedName{Namespace: relayNS, Name: "ses"}]
+	ses.Spec.Limits = &relayv1alpha1.RateLimits{MessagesPerHour: 50000}
+	defer func() { ses.Spec.Limits = nil }()
+	for pods, want := range map[int32][4]int64{1: {300, 2, 10, 1000}, 3: {100, 1, 3, 333}, 4: {75, 1, 2, 250}} {
+		in := w.inputs(relay, d)
+		in.Clients = []relayv1alpha1.RelayClient{c}
+		in.FleetSize = pods
+		res, err := Config(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got [4]int64
+		for _, u := range res.Config.Users {
+			if u.Username == "team-a.app" && u.RateLimits != nil {
+				got[0], got[1], got[2] = u.RateLimits.MessagesPerMinute, u.RateLimits.MessagesPerDay, int64(u.RateLimits.MaxSessions)
+			}
+		}
+		for _, dc := range res.Config.Domains {
+			if dc.Domain == "team-a.example" && dc.RateLimits != nil {
+				got[3] = dc.RateLimits.RecipientsPerHour
+			}
+		}
+		if got != want {
+			t.Errorf("%d pods: client per minute, per day, sessions and domain recipients per hour %v, want %v", pods, got, want)
+		}
+		for _, u := range res.Config.Upstreams {
+			if u.RateLimits == nil || u.RateLimits.MessagesPerHour != 50000/int64(pods) {
+				t.Errorf("%d pods: upstream %s limits %+v, want %d per hour", pods, u.Name, u.RateLimits, 50000/pods)
+			}
+		}
+	}
+}

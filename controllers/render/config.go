@@ -47,6 +47,9 @@ type Inputs struct {
 	Clients []relayv1alpha1.RelayClient
 	// Now decides whether a rotation's previous password still works.
 	Now time.Time
+	// FleetSize is how many pods share the fleet's rate-limit budgets: the larger of
+	// the replicas wanted and the pods running (0 counts as 1).
+	FleetSize int32
 }
 
 // Result is a rendered relay configuration.

@@ -56,7 +56,8 @@ func (r *renderer) domains(haveDefault bool) (map[types.NamespacedName]DomainRes
 func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault bool) (DomainResult, *pendingDomain) {
 	var res DomainResult
 	var problem *Error
-	p := &pendingDomain{cfg: config.Domain{Domain: name, AllowedSenders: sortedSet(d.Spec.AllowedSenders)}}
+	p := &pendingDomain{cfg: config.Domain{Domain: name, AllowedSenders: sortedSet(d.Spec.AllowedSenders),
+		RateLimits: podRateLimits(d.Spec.Limits, 0, r.in.FleetSize)}}
 
 	switch ref := d.Spec.SmarthostRef; {
 	case ref != nil:

@@ -8,6 +8,7 @@ import (
 // upstream renders a resolved Smarthost as the upstream name and adds its files.
 func (r *renderer) upstream(name string, src *smarthostSource) config.Upstream {
 	u, files := upstreamConfig(name, src)
+	u.RateLimits = podRateLimits(src.spec.Limits, 0, r.in.FleetSize)
 	for k, v := range files {
 		r.files[k] = v
 	}
