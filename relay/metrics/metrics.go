@@ -134,7 +134,7 @@ func Names() []string {
 	m := New()
 	ch := make(chan *prometheus.Desc, 64)
 	go func() {
-		for _, c := range append(m.own(), &queueCollector{}) {
+		for _, c := range append(m.own(), &queueCollector{}, &rateCollector{}) {
 			c.Describe(ch)
 		}
 		close(ch)
@@ -169,6 +169,38 @@ type QueueStats struct {
 // kuberelay_queue_flushes_total and _commits_total (their ratio is the batch size).
 func (m *Metrics) WatchQueue(stats func() QueueStats) {
 	m.Registry.MustRegister(&queueCollector{stats: stats})
+}
+
+// RateUse is one rate-limited key's use in the current windows.
+type RateUse struct {
+	Kind, Name string
+	// Messages and Recipients are the counts of the current minute, hour and day.
+	Messages, Recipients [3]int64
+}
+
+// WatchRates exports kuberelay_relay_rate_limit_used{kind,name,unit,window}: what each
+// rate-limited user, domain and upstream used of the current windows, read at each
+// scrape.
+func (m *Metrics) WatchRates(use func() []RateUse) {
+	m.Registry.MustRegister(&rateCollector{use: use})
+}
+
+var rateUsedDesc = prometheus.NewDesc("kuberelay_relay_rate_limit_used",
+	"What a rate-limited user, sender domain or upstream used of the current window (minute, hour, UTC day), in this process.",
+	[]string{"kind", "name", "unit", "window"}, nil)
+
+type rateCollector struct{ use func() []RateUse }
+
+func (c *rateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- rateUsedDesc }
+
+func (c *rateCollector) Collect(ch chan<- prometheus.Metric) {
+	windows := [3]string{"minute", "hour", "day"}
+	for _, u := range c.use() {
+		for w, name := range windows {
+			ch <- prometheus.MustNewConstMetric(rateUsedDesc, prometheus.GaugeValue, float64(u.Messages[w]), u.Kind, u.Name, "messages", name)
+			ch <- prometheus.MustNewConstMetric(rateUsedDesc, prometheus.GaugeValue, float64(u.Recipients[w]), u.Kind, u.Name, "recipients", name)
+		}
+	}
 }
 
 var (

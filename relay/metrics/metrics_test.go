@@ -13,7 +13,7 @@ func TestNames(t *testing.T) {
 			t.Errorf("Names() lacks %s: %v", want, names)
 		}
 	}
-	if len(names) != 19 {
-		t.Errorf("%d names, want 19: %v", len(names), names)
+	if len(names) != 20 {
+		t.Errorf("%d names, want 20: %v", len(names), names)
 	}
 }

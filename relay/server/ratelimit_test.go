@@ -108,6 +108,27 @@ func TestRateLimits(t *testing.T) {
 			t.Errorf("rate_limited_total{%s,%s,%s} = %v, want %v", c.kind, c.unit, c.window, got, c.want)
 		}
 	}
+	// What each key used of the current windows is exported (the upstream: 10 this hour).
+	mfs, err := e.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "kuberelay_relay_rate_limit_used" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			used[l["kind"]+"/"+l["name"]+"/"+l["unit"]+"/"+l["window"]] = m.GetGauge().GetValue()
+		}
+	}
+	if used["upstream/main/messages/hour"] != 10 || used["user/"+testUser+"/messages/hour"] != 4 || used["domain/example.org/recipients/hour"] != 10 {
+		t.Errorf("kuberelay_relay_rate_limit_used: %v", used)
+	}
 	if got := len(up.Messages()); got != 10 {
 		t.Errorf("%d messages reached the upstream, want 10", got)
 	}

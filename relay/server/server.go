@@ -159,8 +159,20 @@ func New(l *config.Loaded, opts Options) *Server {
 			return g.loaded.Certificate, nil
 		},
 	}
+	s.metrics.WatchRates(s.rateUse)
 	s.apply(l)
 	return s
+}
+
+// rateUse is what the current configuration's rate-limited keys used.
+func (s *Server) rateUse() []metrics.RateUse {
+	g := s.current()
+	out := make([]metrics.RateUse, 0, len(g.limits))
+	for k := range g.limits {
+		out = append(out, metrics.RateUse{Kind: k.Kind.String(), Name: k.Name,
+			Messages: s.rates.Used(k, ratelimit.Messages), Recipients: s.rates.Used(k, ratelimit.Recipients)})
+	}
+	return out
 }
 
 // Listen binds every configured listener. Listeners are fixed for the life of the
