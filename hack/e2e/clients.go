@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -167,6 +168,8 @@ spec:
 	e.time("rotation requested to the new password accepted", time.Since(t))
 	e.check(step+"the old password still works during the overlap (the pod's environment)", fromPod("e2e-client-pod-old-"+randomString()))
 
+	e.fleetLimit(w)
+
 	// Deleting the client revokes both passwords.
 	t = time.Now()
 	out, err = e.kubectl(30*time.Second, "-n", appNS, "delete", "relayclient", "mailer", "--wait=false")
@@ -212,4 +215,76 @@ func (e *e2e) clientURL() (*url.URL, error) {
 func (e *e2e) describe(args ...string) string {
 	out, _ := e.kubectl(20*time.Second, append([]string{"describe"}, args...)...)
 	return out
+}
+
+// fleetLimitBudget is the RelayClient's budget in the fleet-limit check: messages a
+// minute over the relay's two pods (10 each).
+const fleetLimitBudget = 20
+
+// fleetLimit gives the RelayClient a budget and sends twice that from the pod, one
+// connection per message so the Service spreads them unevenly over the relay's pods:
+// the fleet must take at most the budget in each clock minute the run touched, and
+// must have refused some.
+func (e *e2e) fleetLimit(w *world) {
+	const step = "relay clients: fleet rate limit: "
+	before, err := e.relayStatus()
+	if !e.check(step+"relay status", err) {
+		return
+	}
+	out, err := e.kubectl(20*time.Second, "-n", appNS, "patch", "relayclient", "mailer", "--type=merge", "-p",
+		fmt.Sprintf(`{"spec":{"limits":{"messagesPerMinute":%d}}}`, fleetLimitBudget))
+	if !e.check(step+"set spec.limits.messagesPerMinute", wrap(err, out)) {
+		return
+	}
+	st, err := e.waitStatus(4*applyBound, func(s relayStatus) bool { return s.Status.ConfigHash != before.Status.ConfigHash && s.applied(2) })
+	if !e.check(step+"both relay pods run the shared budget", err) {
+		return
+	}
+	pods, err := e.relayPods()
+	if err == nil {
+		err = e.podsRunHash(pods, st.Status.ConfigHash)
+	}
+	if !e.check(step+"each pod reports the new configuration", err) {
+		return
+	}
+	start := time.Now()
+	out, _ = e.kubectl(90*time.Second, "-n", appNS, "exec", "app", "--", "/check", "-url-env", "SMTP_URL", "-smtp", w.svc587,
+		"-load", fmt.Sprint(2*fleetLimitBudget), "-concurrency", "4", "-per-session", "1", "-id-prefix", "e2e-fleet-"+randomString(),
+		"-from", "noreply@app.example", "-to", "someone@example.net", "-timeout", "60s")
+	end := time.Now()
+	var sum struct {
+		Accepted   []string `json:"accepted"`
+		Replies4xx int      `json:"replies4xx"`
+		Sample4xx  []string `json:"sample4xx"`
+	}
+	line := ""
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "load-summary: "); ok {
+			line = v
+		}
+	}
+	if !e.check(step+"the load ran", func() error {
+		if line == "" {
+			return fmt.Errorf("no load summary: %s", tail(out, 500))
+		}
+		return json.Unmarshal([]byte(line), &sum)
+	}()) {
+		return
+	}
+	// Windows are clock minutes: the run may touch two.
+	minutes := int(end.Truncate(time.Minute).Sub(start.Truncate(time.Minute))/time.Minute) + 1
+	e.logf("fleet rate limit: %d of %d messages taken in %s over %d clock minute(s), budget %d a minute; %d 4xx replies, e.g. %v",
+		len(sum.Accepted), 2*fleetLimitBudget, end.Sub(start).Round(time.Millisecond), minutes, fleetLimitBudget, sum.Replies4xx, sum.Sample4xx)
+	e.check(step+"the fleet takes at most the budget in each minute", func() error {
+		if got, most := len(sum.Accepted), fleetLimitBudget*minutes; got > most {
+			return fmt.Errorf("%d messages taken in %d minute(s): more than the budget of %d a minute", got, minutes, fleetLimitBudget)
+		}
+		return nil
+	}())
+	e.check(step+"messages over the budget are told 451 4.7.1", func() error {
+		if sum.Replies4xx == 0 || !strings.Contains(strings.Join(sum.Sample4xx, " "), "451") {
+			return fmt.Errorf("no 451 seen: %v", sum.Sample4xx)
+		}
+		return nil
+	}())
 }
