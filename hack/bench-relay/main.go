@@ -123,6 +123,9 @@ type row struct {
 	flushesPerMsg float64
 	// postfix: the private Postfix in the queue relay's place.
 	postfix bool
+	// limits: the pass-through relay with 1000 users and rate limits; its target is
+	// against the plain relay's rate (printLimitsTargets).
+	limits bool
 }
 
 func (r row) ratio() (float64, bool) {
@@ -161,7 +164,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	var ports [7]int
+	var ports [9]int
 	for i := range ports {
 		if ports[i], err = proc.FreePort(); err != nil {
 			return err
@@ -242,6 +245,15 @@ func run(o options) error {
 	if err := proc.WaitReady(ctx, qrelay, "http://"+qHTTPAddr+"/readyz", 15*time.Second); err != nil {
 		return fmt.Errorf("%w\nqueue relay log %s ends:\n%s", err, qLog, proc.TailFile(qLog, 20))
 	}
+	// A third relay, pass-through with 1000 users and rate limits: the "limits" rows.
+	lAddr, lHTTP := fmt.Sprintf("127.0.0.1:%d", ports[7]), fmt.Sprintf("127.0.0.1:%d", ports[8])
+	lrelay, lLog, err := startLimitsRelay(relayBin, tmp, ports[7], ports[8], sinkPort, o.upstreamConns, maxConns, certPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	if err := proc.WaitReady(ctx, lrelay, "http://"+lHTTP+"/readyz", 15*time.Second); err != nil {
+		return fmt.Errorf("%w\nlimits relay log %s ends:\n%s", err, lLog, proc.TailFile(lLog, 20))
+	}
 	pf, pfNote := startPostfix(tmp, sinkAddr, max(100, slices.Max(o.sessions)), o.upstreamConns)
 
 	fmt.Printf("bench-relay: %s", strings.TrimSpace(string(version))+"\n")
@@ -310,7 +322,7 @@ func run(o options) error {
 			}
 			return append(a, addr)
 		}
-		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS, srcQueued, srcDelivered, pfStored, pfDelivered acc
+		var srcDirect, srcRelay, srcFloor, goDirect, goRelay, goTLS, srcQueued, srcDelivered, pfStored, pfDelivered, srcLimits acc
 		var flushes, commits float64
 		for rep := range o.runs {
 			// Direct and relayed runs alternate, so that drift on the host hits both.
@@ -354,6 +366,10 @@ func run(o options) error {
 				flushes += m1["kuberelay_queue_flushes_total"] - m0["kuberelay_queue_flushes_total"]
 				commits += m1["kuberelay_queue_commits_total"] - m0["kuberelay_queue_commits_total"]
 			}
+			c0 = cpuTime(lrelay.Pid())
+			d, err = runSource(ctx, sourcePath, srcArgs(lAddr))
+			srcLimits.addSource(n, d, err)
+			srcLimits.addCPU(c0, cpuTime(lrelay.Pid()))
 			if pf != nil {
 				pf.measure(ctx, sourcePath, srcArgs(pf.addr), n, &pfStored, &pfDelivered)
 			}
@@ -384,6 +400,9 @@ func run(o options) error {
 		dq.queue = true
 		dq.relayCPU = nil
 		rows = append(rows, q, dq)
+		lr := makeRow(s, n, limitsMode, &srcDirect, &srcLimits)
+		lr.limits = true
+		rows = append(rows, lr)
 		if pf != nil {
 			rows = append(rows, postfixRows(s, n, &srcDirect, &pfStored, &pfDelivered)...)
 		}
@@ -631,6 +650,8 @@ func printRates(rows []row, o options) {
 		fmt.Println(`  an fsync of the queue file; delivered = until its queue directories are empty); relay CPU is`)
 		fmt.Println(`  Postfix's, all its processes.`)
 	}
+	fmt.Println(`  "limits (1000 users)": a third relay, pass-through, with 1000 users each with rate limits and limits on`)
+	fmt.Println(`  the domain and the upstream that every message counts against (never reached).`)
 	fmt.Println(`  "relay client-TLS vs direct plain": the client speaks STARTTLS to the relay; smtp-sink has no TLS,`)
 	fmt.Println(`  so its direct figure is the plain Go-client rate of the row above.`)
 	if o.floor {
@@ -687,7 +708,7 @@ func printTargets(rows []row, idle []idleCost, postfixNote string) {
 	fmt.Println("Targets")
 	found := false
 	for _, r := range rows {
-		if r.sessions != 20 || r.reference || r.queue || r.postfix {
+		if r.sessions != 20 || r.reference || r.queue || r.postfix || r.limits {
 			continue
 		}
 		found = true
@@ -712,6 +733,7 @@ func printTargets(rows []row, idle []idleCost, postfixNote string) {
 	if len(idle) == 0 {
 		fmt.Println("  target idle connection <=64 KiB: not measured (-idle 0)")
 	}
+	printLimitsTargets(rows)
 	printPostfixTargets(rows, postfixNote)
 }
 
