@@ -516,6 +516,8 @@ type relayPod struct {
 	srv             *httptest.Server
 	mu              sync.Mutex
 	configHash      string
+	// rateUse is served as /status's rateUse, as a relay with rate limits reports it.
+	rateUse []map[string]any
 }
 
 func (p *relayPod) hash() string {
@@ -548,7 +550,10 @@ func startRelayPod(t *testing.T, ns string, relay *relayv1alpha1.SmtpRelay, dep 
 			http.NotFound(w, r)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"configHash": p.hash(), "ready": true})
+		p.mu.Lock()
+		use := p.rateUse
+		p.mu.Unlock()
+		_ = json.NewEncoder(w).Encode(map[string]any{"configHash": p.hash(), "ready": true, "rateUse": use})
 	}))
 	t.Cleanup(p.srv.Close)
 	_, portStr, _ := net.SplitHostPort(p.srv.Listener.Addr().String())

@@ -31,6 +31,9 @@ type PodReport struct {
 	Queued *int64
 	// Draining says the pod takes no more mail (POST /queue/drain).
 	Draining bool
+	// Users are the rate-limited users' use of the current minute, hour and day:
+	// messages, then recipients.
+	Users map[string][2][3]int64
 }
 
 // HTTPPodStatus reads the relay's GET /status on the pod's "http" container port.
@@ -39,8 +42,9 @@ type HTTPPodStatus struct {
 	Client *http.Client
 }
 
-// maxStatusBytes bounds what is read from a pod: /status is a few hundred bytes.
-const maxStatusBytes = 64 << 10
+// maxStatusBytes bounds what is read from a pod: /status is a few hundred bytes, and
+// about a hundred more per rate-limited user that sent mail today.
+const maxStatusBytes = 4 << 20
 
 func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport, error) {
 	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/status"
@@ -62,6 +66,12 @@ func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport,
 			Messages int64 `json:"messages"`
 			Draining bool  `json:"draining"`
 		} `json:"queue"`
+		RateUse []struct {
+			Kind       string   `json:"kind"`
+			Name       string   `json:"name"`
+			Messages   [3]int64 `json:"messages"`
+			Recipients [3]int64 `json:"recipients"`
+		} `json:"rateUse"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&st); err != nil {
 		return PodReport{}, fmt.Errorf("GET %s: %w", url, err)
@@ -69,6 +79,14 @@ func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport,
 	r := PodReport{ConfigHash: st.ConfigHash}
 	if st.Queue != nil {
 		r.Queued, r.Draining = &st.Queue.Messages, st.Queue.Draining
+	}
+	for _, u := range st.RateUse {
+		if u.Kind == "user" {
+			if r.Users == nil {
+				r.Users = map[string][2][3]int64{}
+			}
+			r.Users[u.Name] = [2][3]int64{u.Messages, u.Recipients}
+		}
 	}
 	return r, nil
 }

@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 )
@@ -213,4 +215,31 @@ func TestFleetRateLimits(t *testing.T) {
 	eventually(t, perPod(100, 2))
 	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(2)) })
 	eventually(t, perPod(150, 3))
+
+	// A pod reports the client's use; the client's status shows the fleet's.
+	ctx := context.Background()
+	dep := &appsv1.Deployment{}
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(relay), dep); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	pod := startRelayPod(t, ns, relay, dep)
+	pod.mu.Lock()
+	pod.rateUse = []map[string]any{{"kind": "user", "name": ns + ".app", "messages": []int64{7, 40, 90}, "recipients": []int64{9, 50, 120}},
+		{"kind": "domain", "name": "app.example", "messages": []int64{1, 1, 1}, "recipients": []int64{1, 1, 1}}}
+	pod.mu.Unlock()
+	pod.load(t)
+	eventually(t, func() string {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(app), app); err != nil {
+			return err.Error()
+		}
+		want := relayv1alpha1.ClientUsage{Messages: relayv1alpha1.WindowCounts{Minute: 7, Hour: 40, Day: 90},
+			Recipients: relayv1alpha1.WindowCounts{Minute: 9, Hour: 50, Day: 120}}
+		if app.Status.Usage == nil || *app.Status.Usage != want {
+			return fmt.Sprintf("status.usage %+v, want %+v", app.Status.Usage, want)
+		}
+		return ""
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -48,7 +49,14 @@ type SmtpRelayReconciler struct {
 
 	// owned applies the objects each relay owns.
 	owned *applier
+	// usage is the rate-limited users' use the ready pods of each relay last
+	// reported, summed: relay namespace/name -> user -> [messages, recipients] of the
+	// current minute, hour and day.
+	usage sync.Map
 }
+
+// usagePoll is how often a relay whose clients have limits is asked for their use.
+const usagePoll = 30 * time.Second
 
 // While some ready pods still run an older configuration they are asked again: every
 // configPollFast for the first configPollFastFor of the wait (a pod reloads within a
@@ -99,6 +107,7 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		if apierrors.IsNotFound(err) {
 			r.owned.forget(req.NamespacedName)
 			forgetRelayReady(req.NamespacedName)
+			r.usage.Delete(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -120,15 +129,32 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			retErr = kerrors.NewAggregate([]error{retErr, err})
 		}
 	}()
-	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains, r.reconcileClients, r.reconcilePods} {
+	for _, p := range []phase{r.reconcileConfig, r.reconcileWorkload, r.reconcileDomains, r.reconcilePods} {
 		res, err := p(ctx, s)
-		if err != nil || !res.IsZero() {
+		if err != nil {
 			return res, err
 		}
+		if !res.IsZero() {
+			// The clients' status still follows what was rendered, with the use the
+			// pods just reported.
+			if cres, err := r.reconcileClients(ctx, s); err != nil || cres.Requeue {
+				return cres, err
+			}
+			return res, nil
+		}
+	}
+	if res, err := r.reconcileClients(ctx, s); err != nil || !res.IsZero() {
+		return res, err
 	}
 	// A scale-down waiting for pods to empty their queues looks again, and so does a
 	// rendering that changes by itself (a rotation's previous password expires).
 	after := s.drainAfter
+	for _, c := range s.in.Clients {
+		if c.Spec.Limits != nil && (after == 0 || usagePoll < after) {
+			// Their use is read from the pods again (no API write unless it changed).
+			after = usagePoll
+		}
+	}
 	if s.result != nil && !s.result.NextChange.IsZero() {
 		if d := time.Until(s.result.NextChange) + time.Second; after == 0 || d < after {
 			after = max(d, time.Second)
@@ -468,7 +494,8 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 }
 
 // reconcileClients writes the status of every RelayClient attached to the relay, as
-// reconcileDomains does for domains.
+// reconcileDomains does for domains, with the use the pods reported last. It runs
+// after reconcilePods, even when that one asks to look again.
 func (r *SmtpRelayReconciler) reconcileClients(ctx context.Context, s *relayScope) (ctrl.Result, error) {
 	if s.result == nil && s.renderErr == nil {
 		return ctrl.Result{}, nil
@@ -494,6 +521,17 @@ func (r *SmtpRelayReconciler) reconcileClients(ctx context.Context, s *relayScop
 			c.Status.RotatedAt = annotationTime(sec, render.RotatedAtAnnotation)
 			if t := annotationTime(sec, render.PreviousExpiresAnnotation); t != nil && t.After(s.in.Now) {
 				c.Status.PreviousPasswordExpiresAt = t
+			}
+		}
+		c.Status.Usage = nil
+		if c.Spec.Limits != nil {
+			c.Status.Usage = base.Status.Usage
+			if m, ok := r.usage.Load(client.ObjectKeyFromObject(s.relay)); ok {
+				u := m.(map[string][2][3]int64)[c.Status.Username]
+				c.Status.Usage = &relayv1alpha1.ClientUsage{
+					Messages:   relayv1alpha1.WindowCounts{Minute: u[0][0], Hour: u[0][1], Day: u[0][2]},
+					Recipients: relayv1alpha1.WindowCounts{Minute: u[1][0], Hour: u[1][1], Day: u[1][2]},
+				}
 			}
 		}
 		setClientCondition(c, relayv1alpha1.AcceptedCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded,
@@ -584,6 +622,22 @@ func (r *SmtpRelayReconciler) reconcilePods(ctx context.Context, s *relayScope) 
 		}
 	}
 	s.applied = a
+	users := map[string][2][3]int64{}
+	for i := range ready {
+		if errs[i] != nil {
+			continue
+		}
+		for name, u := range reports[i].Users {
+			sum := users[name]
+			for k := range 2 {
+				for w := range 3 {
+					sum[k][w] += u[k][w]
+				}
+			}
+			users[name] = sum
+		}
+	}
+	r.usage.Store(client.ObjectKeyFromObject(s.relay), users)
 	if a.converged < a.ready {
 		log.FromContext(ctx).V(1).Info("waiting for pods to load the configuration", "hash", s.result.Hash, "problems", a.problems)
 		after := configPollSlow

@@ -87,6 +87,28 @@ type RelayClientStatus struct {
 	// stops working; absent when none does.
 	// +optional
 	PreviousPasswordExpiresAt *metav1.Time `json:"previousPasswordExpiresAt,omitempty"`
+
+	// usage is what the client sent through the whole fleet in the current windows,
+	// summed over the ready relay pods, for a client with spec.limits. It is
+	// refreshed about every 30 seconds while the client sends (the minute's figure is
+	// as of then).
+	// +optional
+	Usage *ClientUsage `json:"usage,omitempty"`
+}
+
+// ClientUsage is a client's use of its budgets.
+type ClientUsage struct {
+	// messages sent this minute, hour and UTC day.
+	Messages WindowCounts `json:"messages"`
+	// recipients sent to this minute, hour and UTC day.
+	Recipients WindowCounts `json:"recipients"`
+}
+
+// WindowCounts are counts in the current windows aligned to the clock.
+type WindowCounts struct {
+	Minute int64 `json:"minute"`
+	Hour   int64 `json:"hour"`
+	Day    int64 `json:"day"`
 }
 
 // RelayClient is an application's credentials for an SmtpRelay, written to a Secret
@@ -99,6 +121,7 @@ type RelayClientStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Rotated",type=date,JSONPath=`.status.rotatedAt`,priority=1
+// +kubebuilder:printcolumn:name="Today",type=integer,JSONPath=`.status.usage.messages.day`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type RelayClient struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -173,9 +173,11 @@ func (m *Metrics) WatchQueue(stats func() QueueStats) {
 
 // RateUse is one rate-limited key's use in the current windows.
 type RateUse struct {
-	Kind, Name string
+	Kind string `json:"kind"`
+	Name string `json:"name"`
 	// Messages and Recipients are the counts of the current minute, hour and day.
-	Messages, Recipients [3]int64
+	Messages   [3]int64 `json:"messages"`
+	Recipients [3]int64 `json:"recipients"`
 }
 
 // WatchRates exports kuberelay_relay_rate_limit_used{kind,name,unit,window}: what each

@@ -159,13 +159,14 @@ func New(l *config.Loaded, opts Options) *Server {
 			return g.loaded.Certificate, nil
 		},
 	}
-	s.metrics.WatchRates(s.rateUse)
+	s.metrics.WatchRates(s.RateUse)
 	s.apply(l)
 	return s
 }
 
-// rateUse is what the current configuration's rate-limited keys used.
-func (s *Server) rateUse() []metrics.RateUse {
+// RateUse is what the current configuration's rate-limited keys used of the current
+// windows.
+func (s *Server) RateUse() []metrics.RateUse {
 	g := s.current()
 	out := make([]metrics.RateUse, 0, len(g.limits))
 	for k := range g.limits {

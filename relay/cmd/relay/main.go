@@ -189,6 +189,9 @@ type statusResponse struct {
 	LastReloadError string `json:"lastReloadError,omitempty"`
 	// Queue is the queue's size in Queue mode.
 	Queue *server.QueueStatus `json:"queue,omitempty"`
+	// RateUse is what each rate-limited user, domain and upstream used today, of the
+	// current minute, hour and day; those that sent nothing today are left out.
+	RateUse []metrics.RateUse `json:"rateUse,omitempty"`
 }
 
 func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, ready *atomic.Bool) http.Handler {
@@ -208,6 +211,11 @@ func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, read
 	mux.HandleFunc("GET /status", func(rw http.ResponseWriter, _ *http.Request) {
 		hash, since := srv.Current()
 		st := statusResponse{Version: version, ConfigHash: hash, LoadedAt: since.UTC(), Ready: ready.Load(), Queue: srv.QueueStatus()}
+		for _, u := range srv.RateUse() {
+			if u.Messages[2] > 0 || u.Recipients[2] > 0 {
+				st.RateUse = append(st.RateUse, u)
+			}
+		}
 		if e := w.Status().LastError; e != nil {
 			st.LastReloadError = e.Error()
 		}
