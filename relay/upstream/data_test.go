@@ -55,7 +55,9 @@ func TestReaderErrorMidData(t *testing.T) {
 		t.Fatalf("stats %+v: the connection must be closed, not pooled", st)
 	}
 	c := s.WaitSessions(t, 1)
-	if c.Messages != 0 || len(s.Messages(t)) != 0 {
+	// smtp-sink may count the aborted session ended a moment before it removes the
+	// transaction's dump: a delivered message would stay, an aborted one goes.
+	if c.Messages != 0 || !testpeers.Eventually(func() bool { return len(s.Messages(t)) == 0 }) {
 		t.Fatalf("upstream received a message (counters %+v)", c)
 	}
 	if len(b.Messages(t)) != 0 {
@@ -84,7 +86,7 @@ func TestBareLineEndingsRefused(t *testing.T) {
 				t.Fatalf("Data = %v, want ErrBareLineEnding", err)
 			}
 			tx.Close()
-			if c := s.WaitSessions(t, 1); c.Messages != 0 || len(s.Messages(t)) != 0 {
+			if c := s.WaitSessions(t, 1); c.Messages != 0 || !testpeers.Eventually(func() bool { return len(s.Messages(t)) == 0 }) {
 				t.Fatalf("upstream received a message (counters %+v)", c)
 			}
 		})
