@@ -45,6 +45,7 @@ func managerBinary(ctx context.Context, path, dir string) (string, error) {
 type manager struct {
 	*proc.Child
 	version                string
+	agent                  string // the start of its user agent, which client-go makes from the binary's name
 	logPath                string
 	metricsAddr, probeAddr string
 }
@@ -62,6 +63,7 @@ func startManager(ctx context.Context, bin, kubeconfig, logPath string) (*manage
 	}
 	m := &manager{
 		version:     strings.TrimSpace(string(version)),
+		agent:       filepath.Base(bin) + "/",
 		logPath:     logPath,
 		metricsAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		probeAddr:   fmt.Sprintf("127.0.0.1:%d", ports[1]),

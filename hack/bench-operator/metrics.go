@@ -12,6 +12,10 @@ import (
 type counters struct {
 	requests   map[string]float64 // rest_client_requests_total by HTTP method, all codes and hosts
 	reconciles map[string]float64 // controller_runtime_reconcile_total by controller, all results
+	cpu        float64            // process_cpu_seconds_total
+	// queued and running are gauges (sub keeps the later value): workqueue_depth and
+	// controller_runtime_active_workers by controller.
+	queued, running map[string]float64
 }
 
 // sub returns c minus before.
@@ -23,13 +27,15 @@ func (c counters) sub(before counters) counters {
 	for ctrl, n := range c.reconciles {
 		d.reconciles[ctrl] = n - before.reconciles[ctrl]
 	}
+	d.cpu = c.cpu - before.cpu
+	d.queued, d.running = c.queued, c.running
 	return d
 }
 
-// parseMetrics reads the two counters from the Prometheus text format, which is what
+// parseMetrics reads the counters from the Prometheus text format, which is what
 // the metrics endpoint serves to a client that asks for nothing else.
 func parseMetrics(r io.Reader) (counters, error) {
-	c := counters{requests: map[string]float64{}, reconciles: map[string]float64{}}
+	c := counters{requests: map[string]float64{}, reconciles: map[string]float64{}, queued: map[string]float64{}, running: map[string]float64{}}
 	sawRequests := false
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -48,6 +54,12 @@ func parseMetrics(r io.Reader) (counters, error) {
 			sawRequests = true
 		case "controller_runtime_reconcile_total":
 			c.reconciles[labels["controller"]] += value
+		case "process_cpu_seconds_total":
+			c.cpu = value
+		case "workqueue_depth":
+			c.queued[labels["name"]] += value
+		case "controller_runtime_active_workers":
+			c.running[labels["controller"]] += value
 		}
 	}
 	if err := sc.Err(); err != nil {

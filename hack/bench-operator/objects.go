@@ -48,13 +48,7 @@ func buildPlan(o options) (*plan, error) {
 	for i := range o.namespaces {
 		ns := nsName(i)
 		p.namespaces = append(p.namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
-		p.inputs = append(p.inputs,
-			&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "upstream-credentials", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
-				StringData: map[string]string{"username": "AKIAEXAMPLE", "password": "upstream-password-" + ns}},
-			&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: smarthostName, Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
-				Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.upstream.example.net", Port: 587}},
-				Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "upstream-credentials"}}}},
-		)
+		p.inputs = append(p.inputs, upstreamObjects(ns)...)
 	}
 	for i := range o.relays {
 		ns, name := nsName(i), fmt.Sprintf("relay-%04d", i)
@@ -145,4 +139,15 @@ func createAll(ctx context.Context, c client.Client, objs []client.Object, worke
 		return firstErr
 	}
 	return ctx.Err()
+}
+
+// upstreamObjects are a namespace's Smarthost and its credentials.
+func upstreamObjects(ns string) []client.Object {
+	return []client.Object{
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "upstream-credentials", Namespace: ns}, Type: corev1.SecretTypeBasicAuth,
+			StringData: map[string]string{"username": "AKIAEXAMPLE", "password": "upstream-password-" + ns}},
+		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: smarthostName, Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
+			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.upstream.example.net", Port: 587}},
+			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "upstream-credentials"}}}},
+	}
 }

@@ -56,8 +56,9 @@ type Env struct {
 }
 
 // Start starts a control plane with kuberelay's CRDs installed; Stop it when done.
-// Test packages usually call Main instead.
-func Start() (*Env, error) {
+// Test packages usually call Main instead. apiServerFlags are set on kube-apiserver's
+// command line (e.g. an audit log).
+func Start(apiServerFlags ...[2]string) (*Env, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
@@ -71,6 +72,10 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                Scheme,
+	}
+	args := e.ControlPlane.GetAPIServer().Configure()
+	for _, f := range apiServerFlags {
+		args.Set(f[0], f[1])
 	}
 	cfg, err := e.Start()
 	if err != nil {
