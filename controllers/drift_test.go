@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kuberelay/kuberelay/relay/config"
@@ -343,13 +344,16 @@ func TestQueueScaleDownUndone(t *testing.T) {
 		}
 		return ""
 	})
-	// A draining relay fails its readiness probe.
-	pod := &corev1.Pod{}
-	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-1"}, pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}
-	if err := env.Client.Status().Update(ctx, pod); err != nil {
+	// A draining relay fails its readiness probe. The operator may stamp the pod
+	// meanwhile: read it again on a conflict.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		pod := &corev1.Pod{}
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "outbound-1"}, pod); err != nil {
+			return err
+		}
+		pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}
+		return env.Client.Status().Update(ctx, pod)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	update(t, relay, func() { relay.Spec.Replicas = ptr(int32(2)) })
