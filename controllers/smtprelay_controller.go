@@ -448,8 +448,7 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 	if s.result == nil && s.renderErr == nil {
 		return ctrl.Result{}, nil
 	}
-	var errs []error
-	conflict := false
+	var patches statusPatches
 	for i := range s.domains {
 		d := &s.domains[i]
 		var dr render.DomainResult
@@ -479,18 +478,33 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 		if !dr.Included && s.result != nil && !conditionIs(base.Status.Conditions, relayv1alpha1.ReadyCondition, dr.Reason, dr.Message) {
 			r.Recorder.Eventf(d, s.relay, corev1.EventTypeWarning, dr.Reason, "Attach", "%s", dr.Message)
 		}
-		switch err := patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status); {
-		case apierrors.IsConflict(err):
-			conflict = true
-		case err != nil:
-			errs = append(errs, err)
-		}
+		patches.add(patchStatusIfChanged(ctx, r.Client, base, d, base.Status, d.Status))
 	}
-	if conflict && len(errs) == 0 {
-		// A domain changed under the reconcile: again, on its new version.
+	return patches.result()
+}
+
+// statusPatches collects the outcome of patching several objects' status.
+type statusPatches struct {
+	conflict bool
+	errs     []error
+}
+
+func (p *statusPatches) add(err error) {
+	switch {
+	case apierrors.IsConflict(err):
+		p.conflict = true
+	case err != nil:
+		p.errs = append(p.errs, err)
+	}
+}
+
+// result is the reconcile's: an object changed under it is done again on its new
+// version; other errors are returned.
+func (p *statusPatches) result() (ctrl.Result, error) {
+	if p.conflict && len(p.errs) == 0 {
 		return ctrl.Result{Requeue: true}, nil
 	}
-	return ctrl.Result{}, kerrors.NewAggregate(errs)
+	return ctrl.Result{}, kerrors.NewAggregate(p.errs)
 }
 
 // reconcileClients writes the status of every RelayClient attached to the relay, as
@@ -500,8 +514,7 @@ func (r *SmtpRelayReconciler) reconcileClients(ctx context.Context, s *relayScop
 	if s.result == nil && s.renderErr == nil {
 		return ctrl.Result{}, nil
 	}
-	var errs []error
-	conflict := false
+	var patches statusPatches
 	for i := range s.in.Clients {
 		c := &s.in.Clients[i]
 		key := types.NamespacedName{Namespace: c.Namespace, Name: c.Name}
@@ -554,17 +567,9 @@ func (r *SmtpRelayReconciler) reconcileClients(ctx context.Context, s *relayScop
 				r.Recorder.Eventf(c, s.relay, corev1.EventTypeWarning, cr.Reason, "Attach", "%s", cr.Message)
 			}
 		}
-		switch err := patchStatusIfChanged(ctx, r.Client, base, c, base.Status, c.Status); {
-		case apierrors.IsConflict(err):
-			conflict = true
-		case err != nil:
-			errs = append(errs, err)
-		}
+		patches.add(patchStatusIfChanged(ctx, r.Client, base, c, base.Status, c.Status))
 	}
-	if conflict && len(errs) == 0 {
-		return ctrl.Result{Requeue: true}, nil
-	}
-	return ctrl.Result{}, kerrors.NewAggregate(errs)
+	return patches.result()
 }
 
 // annotationTime reads an RFC 3339 time from an annotation of o.
