@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -478,10 +476,7 @@ func TestQueueDamagedCopyNotDelivered(t *testing.T) {
 			cfg := strings.Replace(queueConfig(up, spool, ""), "retry: {first: 100ms, backoff: 1, maxInterval: 100ms}", "retry: {first: 1h, maxInterval: 1h}", 1)
 			secrets := testSecrets(t, "one")
 			if signed {
-				cfg = strings.Replace(cfg, "  allowedSenders: [noreply, \"alerts-*\"]\n",
-					"  allowedSenders: [noreply, \"alerts-*\"]\n  dkim: {selector: s1, privateKeyFile: dkim/example.com.key}\n", 1)
-				der, _ := x509.MarshalPKCS8PrivateKey(edKey)
-				secrets["dkim/example.com.key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+				cfg = signExampleCom(cfg, secrets, edKey)
 			}
 			e := startRelay(t, cfg, secrets)
 			if code, text := sendQueued(t, e, "damaged", "x@example.net"); code != 250 {

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,18 +17,17 @@ import (
 func startLimited(t *testing.T, yaml string) (*relayEnv, func(time.Duration)) {
 	t.Helper()
 	now := time.Date(2026, 12, 3, 10, 0, 30, 0, time.UTC)
-	mu := make(chan struct{}, 1)
-	mu <- struct{}{}
+	var mu sync.Mutex
 	clock := func() time.Time {
-		<-mu
-		defer func() { mu <- struct{}{} }()
+		mu.Lock()
+		defer mu.Unlock()
 		return now
 	}
 	e := startRelayLog(t, yaml, testSecrets(t, "one"), logr.Logger{}, func(o *server.Options) { o.Now = clock })
 	return e, func(d time.Duration) {
-		<-mu
+		mu.Lock()
 		now = now.Add(d)
-		mu <- struct{}{}
+		mu.Unlock()
 	}
 }
 

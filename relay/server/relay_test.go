@@ -403,6 +403,15 @@ func TestLimits(t *testing.T) {
 	})
 }
 
+// signExampleCom makes cfg sign example.com's mail with key, as selector s1, and adds
+// the key to secrets.
+func signExampleCom(cfg string, secrets map[string][]byte, key crypto.Signer) string {
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	secrets["dkim/example.com.key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return strings.Replace(cfg, "  allowedSenders: [noreply, \"alerts-*\"]\n",
+		"  allowedSenders: [noreply, \"alerts-*\"]\n  dkim: {selector: s1, privateKeyFile: dkim/example.com.key}\n", 1)
+}
+
 func TestDKIMSigned(t *testing.T) {
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -412,11 +421,8 @@ func TestDKIMSigned(t *testing.T) {
 	for name, key := range map[string]crypto.Signer{"rsa": rsaKey, "ed25519": edKey} {
 		t.Run(name, func(t *testing.T) {
 			up := startCapture(t)
-			cfg := strings.Replace(baseConfig(up.Addr(), "nullSender: Allow\n"), "  allowedSenders: [noreply, \"alerts-*\"]\n",
-				"  allowedSenders: [noreply, \"alerts-*\"]\n  dkim: {selector: s1, privateKeyFile: dkim/example.com.key}\n", 1)
 			secrets := testSecrets(t, "one")
-			der, _ := x509.MarshalPKCS8PrivateKey(key)
-			secrets["dkim/example.com.key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+			cfg := signExampleCom(baseConfig(up.Addr(), "nullSender: Allow\n"), secrets, key)
 			e := startRelay(t, cfg, secrets)
 			c := dialRaw(t, e.addr("plain"))
 			c.cmd("EHLO client.test", 250)
