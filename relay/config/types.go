@@ -72,6 +72,22 @@ type Config struct {
 	// delivery says when a client's message is answered 250: after the upstream took
 	// it (PassThrough, the default) or once it is stored in the relay's queue (Queue).
 	Delivery Delivery `json:"delivery,omitzero"`
+
+	// capture routes mail to the relay's capture sink instead of its upstreams: all
+	// of it, or that of the users and domains marked capture. The sink keeps messages
+	// in memory within its cap, readable on the HTTP port under /capture/. Optional.
+	Capture *Capture `json:"capture,omitempty"`
+}
+
+// Capture is the capture sink's scope and cap.
+type Capture struct {
+	// all captures every message the relay accepts. Otherwise only the mail of users
+	// and sender domains marked capture is captured.
+	All bool `json:"all,omitempty"`
+	// maxMessages and maxBytes cap what the sink keeps; the oldest messages are
+	// dropped to make room. Default 1000 messages, 32 MiB.
+	MaxMessages int   `json:"maxMessages,omitempty"`
+	MaxBytes    int64 `json:"maxBytes,omitempty"`
 }
 
 // DeliveryMode is when a message is answered 250.
@@ -184,6 +200,8 @@ type User struct {
 	AllowedSenders []string `json:"allowedSenders,omitempty"`
 	// rateLimits bound what the user sends through this relay process. Optional.
 	RateLimits *RateLimits `json:"rateLimits,omitempty"`
+	// capture sends the user's mail to the capture sink, never to an upstream.
+	Capture bool `json:"capture,omitempty"`
 }
 
 // RateLimits bound the messages and recipients sent in each window aligned to the
@@ -230,6 +248,8 @@ type Domain struct {
 	// rateLimits bound the mail sent from this domain through this relay process.
 	// Optional.
 	RateLimits *RateLimits `json:"rateLimits,omitempty"`
+	// capture sends mail from this domain to the capture sink, never to an upstream.
+	Capture bool `json:"capture,omitempty"`
 }
 
 // DKIM is a DKIM signing key (RFC 6376).

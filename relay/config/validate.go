@@ -260,6 +260,14 @@ func (c *Config) Validate() error {
 	c.validateDomains(&errs, upstreams)
 	c.validateLimits(&errs)
 	c.Delivery.validate(&errs, "delivery.")
+	if cp := c.Capture; cp != nil {
+		if cp.MaxMessages < 0 {
+			errs.add("capture.maxMessages", "%d must not be negative (0 means the default, %d)", cp.MaxMessages, 1000)
+		}
+		if cp.MaxBytes < 0 {
+			errs.add("capture.maxBytes", "%d must not be negative (0 means the default, 32 MiB)", cp.MaxBytes)
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -24,6 +24,9 @@ const (
 	// OutcomeQueued: the message was stored in the queue (Queue mode) and the client got
 	// 250; its deliveries are kuberelay_queue_deliveries_total.
 	OutcomeQueued = "queued"
+	// OutcomeCaptured: the capture sink kept the message and the client got 250;
+	// nothing was sent anywhere.
+	OutcomeCaptured = "captured"
 )
 
 // Metrics are the relay's collectors.
@@ -46,6 +49,8 @@ type Metrics struct {
 	QueueDeliveries *prometheus.CounterVec
 	// RateLimited counts what rate limits refused.
 	RateLimited *prometheus.CounterVec
+	// CaptureEvicted counts captured messages dropped to make room in the sink.
+	CaptureEvicted prometheus.Counter
 }
 
 // New creates and registers every metric, with Go runtime and process collectors.
@@ -110,6 +115,10 @@ func New() *Metrics {
 			Namespace: namespace, Name: "rate_limited_total",
 			Help: "Messages, recipients and sessions refused by a rate limit, by what the limit bounds (user, domain, upstream), unit (messages, recipients, sessions) and window (minute, hour, day; empty for sessions).",
 		}, []string{"kind", "unit", "window"}),
+		CaptureEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "kuberelay", Subsystem: "capture", Name: "evicted_total",
+			Help: "Captured messages dropped, oldest first, to keep the capture sink within its cap.",
+		}),
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.own()...)
@@ -122,7 +131,7 @@ func New() *Metrics {
 func (m *Metrics) own() []prometheus.Collector {
 	return []prometheus.Collector{m.Sessions, m.ConnectionsOpen, m.ConnectionsRefused, m.Messages, m.Recipients,
 		m.MessageBytes, m.UpstreamLatency, m.AuthFailures, m.AuthThrottled, m.ConfigReloads, m.ConfigInfo,
-		m.ConfigLastSuccess, m.QueueDeliveries, m.RateLimited}
+		m.ConfigLastSuccess, m.QueueDeliveries, m.RateLimited, m.CaptureEvicted}
 }
 
 var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
@@ -134,7 +143,7 @@ func Names() []string {
 	m := New()
 	ch := make(chan *prometheus.Desc, 64)
 	go func() {
-		for _, c := range append(m.own(), &queueCollector{}, &rateCollector{}) {
+		for _, c := range append(m.own(), &queueCollector{}, &rateCollector{}, &captureCollector{}) {
 			c.Describe(ch)
 		}
 		close(ch)
@@ -233,4 +242,28 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, oldest)
 	ch <- prometheus.MustNewConstMetric(queueFlushesDesc, prometheus.CounterValue, float64(st.Flushes))
 	ch <- prometheus.MustNewConstMetric(queueCommitsDesc, prometheus.CounterValue, float64(st.Commits))
+}
+
+var (
+	captureMessagesDesc = prometheus.NewDesc("kuberelay_capture_messages", "Messages the capture sink holds.", nil, nil)
+	captureBytesDesc    = prometheus.NewDesc("kuberelay_capture_bytes", "Bytes of the messages the capture sink holds.", nil, nil)
+)
+
+// WatchCapture exports kuberelay_capture_messages and _bytes, read from stats at each
+// scrape.
+func (m *Metrics) WatchCapture(stats func() (int, int64)) {
+	m.Registry.MustRegister(&captureCollector{stats: stats})
+}
+
+type captureCollector struct{ stats func() (int, int64) }
+
+func (c *captureCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- captureMessagesDesc
+	ch <- captureBytesDesc
+}
+
+func (c *captureCollector) Collect(ch chan<- prometheus.Metric) {
+	n, b := c.stats()
+	ch <- prometheus.MustNewConstMetric(captureMessagesDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(captureBytesDesc, prometheus.GaugeValue, float64(b))
 }

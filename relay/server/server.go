@@ -21,6 +21,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/go-logr/logr"
 
+	"github.com/kuberelay/kuberelay/relay/capture"
 	"github.com/kuberelay/kuberelay/relay/config"
 	"github.com/kuberelay/kuberelay/relay/dkim"
 	"github.com/kuberelay/kuberelay/relay/metrics"
@@ -75,6 +76,9 @@ type Server struct {
 	perListener map[string]int
 	openNoAuth  int
 
+	// capture is the capture sink; it outlives generations, which set its cap.
+	capture *capture.Store
+
 	// queue is Queue mode's store and deliverer; nil in PassThrough mode. The mode and
 	// the spool directory are fixed at start, like the listeners.
 	queue    *relayQueue
@@ -102,6 +106,8 @@ type generation struct {
 	// maxSessions. Both nil when none is configured (the common case costs nothing).
 	limits   map[ratelimit.Key]*ratelimit.Limits
 	sessions map[string]int
+	// capture says whose mail goes to the capture sink; nil when nobody's does.
+	capture *captureRules
 
 	mu      sync.Mutex
 	conns   int
@@ -159,6 +165,8 @@ func New(l *config.Loaded, opts Options) *Server {
 			return g.loaded.Certificate, nil
 		},
 	}
+	s.capture = capture.NewStore(0, 0, s.metrics.CaptureEvicted.Inc)
+	s.metrics.WatchCapture(func() (int, int64) { st := s.capture.Stats(); return st.Messages, st.Bytes })
 	s.metrics.WatchRates(s.RateUse)
 	s.apply(l)
 	return s
@@ -326,6 +334,10 @@ func (s *Server) apply(l *config.Loaded) {
 	}
 	for _, u := range l.Config.Upstreams {
 		addLimits(ratelimit.Upstream, u.Name, u.RateLimits)
+	}
+	if c := l.Config.Capture; c != nil {
+		s.capture.SetLimits(c.MaxMessages, c.MaxBytes)
+		g.capture = newCaptureRules(l.Config)
 	}
 	for _, d := range l.Config.Domains {
 		if d.DKIM != nil {

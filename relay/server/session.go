@@ -111,9 +111,10 @@ type session struct {
 	domain   string
 	route    string
 	queueID  string
-	tx       *upstream.Tx // nil in Queue mode
+	tx       *upstream.Tx // nil in Queue mode and when captured
+	captured bool         // the capture sink takes this transaction's message
 	body     string       // the BODY parameter of MAIL
-	rcpts    []string     // Queue mode: the accepted recipients, in wire form
+	rcpts    []string     // Queue mode and captured: the accepted recipients, in wire form
 	rcptOK   int
 	rcptSeen int
 }
@@ -242,7 +243,9 @@ func (s *session) Mail(from string, opts mailParams) error {
 		// RFC 5321 section 4.1.4: MAIL may not start a transaction inside another.
 		return s.fail(errNestedMail)
 	}
-	if q := s.b.srv.queue; q != nil {
+	// Captured mail never reaches the queue or an upstream: their room is not needed.
+	captured := g.capture.captures(s.user, sender.Domain)
+	if q := s.b.srv.queue; q != nil && !captured {
 		if e := q.room(g); e != nil {
 			return e
 		}
@@ -250,7 +253,12 @@ func (s *session) Mail(from string, opts mailParams) error {
 	// Counted last, once nothing else refuses the transaction.
 	if g.limits != nil {
 		var buf [3]ratelimit.Request
-		if r := s.b.srv.rates.Take(ratelimit.Messages, 1, s.rateRequests(g, sender.Domain, route, &buf)...); r != nil {
+		// Captured mail spends no upstream's budget: it never reaches one.
+		limitRoute := route
+		if captured {
+			limitRoute = ""
+		}
+		if r := s.b.srv.rates.Take(ratelimit.Messages, 1, s.rateRequests(g, sender.Domain, limitRoute, &buf)...); r != nil {
 			return s.rateLimited(r, errMessageRateLimited)
 		}
 	}
@@ -262,7 +270,8 @@ func (s *session) Mail(from string, opts mailParams) error {
 	s.domain = sender.Domain
 	s.queueID = s.id + "." + strconv.Itoa(s.seq)
 	s.body = opts.Body
-	if s.b.srv.queue == nil {
+	s.captured = captured
+	if s.b.srv.queue == nil && !captured {
 		s.tx = pool.Begin(s.ctx, from, &upstream.MailOptions{Body: opts.Body})
 	}
 	s.rcptOK, s.rcptSeen = 0, 0
@@ -290,12 +299,16 @@ func (s *session) Rcpt(to string) error {
 	}
 	if g := s.b.gen; g.limits != nil {
 		var buf [3]ratelimit.Request
-		if r := s.b.srv.rates.Take(ratelimit.Recipients, 1, s.rateRequests(g, s.domain, s.route, &buf)...); r != nil {
+		limitRoute := s.route
+		if s.captured {
+			limitRoute = ""
+		}
+		if r := s.b.srv.rates.Take(ratelimit.Recipients, 1, s.rateRequests(g, s.domain, limitRoute, &buf)...); r != nil {
 			return s.rateLimited(r, errRecipientRateLimited)
 		}
 	}
 	if tx == nil {
-		// Queue mode: the recipient is the queue's to deliver to.
+		// Queue mode or captured: the recipient is the queue's or the sink's.
 		s.rcpts = append(s.rcpts, mb.Wire())
 		s.rcptOK++
 		s.b.srv.metrics.Recipients.WithLabelValues("accepted", s.route).Inc()
@@ -328,7 +341,7 @@ func (s *session) dataReady() *smtpError {
 	case s.rcptOK == 0:
 		return errNoRecipients
 	}
-	if q := s.b.srv.queue; q != nil {
+	if q := s.b.srv.queue; q != nil && !s.captured {
 		return q.room(s.b.gen)
 	}
 	return nil
@@ -338,7 +351,7 @@ func (s *session) dataReady() *smtpError {
 // returns the verdict for the client.
 func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
-	tx := s.tx
+	tx, captured := s.tx, s.captured
 	s.mu.Unlock()
 	g := s.b.gen
 	m := s.b.srv.metrics
@@ -352,29 +365,17 @@ func (s *session) Data(r io.Reader) error {
 		proto += "A"
 	}
 	header := receivedHeader(s.helo, s.ip.String(), g.hostname, proto, s.queueID, time.Now())
-	if tx == nil {
+	switch {
+	case captured:
+		return s.dataCaptured(dr, header)
+	case tx == nil:
 		return s.dataQueued(dr, header)
 	}
-
-	var msg io.Reader
-	if key := g.dkim[s.domain]; key != nil {
-		// A DKIM signature covers the whole body and must precede it, so the message is
-		// spooled (memory, then an unlinked file) while it is hashed.
-		sp := &spool{dir: s.b.srv.opts.SpoolDir, limit: s.b.srv.opts.SpoolMemory}
-		defer sp.Close()
-		sig, err := key.Sign(io.TeeReader(dr, sp))
-		if err != nil {
-			return s.dataFailed(dr, err)
-		}
-		body, err := sp.reader()
-		if err != nil {
-			return s.dataFailed(dr, err)
-		}
-		msg = io.MultiReader(strings.NewReader(header+sig), body)
-	} else {
-		msg = io.MultiReader(strings.NewReader(header), dr)
+	msg, done, err := s.signed(dr, header)
+	if err != nil {
+		return s.dataFailed(dr, err)
 	}
-
+	defer done()
 	reply, err := tx.Data(s.ctx, msg)
 	if err != nil {
 		return s.dataFailed(dr, err)
@@ -387,6 +388,29 @@ func (s *session) Data(r io.Reader) error {
 		"size", dr.n, "upstream", s.route, "endpoint", tx.Endpoint(), "upstreamReply", reply,
 		"latency", latency.String())
 	return nil
+}
+
+// signed is the message to pass on: the trace header, the DKIM signature if the
+// sender's domain has a key, and the data. done releases what signing spooled.
+func (s *session) signed(dr *dataReader, header string) (io.Reader, func(), error) {
+	key := s.b.gen.dkim[s.domain]
+	if key == nil {
+		return io.MultiReader(strings.NewReader(header), dr), func() {}, nil
+	}
+	// A DKIM signature covers the whole body and must precede it, so the message is
+	// spooled (memory, then an unlinked file) while it is hashed.
+	sp := &spool{dir: s.b.srv.opts.SpoolDir, limit: s.b.srv.opts.SpoolMemory}
+	sig, err := key.Sign(io.TeeReader(dr, sp))
+	if err != nil {
+		sp.Close()
+		return nil, nil, err
+	}
+	body, err := sp.reader()
+	if err != nil {
+		sp.Close()
+		return nil, nil, err
+	}
+	return io.MultiReader(strings.NewReader(header+sig), body), sp.Close, nil
 }
 
 // dataQueued stores the message in the queue and answers 250 only once it is durable.

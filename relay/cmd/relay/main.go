@@ -222,6 +222,11 @@ func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, read
 		rw.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(rw).Encode(st)
 	})
+	// The capture sink's UI and API: empty unless the configuration captures mail.
+	pod, _ := os.Hostname()
+	c := srv.CaptureHandler(pod)
+	mux.Handle("/capture", c)
+	mux.Handle("/capture/", c)
 	if q := srv.QueueHandler(); q != nil {
 		mux.Handle("/queue", q)
 		mux.Handle("/queue/", q)
