@@ -134,13 +134,23 @@ func (m *mapper) crossNamespaceClients(ctx context.Context, ns string) []relayv1
 }
 
 // namespaceRelays: a Namespace's labels decide which relays with a namespace
-// selector accept its domains and clients, so it enqueues the relays they name.
+// selector accept its domains and clients, and which capture their mail, so it
+// enqueues the relays its domains and clients name (its own namespace's relays too:
+// a capture selector applies to them).
 func (m *mapper) namespaceRelays(ctx context.Context, o client.Object) []reconcile.Request {
 	var reqs []reconcile.Request
-	for _, d := range m.crossNamespaceDomains(ctx, o.GetName()) {
+	var domains relayv1alpha1.RelayDomainList
+	if err := m.List(ctx, &domains, client.InNamespace(o.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "listing domains to enqueue", "namespace", o.GetName())
+	}
+	for _, d := range domains.Items {
 		reqs = append(reqs, reconcile.Request{NamespacedName: domainRelay(&d)})
 	}
-	for _, c := range m.crossNamespaceClients(ctx, o.GetName()) {
+	var clients relayv1alpha1.RelayClientList
+	if err := m.List(ctx, &clients, client.InNamespace(o.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "listing clients to enqueue", "namespace", o.GetName())
+	}
+	for _, c := range clients.Items {
 		reqs = append(reqs, reconcile.Request{NamespacedName: clientRelay(&c)})
 	}
 	return reqs

@@ -536,6 +536,7 @@ func (r *SmtpRelayReconciler) reconcileClients(ctx context.Context, s *relayScop
 				c.Status.PreviousPasswordExpiresAt = t
 			}
 		}
+		c.Status.Captured = cr.Included && render.ClientCaptured(s.relay, c, s.in.CaptureNamespaces)
 		c.Status.Usage = nil
 		if c.Spec.Limits != nil {
 			c.Status.Usage = base.Status.Usage
@@ -716,6 +717,10 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *relayv1alpha1.S
 			secretRefs = append(secretRefs, types.NamespacedName{Namespace: c.Namespace, Name: render.ClientSecretName(&c)})
 		}
 	}
+	var err error
+	if in.CaptureNamespaces, err = captureNamespaces(ctx, r.Client, relay, &in); err != nil {
+		return in, nil, err
+	}
 	in.Now = time.Now()
 	// Budgets are shared by every pod that may be sending: those wanted, and those
 	// still running during a scale-down or a rollout.
@@ -787,20 +792,58 @@ func attachmentAllowed(ctx context.Context, c client.Client, relay *relayv1alpha
 	case ns == relay.Namespace, from == "All":
 		return true, nil
 	case from == "Selector" && relay.Spec.Domains.Namespaces.Selector != nil:
-		sel, err := metav1.LabelSelectorAsSelector(relay.Spec.Domains.Namespaces.Selector)
-		if err != nil {
-			// Admission validates the selector; an invalid one admits nobody.
-			return false, nil
-		}
-		// Labels are all that matter: only metadata is cached.
-		nsObj := &metav1.PartialObjectMetadata{}
-		nsObj.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
-		if err := c.Get(ctx, types.NamespacedName{Name: ns}, nsObj); err != nil {
-			return false, client.IgnoreNotFound(err)
-		}
-		return sel.Matches(labels.Set(nsObj.Labels)), nil
+		return namespaceSelected(ctx, c, relay.Spec.Domains.Namespaces.Selector, ns)
 	}
 	return false, nil
+}
+
+// namespaceSelected says whether selector selects namespace ns.
+func namespaceSelected(ctx context.Context, c client.Client, selector *metav1.LabelSelector, ns string) (bool, error) {
+	sel, err := metav1.LabelSelectorAsSelector(selector)
+	if err != nil {
+		// Admission validates the selector; an invalid one selects nothing.
+		return false, nil
+	}
+	// Labels are all that matter: only metadata is cached.
+	nsObj := &metav1.PartialObjectMetadata{}
+	nsObj.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	if err := c.Get(ctx, types.NamespacedName{Name: ns}, nsObj); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return sel.Matches(labels.Set(nsObj.Labels)), nil
+}
+
+// captureNamespaces are the namespaces of in's domains and clients that the relay's
+// spec.capture.namespaceSelector selects.
+func captureNamespaces(ctx context.Context, c client.Client, relay *relayv1alpha1.SmtpRelay, in *render.Inputs) (map[string]bool, error) {
+	cp := relay.Spec.Capture
+	if cp == nil || cp.NamespaceSelector == nil {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	seen := map[string]bool{}
+	check := func(ns string) error {
+		if seen[ns] {
+			return nil
+		}
+		seen[ns] = true
+		ok, err := namespaceSelected(ctx, c, cp.NamespaceSelector, ns)
+		if ok {
+			out[ns] = true
+		}
+		return err
+	}
+	for _, d := range in.Domains {
+		if err := check(d.Namespace); err != nil {
+			return nil, err
+		}
+	}
+	for _, cl := range in.Clients {
+		if err := check(cl.Namespace); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // patchStatus writes the relay's status once per reconcile, and only when it changed.

@@ -47,6 +47,13 @@ type RelayClientSpec struct {
 	// +optional
 	// +kubebuilder:default={}
 	Rotation ClientRotation `json:"rotation,omitzero"`
+
+	// capture sends the client's mail to its relay's capture sink instead of the
+	// smarthost (see SmtpRelay spec.capture), so a staging application mails nobody
+	// real. Mail is also captured when the relay's spec.capture selects the client's
+	// namespace.
+	// +optional
+	Capture bool `json:"capture,omitempty"`
 }
 
 // ClientRotation says how a password rotation overlaps.
@@ -88,6 +95,11 @@ type RelayClientStatus struct {
 	// +optional
 	PreviousPasswordExpiresAt *metav1.Time `json:"previousPasswordExpiresAt,omitempty"`
 
+	// captured is true when the relay keeps the client's mail in its capture sink
+	// instead of sending it (spec.capture, or the relay's spec.capture).
+	// +optional
+	Captured bool `json:"captured,omitempty"`
+
 	// usage is what the client sent through the whole fleet in the current windows,
 	// summed over the ready relay pods, for a client with spec.limits. It is
 	// refreshed about every 30 seconds while the client sends (the minute's figure is
@@ -119,6 +131,7 @@ type WindowCounts struct {
 // +kubebuilder:printcolumn:name="Relay",type=string,JSONPath=`.spec.relayRef.name`
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Captured",type=boolean,JSONPath=`.status.captured`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Rotated",type=date,JSONPath=`.status.rotatedAt`,priority=1
 // +kubebuilder:printcolumn:name="Today",type=integer,JSONPath=`.status.usage.messages.day`,priority=1

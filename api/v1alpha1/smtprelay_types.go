@@ -85,6 +85,17 @@ type SmtpRelaySpec struct {
 	// +kubebuilder:default={}
 	Delivery *DeliverySpec `json:"delivery,omitempty"`
 
+	// capture sends mail to the relay's built-in capture sink instead of the
+	// smarthost, for staging and development: nobody real is ever mailed. Without
+	// namespaceSelector all mail the relay accepts is captured; with it, the mail of
+	// RelayClients and RelayDomains in the namespaces it selects (a RelayClient can
+	// also ask for it with its spec.capture). Each relay pod keeps what it captured in
+	// memory, within maxMessages and maxSize (the oldest goes first; a restart empties
+	// it), and serves it on its HTTP port under /capture/: a web UI and a JSON API
+	// (docs/capture.md).
+	// +optional
+	Capture *CaptureSpec `json:"capture,omitempty"`
+
 	// image runs the relay pods on another image than the operator's own.
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
@@ -120,6 +131,30 @@ type SmtpRelaySpec struct {
 	// service is how clients reach the relay.
 	// +optional
 	Service *ServiceSpec `json:"service,omitempty"`
+}
+
+// CaptureSpec is what the capture sink takes and how much it keeps.
+type CaptureSpec struct {
+	// namespaceSelector captures only the mail of RelayClients and RelayDomains in
+	// the namespaces it selects (a domain's mail from any client). Absent: all mail
+	// the relay accepts is captured.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+
+	// maxMessages is how many messages each relay pod keeps; the oldest are dropped
+	// to make room. Default: 1000.
+	// +optional
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	MaxMessages *int32 `json:"maxMessages,omitempty"`
+
+	// maxSize is how many bytes of messages each relay pod keeps, in the relay
+	// container's memory (its limit must leave room for it); the oldest are dropped to
+	// make room. Default: 32Mi.
+	// +optional
+	// +kubebuilder:default="32Mi"
+	MaxSize *resource.Quantity `json:"maxSize,omitempty"`
 }
 
 // Listener is one SMTP port of the relay.

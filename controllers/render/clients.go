@@ -116,7 +116,9 @@ func (r *renderer) client(cfg *config.Config, c *relayv1alpha1.RelayClient, doma
 	id := c.Namespace + "." + c.Name
 	file := secretFileName("client", id, "bcrypt")
 	user := config.User{Username: username, PasswordHashFile: file, AllowedSenders: sortedSet(c.Spec.AllowedSenders),
-		RateLimits: clientRateLimits(c.Spec.Limits, r.in.FleetSize)}
+		RateLimits: clientRateLimits(c.Spec.Limits, r.in.FleetSize),
+		// All mail captured needs no mark on each user.
+		Capture: ClientCaptured(r.relay, c, r.in.CaptureNamespaces) && (r.relay.Spec.Capture == nil || r.relay.Spec.Capture.NamespaceSelector != nil)}
 	if err := fieldsAt(user.Validate(), "spec."); err != nil {
 		return fail(relayv1alpha1.ReasonInvalidSender, "RelayClient %s/%s: %v", c.Namespace, c.Name, err)
 	}

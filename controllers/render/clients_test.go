@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -154,5 +155,76 @@ func TestFleetShares(t *testing.T) {
 				t.Errorf("%d pods: upstream %s limits %+v, want %d per hour", pods, u.Name, u.RateLimits, 50000/pods)
 			}
 		}
+	}
+}
+
+// Capture: everything, or the domains and clients of the selected namespaces and
+// the clients that ask for it; the cap passes to the relay.
+func TestCaptureRendered(t *testing.T) {
+	w := newWorld(t)
+	relay := realisticRelay()
+	domains := []relayv1alpha1.RelayDomain{domain("staging", "s", "staging.example", 1), domain("prod", "p", "prod.example", 2)}
+	stagingApp, s1 := clientWithSecret("staging", "app", "pw1", "staging.example")
+	prodApp, s2 := clientWithSecret("prod", "app", "pw2", "prod.example")
+	prodTest, s3 := clientWithSecret("prod", "test", "pw3", "prod.example")
+	prodTest.Spec.Capture = true
+	for _, s := range []*corev1.Secret{s1, s2, s3} {
+		w.addSecret(s)
+	}
+	render := func(c *relayv1alpha1.CaptureSpec, selected map[string]bool) *Result {
+		t.Helper()
+		r := relay.DeepCopy()
+		r.Spec.Capture = c
+		in := w.inputs(r, domains...)
+		in.Clients = []relayv1alpha1.RelayClient{stagingApp, prodApp, prodTest}
+		in.CaptureNamespaces = selected
+		in.Now = time.Now()
+		res, err := Config(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	captured := func(res *Result) (users, doms []string) {
+		for _, u := range res.Config.Users {
+			if u.Capture {
+				users = append(users, u.Username)
+			}
+		}
+		for _, d := range res.Config.Domains {
+			if d.Capture {
+				doms = append(doms, d.Domain)
+			}
+		}
+		return users, doms
+	}
+
+	// No spec.capture: only the client that asks.
+	res := render(nil, nil)
+	if users, doms := captured(res); res.Config.Capture != nil || strings.Join(users, ",") != "prod.test" || len(doms) != 0 {
+		t.Fatalf("without spec.capture: capture %+v, users %v, domains %v", res.Config.Capture, users, doms)
+	}
+	// All: the relay's flag, no marks needed.
+	size := resource.MustParse("8Mi")
+	res = render(&relayv1alpha1.CaptureSpec{MaxMessages: ptr(int32(50)), MaxSize: &size}, nil)
+	if c := res.Config.Capture; c == nil || !c.All || c.MaxMessages != 50 || c.MaxBytes != 8<<20 {
+		t.Fatalf("capture all: %+v", c)
+	}
+	// A selector: the staging namespace's domain and client, and the one that asks.
+	res = render(&relayv1alpha1.CaptureSpec{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"env": "staging"}}},
+		map[string]bool{"staging": true})
+	users, doms := captured(res)
+	if c := res.Config.Capture; c == nil || c.All || strings.Join(users, ",") != "prod.test,staging.app" || strings.Join(doms, ",") != "staging.example" {
+		t.Fatalf("selector: capture %+v, users %v, domains %v", c, users, doms)
+	}
+	if !ClientCaptured(relay, &prodTest, nil) || ClientCaptured(relay, &prodApp, nil) {
+		t.Fatal("ClientCaptured without spec.capture")
+	}
+	// A bad cap names the field.
+	zero := resource.MustParse("0")
+	r := relay.DeepCopy()
+	r.Spec.Capture = &relayv1alpha1.CaptureSpec{MaxSize: &zero}
+	if _, err := Config(w.inputs(r, domains...)); err == nil || !strings.Contains(err.Error(), "spec.capture.maxSize") {
+		t.Fatalf("maxSize 0: %v", err)
 	}
 }

@@ -47,6 +47,9 @@ type Inputs struct {
 	Clients []relayv1alpha1.RelayClient
 	// Now decides whether a rotation's previous password still works.
 	Now time.Time
+	// CaptureNamespaces are the namespaces of attached domains and clients that the
+	// relay's spec.capture.namespaceSelector selects.
+	CaptureNamespaces map[string]bool
 	// FleetSize is how many pods share the fleet's rate-limit budgets: the larger of
 	// the replicas wanted and the pods running (0 counts as 1).
 	FleetSize int32
@@ -193,6 +196,9 @@ func (r *renderer) render() (*Result, error) {
 	cfg.NullSender = config.NullSenderPolicy(spec.NullSender)
 	cfg.Limits = limits(spec.Limits)
 	cfg.Delivery = delivery(r.relay)
+	if err := r.capture(cfg); err != nil {
+		return nil, err
+	}
 
 	var defaultSmarthost *types.NamespacedName
 	if ref := spec.SmarthostRef; ref != nil {

@@ -57,7 +57,7 @@ func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault
 	var res DomainResult
 	var problem *Error
 	p := &pendingDomain{cfg: config.Domain{Domain: name, AllowedSenders: sortedSet(d.Spec.AllowedSenders),
-		RateLimits: podRateLimits(d.Spec.Limits, 0, r.in.FleetSize)}}
+		RateLimits: podRateLimits(d.Spec.Limits, 0, r.in.FleetSize), Capture: r.capturedNamespace(d.Namespace)}}
 
 	switch ref := d.Spec.SmarthostRef; {
 	case ref != nil:

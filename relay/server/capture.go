@@ -18,9 +18,10 @@ type captureRules struct {
 	domains map[string]bool
 }
 
-// newCaptureRules reads the rules of a configuration with a capture section.
+// newCaptureRules reads the rules of a configuration; nil when nothing is captured,
+// so the common case costs one nil check per message.
 func newCaptureRules(c *config.Config) *captureRules {
-	r := &captureRules{all: c.Capture.All, users: map[string]bool{}, domains: map[string]bool{}}
+	r := &captureRules{all: c.Capture != nil && c.Capture.All, users: map[string]bool{}, domains: map[string]bool{}}
 	for _, u := range c.Users {
 		if u.Capture {
 			r.users[u.Username] = true
@@ -30,6 +31,9 @@ func newCaptureRules(c *config.Config) *captureRules {
 		if d.Capture {
 			r.domains[config.NormalizeDomain(d.Domain)] = true
 		}
+	}
+	if !r.all && len(r.users) == 0 && len(r.domains) == 0 {
+		return nil
 	}
 	return r
 }

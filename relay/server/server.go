@@ -337,8 +337,8 @@ func (s *Server) apply(l *config.Loaded) {
 	}
 	if c := l.Config.Capture; c != nil {
 		s.capture.SetLimits(c.MaxMessages, c.MaxBytes)
-		g.capture = newCaptureRules(l.Config)
 	}
+	g.capture = newCaptureRules(l.Config)
 	for _, d := range l.Config.Domains {
 		if d.DKIM != nil {
 			g.dkim[d.Domain] = &dkim.Key{Domain: d.Domain, Selector: d.DKIM.Selector,
