@@ -14,11 +14,12 @@ import (
 const appNS = ns + "-app"
 
 // smtplibSend is Python's smtplib sending one message with the credentials of an
-// smtp:// URL to addr (the Service's ClusterIP: the URL's host name resolves only in
-// the cluster). It prints the SMTP code of a refusal and exits 1 then.
+// smtp:// URL (argv[1], or "env" for $SMTP_URL as an application pod has it) to addr
+// (the Service's ClusterIP: the URL's host name resolves only in the cluster). It
+// prints the SMTP code of a refusal and exits 1 then.
 const smtplibSend = `
-import smtplib, ssl, sys, urllib.parse
-u = urllib.parse.urlsplit(sys.argv[1])
+import os, smtplib, ssl, sys, urllib.parse
+u = urllib.parse.urlsplit(os.environ["SMTP_URL"] if sys.argv[1] == "env" else sys.argv[1])
 host, port = sys.argv[2].rsplit(":", 1)
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -105,10 +106,10 @@ spec:
         httpGet: {path: /, port: 8080}
         periodSeconds: 1
 `, appNS, checkImage)
-	if !e.check(step+"an application pod with SMTP_URL from the Secret", e.apply(pod)) {
+	if !e.check(step+"an application pod with SMTP_URL from the Secret", e.apply(pod+"---\n"+pythonPod(appNS, "py", "mailer"))) {
 		return
 	}
-	if out, err := e.kubectl(70*time.Second, "-n", appNS, "wait", "--for=condition=Ready", "pod/app", "--timeout=60s"); !e.check(step+"application pod Ready", wrap(err, out)) {
+	if out, err := e.kubectl(70*time.Second, "-n", appNS, "wait", "--for=condition=Ready", "pod/app", "pod/py", "--timeout=60s"); !e.check(step+"application pods Ready", wrap(err, out)) {
 		return
 	}
 	fromPod := func(subject string) error {
@@ -133,6 +134,14 @@ spec:
 		return err
 	}
 	e.check(step+"the pod sends with the url from its environment", fromPod("e2e-client-pod-"+randomString()))
+	e.check(step+"a Python pod sends with smtplib and the url from its environment", func() error {
+		subject := "e2e-smtplib-pod-" + randomString()
+		if out, err := e.podSmtplib(appNS, "py", w.svc587, "noreply@app.example", subject); err != nil {
+			return wrap(err, out)
+		}
+		_, err := e.captured(subject, &w.captured)
+		return err
+	}())
 	e.check(step+"Python's smtplib sends with the Secret's credentials", sentWith(first))
 	e.check(step+"a sender outside allowedSenders is refused", func() error {
 		out, err := e.cmd(40*time.Second, "", "python3", "-c", smtplibSend, first.String(), w.svc587, "billing@example.com", "e2e-refused")
@@ -217,27 +226,43 @@ func (e *e2e) describe(args ...string) string {
 	return out
 }
 
-// fleetLimitBudget is the RelayClient's budget in the fleet-limit check: messages a
-// minute over the relay's two pods (10 each).
-const fleetLimitBudget = 20
+// The fleet-limit check: a budget of messages a minute for the RelayClient, shared
+// by fleetLimitPods relay pods (100 each).
+const (
+	fleetLimitBudget = 300
+	fleetLimitPods   = 3
+)
 
-// fleetLimit gives the RelayClient a budget and sends twice that from the pod, one
-// connection per message so the Service spreads them unevenly over the relay's pods:
-// the fleet must take at most the budget in each clock minute the run touched, and
-// must have refused some.
+// fleetLimit scales the relay to three pods, gives the RelayClient a budget and sends
+// half as much again from the pod, one connection per message so the Service spreads
+// them unevenly over the pods: the fleet must take at most the budget in each clock
+// minute the run touched, and must have refused some. The relay goes back to two pods.
 func (e *e2e) fleetLimit(w *world) {
 	const step = "relay clients: fleet rate limit: "
 	before, err := e.relayStatus()
 	if !e.check(step+"relay status", err) {
 		return
 	}
-	out, err := e.kubectl(20*time.Second, "-n", appNS, "patch", "relayclient", "mailer", "--type=merge", "-p",
+	out, err := e.kubectl(20*time.Second, "-n", ns, "patch", "smtprelay", relayName, "--type=merge", "-p", fmt.Sprintf(`{"spec":{"replicas":%d}}`, fleetLimitPods))
+	if !e.check(step+"scale the relay to 3 pods", wrap(err, out)) {
+		return
+	}
+	defer func() {
+		out, err := e.kubectl(20*time.Second, "-n", ns, "patch", "smtprelay", relayName, "--type=merge", "-p", `{"spec":{"replicas":2}}`)
+		if e.check(step+"scale the relay back to 2 pods", wrap(err, out)) {
+			_, err := e.waitStatus(90*time.Second, func(s relayStatus) bool { return s.applied(2) && s.Status.ReadyReplicas == 2 })
+			e.check(step+"two pods again", err)
+		}
+	}()
+	out, err = e.kubectl(20*time.Second, "-n", appNS, "patch", "relayclient", "mailer", "--type=merge", "-p",
 		fmt.Sprintf(`{"spec":{"limits":{"messagesPerMinute":%d}}}`, fleetLimitBudget))
 	if !e.check(step+"set spec.limits.messagesPerMinute", wrap(err, out)) {
 		return
 	}
-	st, err := e.waitStatus(4*applyBound, func(s relayStatus) bool { return s.Status.ConfigHash != before.Status.ConfigHash && s.applied(2) })
-	if !e.check(step+"both relay pods run the shared budget", err) {
+	st, err := e.waitStatus(90*time.Second, func(s relayStatus) bool {
+		return s.Status.ConfigHash != before.Status.ConfigHash && s.applied(fleetLimitPods) && s.Status.ReadyReplicas == fleetLimitPods
+	})
+	if !e.check(step+"three relay pods run the shared budget", err) {
 		return
 	}
 	pods, err := e.relayPods()
@@ -247,10 +272,15 @@ func (e *e2e) fleetLimit(w *world) {
 	if !e.check(step+"each pod reports the new configuration", err) {
 		return
 	}
+	// One clock minute is the figure: start early in one, so the run fits in it.
+	if now := time.Now(); now.Second() > 40 {
+		time.Sleep(now.Truncate(time.Minute).Add(time.Minute).Sub(now))
+	}
+	sent := fleetLimitBudget * 3 / 2
 	start := time.Now()
-	out, _ = e.kubectl(90*time.Second, "-n", appNS, "exec", "app", "--", "/check", "-url-env", "SMTP_URL", "-smtp", w.svc587,
-		"-load", fmt.Sprint(2*fleetLimitBudget), "-concurrency", "4", "-per-session", "1", "-id-prefix", "e2e-fleet-"+randomString(),
-		"-from", "noreply@app.example", "-to", "someone@example.net", "-timeout", "60s")
+	out, _ = e.kubectl(120*time.Second, "-n", appNS, "exec", "app", "--", "/check", "-url-env", "SMTP_URL", "-smtp", w.svc587,
+		"-load", fmt.Sprint(sent), "-concurrency", "8", "-per-session", "1", "-id-prefix", "e2e-fleet-"+randomString(),
+		"-from", "noreply@app.example", "-to", "someone@example.net", "-timeout", "90s")
 	end := time.Now()
 	var sum struct {
 		Accepted   []string `json:"accepted"`
@@ -271,10 +301,11 @@ func (e *e2e) fleetLimit(w *world) {
 	}()) {
 		return
 	}
-	// Windows are clock minutes: the run may touch two.
+	// Windows are clock minutes: a slow run may touch two.
 	minutes := int(end.Truncate(time.Minute).Sub(start.Truncate(time.Minute))/time.Minute) + 1
-	e.logf("fleet rate limit: %d of %d messages taken in %s over %d clock minute(s), budget %d a minute; %d 4xx replies, e.g. %v",
-		len(sum.Accepted), 2*fleetLimitBudget, end.Sub(start).Round(time.Millisecond), minutes, fleetLimitBudget, sum.Replies4xx, sum.Sample4xx)
+	e.logf("fleet rate limit: %d of %d messages taken in %s over %d clock minute(s), budget %d a minute over %d pods (taken per pod today: %s); %d 4xx replies, e.g. %v",
+		len(sum.Accepted), sent, end.Sub(start).Round(time.Millisecond), minutes, fleetLimitBudget, fleetLimitPods,
+		e.perPodUse(pods, appNS+".mailer"), sum.Replies4xx, firstN(sum.Sample4xx, 2))
 	e.check(step+"the fleet takes at most the budget in each minute", func() error {
 		if got, most := len(sum.Accepted), fleetLimitBudget*minutes; got > most {
 			return fmt.Errorf("%d messages taken in %d minute(s): more than the budget of %d a minute", got, minutes, fleetLimitBudget)
@@ -287,4 +318,55 @@ func (e *e2e) fleetLimit(w *world) {
 		}
 		return nil
 	}())
+}
+
+// perPodUse is what each relay pod says user sent today (its /status rateUse).
+func (e *e2e) perPodUse(pods []pod, user string) string {
+	var parts []string
+	for _, p := range pods {
+		out, err := e.kubectl(15*time.Second, "get", "--raw", "/api/v1/namespaces/"+ns+"/pods/"+p.name+":9090/proxy/status")
+		var st struct {
+			RateUse []struct {
+				Kind, Name string
+				Messages   [3]int64
+			} `json:"rateUse"`
+		}
+		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
+			parts = append(parts, p.name+" ?")
+			continue
+		}
+		n := int64(0)
+		for _, u := range st.RateUse {
+			if u.Kind == "user" && u.Name == user {
+				n = u.Messages[2]
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", p.name, n))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// pythonPod is an application pod on the Python image (Debian's python3) with
+// SMTP_URL from the named RelayClient Secret, idle until told to send.
+func pythonPod(namespace, name, secret string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: %[3]s
+      imagePullPolicy: Never
+      args: ["-c", "import signal; signal.pause()"]
+      env:
+        - name: SMTP_URL
+          valueFrom: {secretKeyRef: {name: %[4]s, key: url}}
+`, namespace, name, pythonImage, secret)
+}
+
+// podSmtplib sends one message from a Python pod with smtplib and the url in its
+// environment, to addr (the Service's ClusterIP).
+func (e *e2e) podSmtplib(namespace, pod, addr, from, subject string) (string, error) {
+	return e.kubectl(40*time.Second, "-n", namespace, "exec", pod, "--", "/usr/bin/python3", "-S", "-c", smtplibSend, "env", addr, from, subject)
 }

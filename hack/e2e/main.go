@@ -29,6 +29,7 @@ const (
 	releaseName = "kuberelay"
 	releaseNS   = "kuberelay-system"
 	checkImage  = "kuberelay.local/check:1"
+	pythonImage = "kuberelay.local/python:1"
 	smartUser   = "e2e-smarthost-user"
 	clientUser  = "billing"
 	podCIDR     = "10.244.0.0/16"

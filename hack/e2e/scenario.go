@@ -74,6 +74,8 @@ func (e *e2e) scenario() {
 	}
 	// An application's own credentials: written, used, rotated, revoked.
 	e.relayClients(w)
+	// Capture mode: a staging namespace's mail kept in the relay, never sent.
+	e.captureMode(w)
 	// Queue mode: mail kept through a smarthost outage and a scale-down.
 	e.queueMode()
 	// A rolling change and a scale-down while a client sends without pause.

@@ -98,7 +98,8 @@ func (e *e2e) importImages() error {
 	steps := [][]string{
 		{"go", "build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(dir, "pause"), "./hack/cluster/pause"},
 		{"go", "build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(dir, "check"), "./hack/cluster/check"},
-		{"go", "run", "-trimpath", "./hack/cluster/images", "-pause", filepath.Join(dir, "pause"), "-check", filepath.Join(dir, "check"), "-o", filepath.Join(dir, "images.tar")},
+		{"go", "run", "-trimpath", "./hack/cluster/images", "-pause", filepath.Join(dir, "pause"), "-check", filepath.Join(dir, "check"),
+			"-python", "/usr/bin/python3", "-o", filepath.Join(dir, "images.tar")},
 	}
 	sock := filepath.Join(e.state, "containerd/containerd.sock")
 	for _, f := range []string{filepath.Join(dir, "images.tar"), filepath.Join(e.repo, "dist/kuberelay-image.tar")} {

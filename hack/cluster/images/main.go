@@ -1,9 +1,11 @@
 // Command images packs the images that hack/cluster's one-node cluster needs and
 // cannot pull, as one tarball for `ctr images import`: the sandbox image (a
-// static pause binary, hack/cluster/pause) and a check image (hack/cluster/check),
-// each one layer on an empty base, for linux/GOARCH.
+// static pause binary, hack/cluster/pause), a check image (hack/cluster/check) and
+// a Python image (this machine's Debian python3 with its standard library and the
+// shared libraries they load, for applications that send with smtplib), each one
+// layer on an empty base, for linux/GOARCH.
 //
-//	images -pause PAUSE_BINARY -check CHECK_BINARY -o FILE
+//	images -pause PAUSE_BINARY -check CHECK_BINARY [-python /usr/bin/python3] -o FILE
 package main
 
 import (
@@ -20,13 +22,15 @@ import (
 
 // Image names; hack/cluster/cluster uses the same.
 const (
-	PauseRef = "kuberelay.local/pause:1"
-	CheckRef = "kuberelay.local/check:1"
+	PauseRef  = "kuberelay.local/pause:1"
+	CheckRef  = "kuberelay.local/check:1"
+	PythonRef = "kuberelay.local/python:1"
 )
 
 func main() {
 	pause := flag.String("pause", "", "static pause binary")
 	check := flag.String("check", "", "static check binary")
+	python := flag.String("python", "", "a Debian python3 to pack as the Python image (optional)")
 	out := flag.String("o", "", "tarball to write")
 	flag.Parse()
 	var err error
@@ -34,7 +38,7 @@ func main() {
 	case *out == "":
 		err = fmt.Errorf("-o is required")
 	case *pause != "" && *check != "":
-		err = build(*pause, *check, *out)
+		err = build(*pause, *check, *python, *out)
 	default:
 		err = fmt.Errorf("need -pause and -check")
 	}
@@ -47,7 +51,7 @@ func main() {
 // epoch keeps the images reproducible.
 var epoch = time.Unix(0, 0).UTC()
 
-func build(pauseBin, checkBin, out string) error {
+func build(pauseBin, checkBin, python, out string) error {
 	refs := map[name.Reference]containerv1.Image{}
 	for _, im := range []struct{ ref, bin, path string }{
 		{PauseRef, pauseBin, "pause"},
@@ -62,6 +66,13 @@ func build(pauseBin, checkBin, out string) error {
 			return err
 		}
 		refs[ref] = img
+	}
+	if python != "" {
+		img, err := pythonImage(python)
+		if err != nil {
+			return fmt.Errorf("python image from %s: %w", python, err)
+		}
+		refs[name.MustParseReference(PythonRef).(name.Tag)] = img
 	}
 	return ociimage.Write(out, refs)
 }
