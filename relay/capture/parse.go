@@ -81,7 +81,7 @@ func Decode(m *Message) *Detail {
 
 // rawHeaders lists the header fields in order, unfolded and decoded.
 func rawHeaders(b []byte) []Header {
-	var out []Header
+	out := []Header{}
 	for _, line := range strings.Split(string(b), "\r\n") {
 		if line == "" {
 			continue

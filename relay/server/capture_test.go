@@ -225,3 +225,25 @@ func hasHeader(hs []capture.Header, name string) bool {
 	}
 	return false
 }
+
+// TestCaptureInQueueMode: captured mail skips the queue, even a full one; the rest is
+// queued as before.
+func TestCaptureInQueueMode(t *testing.T) {
+	spool := t.TempDir()
+	cfg := queueConfig(downAddr(t), spool, "    maxMessages: 1\n")
+	cfg = strings.Replace(cfg, "- domain: example.org\n", "- domain: example.org\n  capture: true\n", 1)
+	e := startRelay(t, cfg, testSecrets(t, "one"))
+	api := serveCapture(t, e)
+	if code, text := sendQueued(t, e, "queued", "x@example.net"); code != 250 || len(spooled(t, spool)) != 1 {
+		t.Fatalf("queued: %d %s, %d spooled", code, text, len(spooled(t, spool)))
+	}
+	// The queue is full now; captured mail does not need it.
+	p := dialRaw(t, e.addr("plain"))
+	p.cmd("EHLO client.test", 250)
+	if code := p.transaction("news@example.org", "a@example.net", "Subject: captured\r\n\r\nx\r\n"); code != 250 {
+		t.Fatalf("captured with a full queue: %d", code)
+	}
+	if l := api.list(""); len(l.Items) != 1 || l.Items[0].Subject != "captured" || len(spooled(t, spool)) != 1 {
+		t.Fatalf("%d captured, %d spooled; want 1 and 1", len(l.Items), len(spooled(t, spool)))
+	}
+}
