@@ -234,9 +234,10 @@ const (
 )
 
 // fleetLimit scales the relay to three pods, gives the RelayClient a budget and sends
-// half as much again from the pod, one connection per message so the Service spreads
-// them unevenly over the pods: the fleet must take at most the budget in each clock
-// minute the run touched, and must have refused some. The relay goes back to two pods.
+// half as much again from the pod, each message once on a connection of its own so
+// the Service spreads them unevenly over the pods: the fleet must take at most the
+// budget in each clock minute the run touched, and must have refused some. The relay
+// goes back to two pods.
 func (e *e2e) fleetLimit(w *world) {
 	const step = "relay clients: fleet rate limit: "
 	before, err := e.relayStatus()
@@ -279,7 +280,7 @@ func (e *e2e) fleetLimit(w *world) {
 	sent := fleetLimitBudget * 3 / 2
 	start := time.Now()
 	out, _ = e.kubectl(120*time.Second, "-n", appNS, "exec", "app", "--", "/check", "-url-env", "SMTP_URL", "-smtp", w.svc587,
-		"-load", fmt.Sprint(sent), "-concurrency", "8", "-per-session", "1", "-id-prefix", "e2e-fleet-"+randomString(),
+		"-load", fmt.Sprint(sent), "-concurrency", "8", "-per-session", "1", "-retries", "0", "-id-prefix", "e2e-fleet-"+randomString(),
 		"-from", "noreply@app.example", "-to", "someone@example.net", "-timeout", "90s")
 	end := time.Now()
 	var sum struct {

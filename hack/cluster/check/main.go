@@ -15,12 +15,12 @@
 //	                           # the same, to the server, credentials and STARTTLS of the URL
 //	                           # smtp://USER:PASS@HOST:PORT in environment variable NAME (as a
 //	                           # RelayClient's Secret holds it); -smtp overrides the address
-//	check -smtp HOST:PORT -load N [-concurrency C] [-per-session M] [-interval D] -id-prefix P
+//	check -smtp HOST:PORT -load N [-concurrency C] [-per-session M] [-interval D] [-retries R] -id-prefix P
 //	      [-starttls] [-auth USER:PASS] -from A -to B[,C] [-timeout 5m]
 //	                           # send N messages, each with Subject P-000000.. and a Message-ID of
 //	                           # the same id, over C concurrent sessions (each reused for M
 //	                           # messages, D apart). A message is retried after a 4xx reply or a
-//	                           # connection error (up to 60 times, 200 ms apart, within -timeout),
+//	                           # connection error (up to R times, default 60, 200 ms apart, within -timeout),
 //	                           # never after its 250. Prints one line "load-summary: JSON" and
 //	                           # exits 0 when every message got its 250, 1 when any was given up
 //	                           # or refused with 5xx.
@@ -68,6 +68,7 @@ func main() {
 	interval := flag.Duration("interval", 0, "with -load: pause of each session between two messages")
 	perConn := flag.Int("per-session", 10, "with -load: messages per session before it reconnects")
 	idPrefix := flag.String("id-prefix", "load", "with -load: the prefix of each message's id (Subject and Message-ID)")
+	retries := flag.Int("retries", loadRetries, "with -load: how many times a message is retried after a 4xx or a connection error (0: sent once)")
 	flag.Parse()
 	if *urlEnv != "" {
 		u, err := url.Parse(os.Getenv(*urlEnv))
@@ -92,7 +93,7 @@ func main() {
 		}
 	case *smtpAddr != "" && *load > 0:
 		os.Exit(runLoad(loadConfig{addr: *smtpAddr, starttls: *starttls, auth: *auth, from: *from, to: strings.Split(*to, ","),
-			n: *load, concurrency: *concurrency, perConn: *perConn, interval: *interval, prefix: *idPrefix, timeout: *timeout}))
+			n: *load, concurrency: *concurrency, perConn: *perConn, interval: *interval, prefix: *idPrefix, timeout: *timeout, retries: *retries}))
 	case *smtpAddr != "":
 		os.Exit(sendMail(*smtpAddr, *starttls, *auth, *from, strings.Split(*to, ","), *subject, *timeout))
 	case *get != "":
@@ -258,6 +259,7 @@ type loadConfig struct {
 	starttls                 bool
 	n, concurrency, perConn  int
 	interval, timeout        time.Duration
+	retries                  int
 }
 
 // loadSummary is printed as JSON on the line "load-summary: ".
@@ -395,7 +397,7 @@ func loadOne(cfg loadConfig, st *loadState, s *loadSession, id, host string, dea
 			st.sum.ConnErrors++
 			st.note(&st.sum.SampleErrs, fmt.Sprintf("%s: %v", stage, err))
 		}
-		if attempt >= loadRetries || time.Now().Add(loadRetryPause).After(deadline) {
+		if attempt >= cfg.retries || time.Now().Add(loadRetryPause).After(deadline) {
 			st.sum.GivenUp = append(st.sum.GivenUp, id)
 			st.mu.Unlock()
 			return
