@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,8 +50,14 @@ type Options struct {
 	// refused until the client authenticated.
 	Auth  bool
 	Users map[string]string
-	// Mechanisms are the AUTH mechanisms offered: "PLAIN" and/or "LOGIN". Default both.
+	// Mechanisms are the AUTH mechanisms offered: "PLAIN" and/or "LOGIN", and with
+	// Bearer "XOAUTH2" and/or "OAUTHBEARER". Default PLAIN and LOGIN, or with Bearer
+	// XOAUTH2 and OAUTHBEARER.
 	Mechanisms []string
+	// Bearer, when set, checks the access token of an XOAUTH2 or OAUTHBEARER login
+	// (a stand-in for Microsoft 365's and Google's SMTP AUTH): nil accepts; an error
+	// refuses it the way those servers do (a challenge with a JSON error, then 535).
+	Bearer func(user, token string) error
 	// Rcpt, when set, gives the reply to each RCPT TO: nil accepts, an *smtp.SMTPError
 	// refuses that recipient (a stand-in for an upstream's per-recipient verdicts,
 	// which smtp-sink cannot give).
@@ -74,6 +81,9 @@ type Server struct {
 func Start(addr string, opts Options) (*Server, error) {
 	if len(opts.Mechanisms) == 0 {
 		opts.Mechanisms = []string{sasl.Plain, sasl.Login}
+		if opts.Bearer != nil {
+			opts.Mechanisms = []string{"XOAUTH2", sasl.OAuthBearer}
+		}
 	}
 	s := &Server{opts: opts, notify: make(chan struct{})}
 	s.smtp = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
@@ -232,13 +242,29 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			}), nil
 		case sasl.Login:
 			return &loginServer{check: check}, nil
+		case "XOAUTH2":
+			return &xoauth2Server{check: func(user, token string) error {
+				if err := ss.s.opts.Bearer(user, token); err != nil {
+					return err
+				}
+				ss.user = user
+				return nil
+			}}, nil
+		case sasl.OAuthBearer:
+			return sasl.NewOAuthBearerServer(func(o sasl.OAuthBearerOptions) *sasl.OAuthBearerError {
+				if err := ss.s.opts.Bearer(o.Username, o.Token); err != nil {
+					return &sasl.OAuthBearerError{Status: "invalid_token", Schemes: "bearer"}
+				}
+				ss.user = o.Username
+				return nil
+			}), nil
 		}
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	if ss.s.opts.Users != nil && ss.user == "" {
+	if (ss.s.opts.Users != nil || ss.s.opts.Bearer != nil) && ss.user == "" {
 		return smtp.ErrAuthRequired
 	}
 	ss.from = from
@@ -297,4 +323,32 @@ func (l *loginServer) Next(resp []byte) (challenge []byte, done bool, err error)
 		return nil, true, l.check(l.user, string(resp))
 	}
 	return nil, false, errors.New("unexpected AUTH LOGIN step")
+}
+
+// xoauth2Server checks XOAUTH2's initial response, exactly
+// "user=" user "\x01auth=Bearer " token "\x01\x01"; a refused token gets a challenge with
+// a JSON error, and the client's (empty) answer to it 535.
+type xoauth2Server struct {
+	check  func(user, token string) error
+	failed error
+}
+
+func (x *xoauth2Server) Next(response []byte) ([]byte, bool, error) {
+	if x.failed != nil {
+		return nil, true, x.failed
+	}
+	if response == nil {
+		return []byte{}, false, nil
+	}
+	rest, ok := strings.CutPrefix(string(response), "user=")
+	user, rest, ok2 := strings.Cut(rest, "\x01auth=Bearer ")
+	token, ok3 := strings.CutSuffix(rest, "\x01\x01")
+	if !ok || !ok2 || !ok3 || user == "" || token == "" || strings.Contains(token, "\x01") {
+		return nil, true, &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed XOAUTH2 initial response"}
+	}
+	if err := x.check(user, token); err != nil {
+		x.failed = smtp.ErrAuthFailed
+		return []byte(`{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`), false, nil
+	}
+	return nil, true, nil
 }

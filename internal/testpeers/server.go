@@ -21,8 +21,11 @@ type ServerOptions struct {
 	// Users maps user names to passwords. When set, AUTH is offered (over TLS only)
 	// and MAIL is refused until the client authenticated.
 	Users map[string]string
-	// Mechanisms are the AUTH mechanisms offered: "PLAIN" and/or "LOGIN". Default both.
+	// Mechanisms are the AUTH mechanisms offered (see mailcapture.Options).
 	Mechanisms []string
+	// Bearer checks XOAUTH2 and OAUTHBEARER logins (see mailcapture.Options); when
+	// set, AUTH is offered and required.
+	Bearer func(user, token string) error
 	// CA issues the server certificate (for 127.0.0.1 and localhost). Default: a new CA,
 	// available as Server.CA.
 	CA *CA
@@ -47,7 +50,7 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 	if opts.CA == nil {
 		opts.CA = NewCA(t)
 	}
-	mo := mailcapture.Options{Auth: len(opts.Users) > 0, Users: opts.Users, Mechanisms: opts.Mechanisms}
+	mo := mailcapture.Options{Auth: len(opts.Users) > 0 || opts.Bearer != nil, Users: opts.Users, Mechanisms: opts.Mechanisms, Bearer: opts.Bearer}
 	tlsConf := &tls.Config{Certificates: []tls.Certificate{opts.CA.Issue(t, "127.0.0.1", "localhost")}, MinVersion: tls.VersionTLS12}
 	switch opts.TLS {
 	case TLSStartTLS:

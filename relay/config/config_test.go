@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -135,6 +136,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"auth in clear text", func(c *Config) { c.Upstreams[0].TLS.Mode = TLSNone }, "upstreams[0].auth: would send the password in clear text"},
 		{"unknown upstream tls", func(c *Config) { c.Upstreams[0].TLS.Mode = "TLS" }, `upstreams[0].tls.mode: "TLS" is not one of`},
 		{"bad mechanism", func(c *Config) { c.Upstreams[0].Auth.Mechanism = "CRAM-MD5" }, "upstreams[0].auth.mechanism"},
+		{"XOAUTH2 without oauth2", func(c *Config) { c.Upstreams[0].Auth.Mechanism = "XOAUTH2" }, "upstreams[0].auth.oauth2: is required"},
+		{"oauth2 with a password mechanism", func(c *Config) { oauth(c); c.Upstreams[0].Auth.Mechanism = "PLAIN" }, "upstreams[0].auth.mechanism: PLAIN sends a password"},
+		{"oauth2 with a password", func(c *Config) { oauth(c); c.Upstreams[0].Auth.PasswordFile = "p" }, "upstreams[0].auth.passwordFile: is not used with oauth2"},
+		{"oauth2 token URL over http", func(c *Config) { oauth(c); c.Upstreams[0].Auth.OAuth2.TokenURL = "http://login.example/token" }, "upstreams[0].auth.oauth2.tokenURL: \"http://login.example/token\" must be https"},
+		{"oauth2 without a client secret", func(c *Config) { oauth(c); c.Upstreams[0].Auth.OAuth2.ClientSecretFile = "" }, "upstreams[0].auth.oauth2.clientSecretFile"},
+		{"oauth2 scope with a space", func(c *Config) { oauth(c); c.Upstreams[0].Auth.OAuth2.Scopes = []string{"a b"} }, "upstreams[0].auth.oauth2.scopes[0]"},
 		{"duplicate upstream", func(c *Config) { c.Upstreams[1].Name = "ses" }, `upstreams[1].name: "ses" is used`},
 		{"bad default upstream", func(c *Config) { c.DefaultUpstream = "x" }, `defaultUpstream: "x" names no upstream`},
 		{"null sender without route", func(c *Config) { c.NullSender = NullSenderAllow; c.DefaultUpstream = ""; c.Domains[0].Upstream = "ses" }, "nullSender: Allow needs defaultUpstream"},
@@ -277,5 +284,36 @@ func TestSectionDefaultsArePure(t *testing.T) {
 	}
 	if err := (User{Username: "app", PasswordHashFile: "/abs"}).Validate(); err == nil || !strings.HasPrefix(err.Error(), "passwordHashFile: ") {
 		t.Fatalf("User.Validate names fields relative to the user, got %v", err)
+	}
+}
+
+// oauth makes the first upstream authenticate with an OAuth 2.0 client.
+func oauth(c *Config) {
+	a := c.Upstreams[0].Auth
+	a.Mechanism, a.PasswordFile = "XOAUTH2", ""
+	a.OAuth2 = &OAuth2{TokenURL: "https://login.microsoftonline.com/tenant/oauth2/v2.0/token", ClientIDFile: "o/id", ClientSecretFile: "o/secret",
+		Scopes: []string{"https://outlook.office365.com/.default"}}
+}
+
+// An OAuth 2.0 client is valid on its own (http is fine on a loopback address) and its
+// secret never shows in the loaded credentials' text.
+func TestOAuth2Valid(t *testing.T) {
+	c, err := Parse([]byte(validYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oauth(c)
+	c.Upstreams[0].Auth.Mechanism = ""
+	c.SetDefaults()
+	if err := c.Validate(); err != nil || c.Upstreams[0].Auth.Mechanism != "XOAUTH2" {
+		t.Fatalf("%v, mechanism %q (want the XOAUTH2 default)", err, c.Upstreams[0].Auth.Mechanism)
+	}
+	c.Upstreams[0].Auth.OAuth2.TokenURL = "http://127.0.0.1:8080/token"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("loopback http token URL refused: %v", err)
+	}
+	cr := Credentials{Username: "u", OAuth2: &OAuth2Client{TokenURL: "https://t", ClientID: "id", ClientSecret: "hunter2"}}
+	if s := fmt.Sprintf("%v %+v %#v %v %#v", cr, cr, cr, cr.OAuth2, *cr.OAuth2); strings.Contains(s, "hunter2") {
+		t.Fatalf("credentials print their secret: %s", s)
 	}
 }

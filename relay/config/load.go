@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"golang.org/x/crypto/bcrypt"
@@ -41,14 +42,48 @@ type Loaded struct {
 	UpstreamCredentials map[string]Credentials
 }
 
-// Credentials are a user name and password read from secret files.
+// Credentials are a user name and a password, or an OAuth 2.0 client, read from
+// secret files.
 type Credentials struct {
 	Username string
 	Password string
+	OAuth2   *OAuth2Client
 }
 
-// String never shows the password, so credentials cannot leak through a log line.
+// OAuth2Client is an OAuth 2.0 client's endpoint and credentials.
+type OAuth2Client struct {
+	TokenURL     string
+	ClientID     string
+	ClientSecret string
+	Scopes       []string
+}
+
+// String never shows the client secret.
+func (o OAuth2Client) String() string {
+	return fmt.Sprintf("{TokenURL:%s ClientID:%s ClientSecret:<redacted> Scopes:%v}", o.TokenURL, o.ClientID, o.Scopes)
+}
+
+// GoString hides the client secret from %#v as well.
+func (o OAuth2Client) GoString() string { return o.String() }
+
+// Equal says whether c and o hold the same credentials.
+func (c Credentials) Equal(o Credentials) bool {
+	if c.Username != o.Username || c.Password != o.Password || (c.OAuth2 == nil) != (o.OAuth2 == nil) {
+		return false
+	}
+	if c.OAuth2 == nil {
+		return true
+	}
+	a, b := c.OAuth2, o.OAuth2
+	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.ClientSecret == b.ClientSecret && slices.Equal(a.Scopes, b.Scopes)
+}
+
+// String never shows the password or client secret, so credentials cannot leak
+// through a log line.
 func (c Credentials) String() string {
+	if c.OAuth2 != nil {
+		return fmt.Sprintf("{Username:%s OAuth2:{TokenURL:%s ClientID:%s ClientSecret:<redacted>}}", c.Username, c.OAuth2.TokenURL, c.OAuth2.ClientID)
+	}
 	return fmt.Sprintf("{Username:%s Password:<redacted>}", c.Username)
 }
 
@@ -144,15 +179,23 @@ func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
 			}
 		}
 		if a := u.Auth; a != nil {
-			user := trimNewline(r.read(f+".auth.usernameFile", a.UsernameFile))
-			pass := trimNewline(r.read(f+".auth.passwordFile", a.PasswordFile))
-			if user == "" && r.files[a.UsernameFile] != nil {
-				r.fail(f+".auth.usernameFile", "%s is empty", a.UsernameFile)
+			// required reads a file that must not be empty.
+			required := func(field, file string) string {
+				v := trimNewline(r.read(field, file))
+				if v == "" && r.files[file] != nil {
+					r.fail(field, "%s is empty", file)
+				}
+				return v
 			}
-			if pass == "" && r.files[a.PasswordFile] != nil {
-				r.fail(f+".auth.passwordFile", "%s is empty", a.PasswordFile)
+			c := Credentials{Username: required(f+".auth.usernameFile", a.UsernameFile)}
+			if o := a.OAuth2; o != nil {
+				c.OAuth2 = &OAuth2Client{TokenURL: o.TokenURL, Scopes: slices.Clone(o.Scopes),
+					ClientID:     required(f+".auth.oauth2.clientIDFile", o.ClientIDFile),
+					ClientSecret: required(f+".auth.oauth2.clientSecretFile", o.ClientSecretFile)}
+			} else {
+				c.Password = required(f+".auth.passwordFile", a.PasswordFile)
 			}
-			l.UpstreamCredentials[u.Name] = Credentials{Username: user, Password: pass}
+			l.UpstreamCredentials[u.Name] = c
 		}
 	}
 	if err := errors.Join(r.errs...); err != nil {

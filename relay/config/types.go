@@ -318,12 +318,32 @@ type UpstreamTLS struct {
 
 // UpstreamAuth is how the relay authenticates to an upstream.
 type UpstreamAuth struct {
-	// mechanism is "PLAIN" (default) or "LOGIN".
+	// mechanism is "PLAIN" (default), "LOGIN", or with oauth2 "XOAUTH2" (default:
+	// Microsoft's and Google's) or "OAUTHBEARER" (RFC 7628).
 	Mechanism string `json:"mechanism,omitempty"`
-	// usernameFile holds the user name, relative to the secrets directory. Required.
+	// usernameFile holds the user name (with oauth2, the mailbox the token acts
+	// for), relative to the secrets directory. Required.
 	UsernameFile string `json:"usernameFile"`
-	// passwordFile holds the password, relative to the secrets directory. Required.
-	PasswordFile string `json:"passwordFile"`
+	// passwordFile holds the password, relative to the secrets directory. Required
+	// unless oauth2 is set.
+	PasswordFile string `json:"passwordFile,omitempty"`
+	// oauth2 obtains access tokens with the client credentials grant (RFC 6749
+	// section 4.4) and authenticates with them instead of a password.
+	OAuth2 *OAuth2 `json:"oauth2,omitempty"`
+}
+
+// OAuth2 is an OAuth 2.0 client that obtains access tokens for an upstream.
+type OAuth2 struct {
+	// tokenURL is the token endpoint, e.g.
+	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token. HTTPS, but for
+	// loopback addresses. Required.
+	TokenURL string `json:"tokenURL"`
+	// clientIDFile and clientSecretFile hold the client's id and secret, relative
+	// to the secrets directory. Required.
+	ClientIDFile     string `json:"clientIDFile"`
+	ClientSecretFile string `json:"clientSecretFile"`
+	// scopes are asked for, e.g. https://outlook.office365.com/.default.
+	Scopes []string `json:"scopes,omitempty"`
 }
 
 // UpstreamTimeouts bound the relay's conversation with an upstream.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"path"
 	"regexp"
 	"slices"
@@ -171,6 +172,9 @@ func (u Upstream) WithDefaults() Upstream {
 	if u.Auth != nil && u.Auth.Mechanism == "" {
 		a := *u.Auth
 		a.Mechanism = "PLAIN"
+		if a.OAuth2 != nil {
+			a.Mechanism = MechanismXOAuth2
+		}
 		u.Auth = &a
 	}
 	if u.MaxConnections == 0 {
@@ -444,14 +448,41 @@ func (u Upstream) validate(errs *fieldErrors, f string) {
 		}
 	}
 	if a := u.Auth; a != nil {
-		if a.Mechanism != "PLAIN" && a.Mechanism != "LOGIN" {
-			errs.add(f+"auth.mechanism", "%q is not one of PLAIN, LOGIN", a.Mechanism)
+		oauth := a.Mechanism == MechanismXOAuth2 || a.Mechanism == MechanismOAuthBearer
+		switch {
+		case a.Mechanism != "PLAIN" && a.Mechanism != "LOGIN" && !oauth:
+			errs.add(f+"auth.mechanism", "%q is not one of PLAIN, LOGIN, XOAUTH2, OAUTHBEARER", a.Mechanism)
+		case oauth && a.OAuth2 == nil:
+			errs.add(f+"auth.oauth2", "is required by mechanism %s: the token endpoint and client to obtain tokens with", a.Mechanism)
+		case !oauth && a.OAuth2 != nil:
+			errs.add(f+"auth.mechanism", "%s sends a password: with oauth2 use XOAUTH2 or OAUTHBEARER", a.Mechanism)
 		}
 		if err := checkSecretPath(a.UsernameFile); err != nil {
 			errs.add(f+"auth.usernameFile", "%v", err)
 		}
-		if err := checkSecretPath(a.PasswordFile); err != nil {
-			errs.add(f+"auth.passwordFile", "%v", err)
+		if a.OAuth2 == nil || a.PasswordFile != "" {
+			if err := checkSecretPath(a.PasswordFile); err != nil {
+				errs.add(f+"auth.passwordFile", "%v", err)
+			}
+		}
+		if o := a.OAuth2; o != nil {
+			if a.PasswordFile != "" {
+				errs.add(f+"auth.passwordFile", "is not used with oauth2: remove it")
+			}
+			if err := checkTokenURL(o.TokenURL); err != nil {
+				errs.add(f+"auth.oauth2.tokenURL", "%v", err)
+			}
+			if err := checkSecretPath(o.ClientIDFile); err != nil {
+				errs.add(f+"auth.oauth2.clientIDFile", "%v", err)
+			}
+			if err := checkSecretPath(o.ClientSecretFile); err != nil {
+				errs.add(f+"auth.oauth2.clientSecretFile", "%v", err)
+			}
+			for i, sc := range o.Scopes {
+				if sc == "" || strings.ContainsAny(sc, " \t\r\n") {
+					errs.add(fmt.Sprintf("%sauth.oauth2.scopes[%d]", f, i), "%q must be one scope, without spaces", sc)
+				}
+			}
 		}
 	}
 	if u.MaxConnections < 1 || u.MaxConnections > 10000 {
@@ -684,4 +715,29 @@ func (r *RateLimits) validate(errs *fieldErrors, f string, sessions bool) {
 	case r.MaxSessions > 0 && !sessions:
 		errs.add(f+"maxSessions", "applies to users only")
 	}
+}
+
+// Upstream AUTH mechanisms that send an OAuth 2.0 access token.
+const (
+	MechanismXOAuth2     = "XOAUTH2"
+	MechanismOAuthBearer = "OAUTHBEARER"
+)
+
+// checkTokenURL requires an absolute https URL (http only to a loopback address,
+// where nothing crosses a network): the client secret is sent to it.
+func checkTokenURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		return errors.New("is required")
+	case err != nil || u.Host == "" || u.User != nil || u.Fragment != "":
+		return fmt.Errorf("%q is not an absolute URL without credentials or fragment", raw)
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http":
+		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsLoopback() || u.Hostname() == "localhost" {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q must be https: the client secret is sent to it", raw)
 }

@@ -668,7 +668,7 @@ func sameCreds(a, b *config.Credentials) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return *a == *b
+	return a.Equal(*b)
 }
 
 func sameCA(a, b *x509.CertPool) bool {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"time"
 
@@ -292,13 +293,26 @@ func (cn *conn) auth() *Error {
 		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("upstream does not offer AUTH %s (it offers: %s)", mech, sanitize(offered))}
 	}
 	var sc sasl.Client
+	var token string
 	switch mech {
 	case "LOGIN":
 		sc = sasl.NewLoginClient(p.creds.Username, p.creds.Password)
 	case "PLAIN":
 		sc = sasl.NewPlainClient("", p.creds.Username, p.creds.Password)
+	case config.MechanismXOAuth2, config.MechanismOAuthBearer:
+		if p.tokens == nil {
+			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("AUTH %s needs an OAuth 2.0 client (auth.oauth2)", mech)}
+		}
+		var err error
+		if token, err = p.tokens.token(); err != nil {
+			// Code 0: the client is told 4xx and retries; the token is not the message's fault.
+			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("AUTH %s: no access token: %w", mech, err)}
+		}
+		host, port, _ := net.SplitHostPort(cn.addr)
+		portN, _ := strconv.Atoi(port)
+		sc = newOAuthClient(mech, p.creds.Username, token, host, portN)
 	default:
-		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("unsupported AUTH mechanism %q: use PLAIN or LOGIN", mech)}
+		return &Error{Endpoint: cn.addr, Err: fmt.Errorf("unsupported AUTH mechanism %q: use PLAIN, LOGIN, XOAUTH2 or OAUTHBEARER", mech)}
 	}
 	user := sanitize(p.creds.Username)
 	refused := func(err error) *Error {
@@ -327,6 +341,10 @@ func (cn *conn) auth() *Error {
 		if r != nil {
 			if r.Code/100 == 2 {
 				return nil
+			}
+			if token != "" {
+				// Revoked or expired early: the next connection asks for a new one.
+				p.tokens.refused(token)
 			}
 			return &Error{Endpoint: cn.addr, Message: r.Message, Err: fmt.Errorf("AUTH %s as %q refused with %d", mech, user, r.Code)}
 		}

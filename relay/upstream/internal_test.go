@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"encoding/base64"
 	"errors"
 	"io"
 	"strings"
@@ -109,5 +110,15 @@ func TestParseReply(t *testing.T) {
 		if e.Code != tc.code || e.Enhanced != tc.enhanced || e.Message != tc.text || e.Endpoint != "mx:25" {
 			t.Errorf("parseReply(%d, %q) = %d %v %q, want %d %v %q", tc.code, tc.msg, e.Code, e.Enhanced, e.Message, tc.code, tc.enhanced, tc.text)
 		}
+	}
+}
+
+// The XOAUTH2 initial response is byte for byte Google's documented example.
+func TestXOAUTH2InitialResponse(t *testing.T) {
+	c := &xoauth2Client{user: "someuser@example.com", token: "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"}
+	mech, ir, err := c.Start()
+	const documented = "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
+	if err != nil || mech != "XOAUTH2" || base64.StdEncoding.EncodeToString(ir) != documented {
+		t.Fatalf("%s %q %v", mech, ir, err)
 	}
 }

@@ -31,10 +31,12 @@ type Options struct {
 
 // Pool holds the connections to one upstream. It is safe for concurrent use.
 type Pool struct {
-	u      config.Upstream
-	addrs  []string // "host:port" of each endpoint, in order
-	ca     *x509.CertPool
-	creds  *config.Credentials
+	u     config.Upstream
+	addrs []string // "host:port" of each endpoint, in order
+	ca    *x509.CertPool
+	creds *config.Credentials
+	// tokens obtains access tokens when creds has an OAuth 2.0 client.
+	tokens *tokens
 	opts   Options
 	log    logr.Logger
 	dialFn func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -86,6 +88,9 @@ func New(u config.Upstream, ca *x509.CertPool, creds *config.Credentials, opts O
 	if creds != nil {
 		c := *creds
 		p.creds = &c
+		if c.OAuth2 != nil {
+			p.tokens = newTokens(c.OAuth2, u.Timeouts.Connect.Duration+u.Timeouts.Command.Duration)
+		}
 	}
 	if p.dialFn == nil {
 		p.dialFn = (&net.Dialer{}).DialContext

@@ -1,0 +1,137 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/kuberelay/kuberelay/relay/config"
+)
+
+// tokenRefreshMargin is how long before its expiry a token is replaced: a connection
+// never authenticates with a token about to lapse, and providers' clocks may run ahead.
+const tokenRefreshMargin = 5 * time.Minute
+
+// tokens obtains an upstream's access tokens with the client credentials grant and
+// keeps the current one until tokenRefreshMargin before it expires; concurrent
+// connections share one request.
+type tokens struct {
+	cfg    clientcredentials.Config
+	client *http.Client
+
+	mu   sync.Mutex
+	src  oauth2.TokenSource
+	last string // the token handed out last
+}
+
+func newTokens(c *config.OAuth2Client, timeout time.Duration) *tokens {
+	t := &tokens{
+		cfg: clientcredentials.Config{ClientID: c.ClientID, ClientSecret: c.ClientSecret, TokenURL: c.TokenURL, Scopes: c.Scopes,
+			// The form body, as Microsoft and Google document it; never retried as
+			// basic auth (which would send the secret twice).
+			AuthStyle: oauth2.AuthStyleInParams},
+		client: &http.Client{Timeout: timeout},
+	}
+	t.reset()
+	return t
+}
+
+func (t *tokens) reset() {
+	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, t.client)
+	t.mu.Lock()
+	t.src = oauth2.ReuseTokenSourceWithExpiry(nil, t.cfg.TokenSource(ctx), tokenRefreshMargin)
+	t.mu.Unlock()
+}
+
+// token returns a valid access token, requesting one when there is none.
+func (t *tokens) token() (string, error) {
+	t.mu.Lock()
+	src := t.src
+	t.mu.Unlock()
+	tok, err := src.Token()
+	if err != nil {
+		return "", tokenError(t.cfg.TokenURL, err)
+	}
+	t.mu.Lock()
+	t.last = tok.AccessToken
+	t.mu.Unlock()
+	return tok.AccessToken, nil
+}
+
+// refused forgets token after the upstream refused it (revoked, or expired early):
+// the next connection asks for a new one.
+func (t *tokens) refused(token string) {
+	t.mu.Lock()
+	current := t.last == token
+	t.mu.Unlock()
+	if current {
+		t.reset()
+	}
+}
+
+// tokenError describes a failed token request by the endpoint's host and its OAuth
+// error code, never by what was sent.
+func tokenError(tokenURL string, err error) error {
+	host := tokenURL
+	if u, perr := url.Parse(tokenURL); perr == nil {
+		host = u.Host
+	}
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		msg := "token endpoint " + host + " answered"
+		if re.Response != nil {
+			msg += " " + strconv.Itoa(re.Response.StatusCode)
+		}
+		if re.ErrorCode != "" {
+			msg += " " + sanitize(re.ErrorCode)
+		}
+		if d := re.ErrorDescription; d != "" {
+			if len(d) > 200 {
+				d = d[:200]
+			}
+			msg += ": " + sanitize(d)
+		}
+		return errors.New(msg)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// The URL is known; the transport's reason is what tells.
+		return fmt.Errorf("token endpoint %s: %v", host, ue.Err)
+	}
+	return fmt.Errorf("token endpoint %s: %v", host, err)
+}
+
+// xoauth2Client is the XOAUTH2 mechanism as Google and Microsoft document it: the
+// initial response "user=" user "^Aauth=Bearer " token "^A^A"; a failure comes as a
+// challenge holding a JSON error, answered with an empty response, after which the
+// server replies 535.
+type xoauth2Client struct{ user, token string }
+
+func (c *xoauth2Client) Start() (string, []byte, error) {
+	return config.MechanismXOAuth2, []byte("user=" + c.user + "\x01auth=Bearer " + c.token + "\x01\x01"), nil
+}
+
+func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
+
+// oauthBearerClient is RFC 7628's OAUTHBEARER (go-sasl's), answering an error
+// challenge with the %x01 the RFC asks for (section 3.2.3) rather than cancelling.
+type oauthBearerClient struct{ sasl.Client }
+
+func (c oauthBearerClient) Next([]byte) ([]byte, error) { return []byte{1}, nil }
+
+func newOAuthClient(mech, user, token, host string, port int) sasl.Client {
+	if strings.EqualFold(mech, config.MechanismOAuthBearer) {
+		return oauthBearerClient{sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: user, Token: token, Host: host, Port: port})}
+	}
+	return &xoauth2Client{user: user, token: token}
+}

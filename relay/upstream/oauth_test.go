@@ -1,0 +1,169 @@
+package upstream_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kuberelay/kuberelay/internal/testpeers"
+	"github.com/kuberelay/kuberelay/relay/config"
+	"github.com/kuberelay/kuberelay/relay/upstream"
+)
+
+const (
+	oauthClientID     = "relay-client-id"
+	oauthClientSecret = "relay-client-s3cret"
+	oauthScope        = "https://outlook.office365.com/.default"
+	oauthMailbox      = "relay@corp.example"
+)
+
+// tokenEndpoint is a client credentials token endpoint (RFC 6749 section 4.4) that
+// checks the client and hands out tokens tok-1, tok-2, ...
+type tokenEndpoint struct {
+	*httptest.Server
+	requests  atomic.Int64
+	expiresIn atomic.Int64 // seconds
+	fail      atomic.Bool  // answer 401 invalid_client
+}
+
+func startTokenEndpoint(t *testing.T) *tokenEndpoint {
+	te := &tokenEndpoint{}
+	te.expiresIn.Store(3600)
+	te.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := te.requests.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		if err := r.ParseForm(); err != nil || r.Method != http.MethodPost || r.Form.Get("grant_type") != "client_credentials" ||
+			r.Form.Get("client_id") != oauthClientID || r.Form.Get("client_secret") != oauthClientSecret ||
+			r.Form.Get("scope") != oauthScope || te.fail.Load() {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}`)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"access_token": fmt.Sprintf("tok-%d", n), "token_type": "Bearer", "expires_in": te.expiresIn.Load()})
+	}))
+	t.Cleanup(te.Close)
+	return te
+}
+
+// bearerServer is an SMTP server taking XOAUTH2 and OAUTHBEARER logins of the
+// mailbox with tokens the endpoint issued and that are not revoked.
+type bearerServer struct {
+	*testpeers.Server
+	mu      sync.Mutex
+	revoked map[string]bool
+	used    map[string]int
+}
+
+func startBearerServer(t *testing.T) *bearerServer {
+	b := &bearerServer{revoked: map[string]bool{}, used: map[string]int{}}
+	b.Server = testpeers.StartServer(t, testpeers.ServerOptions{TLS: testpeers.TLSStartTLS, Bearer: func(user, token string) error {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.used[token]++
+		if user != oauthMailbox || !strings.HasPrefix(token, "tok-") || b.revoked[token] {
+			return errors.New("invalid token")
+		}
+		return nil
+	}})
+	return b
+}
+
+func oauthPool(t *testing.T, srv *bearerServer, te *tokenEndpoint, mech string, perConn int) *upstream.Pool {
+	u := testUpstream(t, config.TLSStartTLS, srv.Addr)
+	u.MaxMessagesPerConnection = perConn
+	u.Auth = &config.UpstreamAuth{Mechanism: mech, OAuth2: &config.OAuth2{TokenURL: te.URL}}
+	return tlsPool(t, u, srv.CA.Pool, &config.Credentials{Username: oauthMailbox,
+		OAuth2: &config.OAuth2Client{TokenURL: te.URL + "/oauth2/v2.0/token", ClientID: oauthClientID, ClientSecret: oauthClientSecret, Scopes: []string{oauthScope}}})
+}
+
+// TestOAuth2 authenticates with tokens from the client credentials grant: one token
+// request for 100 messages over ten connections; a token about to expire is
+// replaced; a token the server refuses (revoked) fails the message with a 4xx and
+// is replaced for the next; a token endpoint refusing the client is a 4xx naming
+// the endpoint's reply, never the secret.
+func TestOAuth2(t *testing.T) {
+	for _, mech := range []string{"XOAUTH2", "OAUTHBEARER"} {
+		t.Run(mech, func(t *testing.T) {
+			t.Parallel()
+			te := startTokenEndpoint(t)
+			srv := startBearerServer(t)
+			p := oauthPool(t, srv, te, mech, 10)
+			ctx := ctxFor(t)
+			for i := range 100 {
+				if o := send(ctx, p, fmt.Sprintf("oauth-%d", i), "r@example.net"); o.err != nil {
+					t.Fatalf("message %d: %s", i, describe(o))
+				}
+			}
+			if n, conns := te.requests.Load(), srv.Accepted(); n != 1 || conns < 10 {
+				t.Fatalf("%d token requests for 100 messages over %d connections, want 1 over at least 10", n, conns)
+			}
+			if msgs := srv.Messages(); len(msgs) != 100 || msgs[99].User != oauthMailbox {
+				t.Fatalf("%d messages at the server", len(msgs))
+			}
+
+			// Tokens that expire within the refresh margin are replaced at each new
+			// connection.
+			te.expiresIn.Store(60)
+			p.Close()
+			p = oauthPool(t, srv, te, mech, 10)
+			before := te.requests.Load()
+			for i := range 30 {
+				if o := send(ctx, p, fmt.Sprintf("short-%d", i), "r@example.net"); o.err != nil {
+					t.Fatalf("short-lived token, message %d: %s", i, describe(o))
+				}
+			}
+			if n := te.requests.Load() - before; n != 3 {
+				t.Fatalf("%d token requests for 3 connections with tokens about to expire, want one each", n)
+			}
+			te.expiresIn.Store(3600)
+
+			// A revoked token (the next one issued): the message gets a 4xx, never a
+			// 250; the next message gets a new token.
+			p.Close()
+			p = oauthPool(t, srv, te, mech, 10)
+			srv.mu.Lock()
+			srv.revoked[fmt.Sprintf("tok-%d", te.requests.Load()+1)] = true
+			srv.mu.Unlock()
+			o := send(ctx, p, "revoked", "r@example.net")
+			e := asError(t, o.err)
+			if !e.Temporary() || e.Code/100 == 5 || !strings.Contains(e.Error(), "refused with ") {
+				t.Fatalf("a revoked token: %v, want a temporary failure after the server refused it", o.err)
+			}
+			if o := send(ctx, p, "after-revoked", "r@example.net"); o.err != nil {
+				t.Fatalf("the message after a revoked token: %s", describe(o))
+			}
+			if n := countSubject(srv.Messages(), "revoked"); n != 0 {
+				t.Fatalf("the message refused with a revoked token reached the server %d times", n)
+			}
+
+			// The token endpoint refuses the client: 4xx, its reply named, no secret.
+			te.fail.Store(true)
+			p.Close()
+			p = oauthPool(t, srv, te, mech, 10)
+			o = send(ctx, p, "no-token", "r@example.net")
+			e = asError(t, o.err)
+			if !e.Temporary() || e.Code != 0 || !strings.Contains(e.Error(), "answered 401 invalid_client") {
+				t.Fatalf("token endpoint refusing: %v", e)
+			}
+			if strings.Contains(e.Error(), oauthClientSecret) || strings.Contains(e.Error(), "tok-") {
+				t.Fatalf("the error reveals a secret or a token: %v", e)
+			}
+		})
+	}
+}
+
+func countSubject(msgs []testpeers.Message, subject string) int {
+	n := 0
+	for _, m := range msgs {
+		if strings.Contains(string(m.Data), "Subject: "+subject+"\r\n") {
+			n++
+		}
+	}
+	return n
+}
