@@ -89,7 +89,7 @@ func plainText(s *relayv1alpha1.SmarthostSpec) { s.TLS.Mode = relayv1alpha1.TLSN
 // withCredentials authenticates with the basic-auth Secret secret.
 func withCredentials(secret string) func(*relayv1alpha1.SmarthostSpec) {
 	return func(s *relayv1alpha1.SmarthostSpec) {
-		s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: secret}}
+		s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: secret}}
 	}
 }
 

@@ -56,11 +56,15 @@ func relaySecrets(r *relayv1alpha1.SmtpRelay) []types.NamespacedName {
 	return refs
 }
 
-// smarthostSecrets are the Secrets a Smarthost names: its credentials and its CA.
+// smarthostSecrets are the Secrets a Smarthost names: its credentials (a password or
+// an OAuth 2.0 client) and its CA.
 func smarthostSecrets(s *relayv1alpha1.Smarthost) []types.NamespacedName {
 	var refs []types.NamespacedName
-	if s.Spec.Auth != nil {
-		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.Auth.SecretRef.Name})
+	if a := s.Spec.Auth; a != nil && a.SecretRef != nil {
+		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: a.SecretRef.Name})
+	}
+	if a := s.Spec.Auth; a != nil && a.OAuth2 != nil {
+		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: a.OAuth2.ClientSecretRef.Name})
 	}
 	if s.Spec.TLS.CASecretRef != nil {
 		refs = append(refs, types.NamespacedName{Namespace: s.Namespace, Name: s.Spec.TLS.CASecretRef.Name})

@@ -161,6 +161,34 @@ func TestSmarthostStatus(t *testing.T) {
 	noSecretIn(t, ns, "smarthost-secret-pw", "smarthost-secret-pw2", "AKIASMARTHOSTUSER")
 }
 
+// TestSmarthostOAuth2: a Smarthost logging in with OAuth 2.0 tokens waits for its
+// client's Secret, names a missing key, and is ready once the Secret holds both;
+// neither value appears anywhere else.
+func TestSmarthostOAuth2(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "smarthost-oauth")
+	sh := newSmarthost(ns, "m365", "smtp.office365.com", 587, func(s *relayv1alpha1.SmarthostSpec) {
+		s.Auth = &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{
+			TokenURL: "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token", Scopes: []string{"https://outlook.office365.com/.default"},
+			ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"}, Username: "relay@contoso.example"}}
+	})
+	create(t, sh)
+	conds := func() []metav1.Condition { return sh.Status.Conditions }
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretNotFound))
+	if msg := apimeta.FindStatusCondition(sh.Status.Conditions, relayv1alpha1.ReadyCondition).Message; !strings.Contains(msg, "spec.auth.oauth2.clientSecretRef") {
+		t.Errorf("the message does not name the field: %s", msg)
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "m365-oauth", Namespace: ns}, StringData: map[string]string{"client-id": "0f1e2d3c-app-id"}}
+	create(t, sec)
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionFalse, relayv1alpha1.ReasonSecretKeyMissing))
+	if msg := apimeta.FindStatusCondition(sh.Status.Conditions, relayv1alpha1.ReadyCondition).Message; !strings.Contains(msg, `"client-secret"`) {
+		t.Errorf("the message does not name the missing key: %s", msg)
+	}
+	update(t, sec, func() { sec.StringData = map[string]string{"client-secret": "oauth-client-s3cret-value"} })
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
+	noSecretIn(t, ns, "oauth-client-s3cret-value")
+}
+
 // TestDomainAttachment covers a domain's life against its relay: a relay that does
 // not exist yet, another namespace refused and then allowed by label, a relay
 // deleted under it.

@@ -6,7 +6,7 @@ import (
 
 // SmarthostSpec describes an upstream SMTP server (SES, SendGrid, Mailgun, Microsoft
 // 365, a corporate MTA) that relays deliver through.
-// +kubebuilder:validation:XValidation:rule="!has(self.auth) || self.tls.mode != 'None'",message="auth needs TLS: with tls.mode None the password would cross the network in plain text; use STARTTLS or Implicit"
+// +kubebuilder:validation:XValidation:rule="!has(self.auth) || self.tls.mode != 'None'",message="auth needs TLS: with tls.mode None the password or token would cross the network in plain text; use STARTTLS or Implicit"
 // +kubebuilder:validation:XValidation:rule="!has(self.tls.caSecretRef) || !has(self.tls.insecureSkipVerify) || !self.tls.insecureSkipVerify",message="tls.caSecretRef and tls.insecureSkipVerify contradict each other: set one"
 type SmarthostSpec struct {
 	// endpoints are tried in order: the next one only when the previous one cannot
@@ -100,18 +100,59 @@ type SmarthostTLS struct {
 	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
 }
 
-// SmarthostAuth logs in to a smarthost.
+// SmarthostAuth logs in to a smarthost: with a password (secretRef) or with OAuth 2.0
+// access tokens (oauth2).
+// +kubebuilder:validation:XValidation:rule="has(self.secretRef) != has(self.oauth2)",message="set secretRef (a user name and password) or oauth2 (access tokens), one of them"
+// +kubebuilder:validation:XValidation:rule="!has(self.oauth2) || !has(self.mechanism) || self.mechanism in ['XOAUTH2', 'OAUTHBEARER']",message="oauth2 logs in with XOAUTH2 or OAUTHBEARER"
+// +kubebuilder:validation:XValidation:rule="has(self.oauth2) || !has(self.mechanism) || self.mechanism in ['PLAIN', 'LOGIN']",message="XOAUTH2 and OAUTHBEARER need oauth2; a password logs in with PLAIN or LOGIN"
 type SmarthostAuth struct {
 	// secretRef names a Secret of type kubernetes.io/basic-auth (keys username and
 	// password) in the Smarthost's namespace.
-	// +required
-	SecretRef LocalObjectReference `json:"secretRef"`
-
-	// mechanism is the SASL mechanism: PLAIN (default) or LOGIN.
 	// +optional
-	// +kubebuilder:default=PLAIN
-	// +kubebuilder:validation:Enum=PLAIN;LOGIN
+	SecretRef *LocalObjectReference `json:"secretRef,omitempty"`
+
+	// oauth2 obtains access tokens with the OAuth 2.0 client credentials grant and
+	// logs in with them: Microsoft 365 (Exchange Online retires basic-auth SMTP AUTH)
+	// and Google Workspace. Tokens are cached and replaced 5 minutes before they
+	// expire; a token endpoint that fails makes clients retry (4xx).
+	// +optional
+	OAuth2 *SmarthostOAuth2 `json:"oauth2,omitempty"`
+
+	// mechanism is the SASL mechanism: PLAIN (default with secretRef) or LOGIN, and
+	// with oauth2 XOAUTH2 (default; Microsoft's and Google's) or OAUTHBEARER (RFC 7628).
+	// +optional
+	// +kubebuilder:validation:Enum=PLAIN;LOGIN;XOAUTH2;OAUTHBEARER
 	Mechanism string `json:"mechanism,omitempty"`
+}
+
+// SmarthostOAuth2 is the OAuth 2.0 client a relay obtains access tokens with.
+type SmarthostOAuth2 struct {
+	// tokenURL is the token endpoint, e.g.
+	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token.
+	// +required
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="tokenURL must be https: the client secret is sent to it"
+	TokenURL string `json:"tokenURL"`
+
+	// scopes are asked for, e.g. https://outlook.office365.com/.default.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=512
+	// +kubebuilder:validation:items:Pattern=`^[^\s]+$`
+	Scopes []string `json:"scopes,omitempty"`
+
+	// clientSecretRef names a Secret in the Smarthost's namespace with the keys
+	// client-id and client-secret.
+	// +required
+	ClientSecretRef LocalObjectReference `json:"clientSecretRef"`
+
+	// username is the mailbox the tokens log in as (XOAUTH2's user), e.g.
+	// relay@corp.example.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=320
+	Username string `json:"username"`
 }
 
 // SmarthostTimeouts bound each step of talking to a smarthost.

@@ -130,7 +130,11 @@ func TestAccepted(t *testing.T) {
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
 			TLS: relayv1alpha1.SmarthostTLS{InsecureSkipVerify: true}}},
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
-			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
+			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
+			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: m365OAuth2()}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
+			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: m365OAuth2(), Mechanism: "OAUTHBEARER"}}},
 		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{Listeners: []relayv1alpha1.Listener{{Name: "smtp", Port: 25}}}},
 		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{Domains: relayv1alpha1.DomainAttachment{Namespaces: relayv1alpha1.DomainNamespaces{From: "All"}}}},
 		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{
@@ -244,11 +248,32 @@ func TestRejected(t *testing.T) {
 		{"unknown TLS mode", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.TLS.Mode = "SSL" }), "Unsupported value"},
 		{"auth without TLS", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
 			s.TLS.Mode = relayv1alpha1.TLSNone
-			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}}
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}}
 		}), "auth needs TLS"},
 		{"unknown AUTH mechanism", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
-			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "creds"}, Mechanism: "CRAM-MD5"}
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}, Mechanism: "CRAM-MD5"}
 		}), "Unsupported value"},
+		{"password and OAuth 2.0 together", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}, OAuth2: m365OAuth2()}
+		}), "set secretRef (a user name and password) or oauth2"},
+		{"auth with neither", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Auth = &relayv1alpha1.SmarthostAuth{} }),
+			"set secretRef (a user name and password) or oauth2"},
+		{"OAuth 2.0 with PLAIN", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Auth = &relayv1alpha1.SmarthostAuth{OAuth2: m365OAuth2(), Mechanism: "PLAIN"}
+		}), "oauth2 logs in with XOAUTH2 or OAUTHBEARER"},
+		{"XOAUTH2 with a password", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}, Mechanism: "XOAUTH2"}
+		}), "XOAUTH2 and OAUTHBEARER need oauth2"},
+		{"OAuth 2.0 token URL over http", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			o := m365OAuth2()
+			o.TokenURL = "http://login.example/token"
+			s.Auth = &relayv1alpha1.SmarthostAuth{OAuth2: o}
+		}), "tokenURL must be https"},
+		{"OAuth 2.0 without a mailbox", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			o := m365OAuth2()
+			o.Username = ""
+			s.Auth = &relayv1alpha1.SmarthostAuth{OAuth2: o}
+		}), "username"},
 		{"invalid domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "exa mple.com" }), "DNS domain name"},
 		{"wildcard domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "*.example.com" }), "DNS domain name"},
 		{"single-label domain", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.Domain = "localhost" }), "DNS domain name"},
@@ -312,3 +337,10 @@ func toJSON(o any) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// m365OAuth2 is a Microsoft 365 client as its documentation has it.
+func m365OAuth2() *relayv1alpha1.SmarthostOAuth2 {
+	return &relayv1alpha1.SmarthostOAuth2{TokenURL: "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token",
+		Scopes: []string{"https://outlook.office365.com/.default"}, ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"},
+		Username: "relay@contoso.example"}
+}

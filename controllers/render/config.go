@@ -107,6 +107,9 @@ const (
 	basicAuthPassword = corev1.BasicAuthPasswordKey
 	defaultCAKey      = "ca.crt"
 	defaultDKIMKey    = "dkim.key"
+	// Keys of a Smarthost's OAuth 2.0 client Secret.
+	oauthClientIDKey     = "client-id"
+	oauthClientSecretKey = "client-secret"
 	// maxPasswordBytes is bcrypt's limit: it ignores (and x/crypto refuses) more.
 	maxPasswordBytes = 72
 )
@@ -157,6 +160,9 @@ type smarthostSource struct {
 	spec     *relayv1alpha1.SmarthostSpec
 	username []byte
 	password []byte
+	// clientID and clientSecret are an OAuth 2.0 client's (spec.auth.oauth2).
+	clientID     []byte
+	clientSecret []byte
 	ca       []byte
 	err      *Error
 }

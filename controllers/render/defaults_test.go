@@ -49,7 +49,6 @@ func TestAPIDefaultsAreTheRelays(t *testing.T) {
 		{"smarthosts", "spec.timeouts.data", config.DefaultUpstreamDataTimeout},
 		{"smarthosts", "spec.timeouts.idle", config.DefaultUpstreamIdleTimeout},
 		{"smarthosts", "spec.tls.mode", string(config.TLSStartTLS)},
-		{"smarthosts", "spec.auth.mechanism", "PLAIN"},
 	} {
 		def := crdDefault(t, tc.crd, tc.path)
 		var got any

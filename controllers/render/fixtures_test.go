@@ -97,7 +97,7 @@ func newWorld(t *testing.T) *world {
 				Mode:        relayv1alpha1.TLSStartTLS,
 				CASecretRef: &relayv1alpha1.SecretKeyReference{Name: "ses-ca"},
 			},
-			Auth:                     &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "ses-credentials"}, Mechanism: "PLAIN"},
+			Auth:                     &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "ses-credentials"}, Mechanism: "PLAIN"},
 			MaxConnections:           20,
 			MaxMessagesPerConnection: 50,
 			Timeouts: &relayv1alpha1.SmarthostTimeouts{
@@ -112,7 +112,7 @@ func newWorld(t *testing.T) *world {
 			Spec: relayv1alpha1.SmarthostSpec{
 				Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.eu.mailgun.org", Port: 465}},
 				TLS:       relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSImplicit},
-				Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "mailgun-credentials"}, Mechanism: "LOGIN"},
+				Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "mailgun-credentials"}, Mechanism: "LOGIN"},
 			},
 		})
 	}

@@ -141,7 +141,7 @@ func domainProblems(t *testing.T) Inputs {
 	}
 	auth := func(secret string) func(*relayv1alpha1.SmarthostSpec) {
 		return func(s *relayv1alpha1.SmarthostSpec) {
-			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: secret}}
+			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: secret}}
 		}
 	}
 	ca := func(secret, key string) func(*relayv1alpha1.SmarthostSpec) {
@@ -156,6 +156,17 @@ func domainProblems(t *testing.T) Inputs {
 	sh("ca-key-missing", ca("ca", "other.crt"))
 	sh("ca-invalid", ca("ca", "junk"))
 	sh("plaintext-auth", func(s *relayv1alpha1.SmarthostSpec) { auth("creds")(s); s.TLS.Mode = relayv1alpha1.TLSNone })
+	w.addSecret(secretObj(ns, "oauth", corev1.SecretTypeOpaque, map[string][]byte{"client-id": []byte("app-id"), "client-secret": []byte("oauth-client-secret-value")}))
+	w.addSecret(secretObj(ns, "oauth-no-secret", corev1.SecretTypeOpaque, map[string][]byte{"client-id": []byte("app-id")}))
+	oauth := func(secret string) func(*relayv1alpha1.SmarthostSpec) {
+		return func(s *relayv1alpha1.SmarthostSpec) {
+			s.Auth = &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{
+				TokenURL: "https://login.microsoftonline.com/team-x.example/oauth2/v2.0/token", Scopes: []string{"https://outlook.office365.com/.default"},
+				ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: secret}, Username: "relay@team-x.example"}}
+		}
+	}
+	sh("oauth", oauth("oauth"))
+	sh("oauth-secret-key-missing", oauth("oauth-no-secret"))
 
 	d := func(name string, created int) relayv1alpha1.RelayDomain {
 		return domain(ns, name, name+".example", created)
@@ -179,6 +190,8 @@ func domainProblems(t *testing.T) Inputs {
 		withSenders(d("bad-senders", 15), "not a local part"),
 		// Uses the relay's default (SES), which is fine.
 		d("default-route", 16),
+		withSmarthost(d("oauth", 17), "oauth"),
+		withSmarthost(d("oauth-secret-key-missing", 18), "oauth-secret-key-missing"),
 	)
 }
 
@@ -427,6 +440,8 @@ func TestDomainResults(t *testing.T) {
 		"dkim-key-is-a-certificate": relayv1alpha1.ReasonInvalidDKIMKey,
 		"smarthost-missing-dkim-ok": relayv1alpha1.ReasonSmarthostNotFound,
 		"bad-senders":               relayv1alpha1.ReasonRenderFailed,
+		"oauth":                     "",
+		"oauth-secret-key-missing":  relayv1alpha1.ReasonSecretKeyMissing,
 	}
 	if len(res.DomainResults) != len(want) {
 		t.Errorf("%d domain results, want %d", len(res.DomainResults), len(want))
@@ -454,13 +469,16 @@ func TestDomainResults(t *testing.T) {
 	if r := res.DomainResults[types.NamespacedName{Namespace: "team-x", Name: "smarthost-missing-dkim-ok"}]; r.DKIMRecord == nil {
 		t.Error("a domain left out for its smarthost should still get its DKIM record")
 	}
-	// Upstreams only for smarthosts in use: SES (default) and team-x/good.
+	// Upstreams only for smarthosts in use: SES (default), team-x/good and team-x/oauth.
 	var ups []string
 	for _, u := range res.Config.Upstreams {
 		ups = append(ups, u.Name)
 	}
-	if len(ups) != 2 || ups[0] != "ses" || !strings.HasPrefix(ups[1], "team-x-good-") {
-		t.Errorf("upstreams %v, want team-x-good-<hash> and ses", ups)
+	if len(ups) != 3 || ups[0] != "ses" || !strings.HasPrefix(ups[1], "team-x-good-") || !strings.HasPrefix(ups[2], "team-x-oauth-") {
+		t.Errorf("upstreams %v, want ses, team-x-good-<hash> and team-x-oauth-<hash>", ups)
+	}
+	if a := res.Config.Upstreams[2].Auth; a == nil || a.OAuth2 == nil || a.PasswordFile != "" || a.Mechanism != "" {
+		t.Errorf("the OAuth 2.0 smarthost renders as %+v, want oauth2 and no password", a)
 	}
 }
 

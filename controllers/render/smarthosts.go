@@ -32,7 +32,29 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 		e.Message = prefix + e.Message
 		return e
 	}
-	if a := spec.Auth; a != nil {
+	if a := spec.Auth; a != nil && a.OAuth2 != nil {
+		what := "spec.auth.oauth2.clientSecretRef"
+		s, err := r.secret(ns, a.OAuth2.ClientSecretRef.Name, what, "a Secret with keys "+oauthClientIDKey+" and "+oauthClientSecretKey)
+		if err != nil {
+			return wrap(err)
+		}
+		if src.clientID, err = secretKey(s, oauthClientIDKey, what); err != nil {
+			return wrap(err)
+		}
+		if src.clientSecret, err = secretKey(s, oauthClientSecretKey, what); err != nil {
+			return wrap(err)
+		}
+		for _, k := range []struct {
+			key string
+			val []byte
+		}{{oauthClientIDKey, src.clientID}, {oauthClientSecretKey, src.clientSecret}} {
+			if len(trimNewline(k.val)) == 0 {
+				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)})
+			}
+		}
+		src.username = []byte(a.OAuth2.Username)
+	}
+	if a := spec.Auth; a != nil && a.SecretRef != nil {
 		what := "spec.auth.secretRef"
 		s, err := r.secret(ns, a.SecretRef.Name, what, "a Secret of type kubernetes.io/basic-auth")
 		if err != nil {

@@ -41,10 +41,18 @@ func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[str
 		u.Auth = &config.UpstreamAuth{
 			Mechanism:    a.Mechanism,
 			UsernameFile: secretFileName("upstream", name, "username"),
-			PasswordFile: secretFileName("upstream", name, "password"),
 		}
 		files[u.Auth.UsernameFile] = src.username
-		files[u.Auth.PasswordFile] = src.password
+		if o := a.OAuth2; o != nil {
+			u.Auth.OAuth2 = &config.OAuth2{TokenURL: o.TokenURL, Scopes: o.Scopes,
+				ClientIDFile:     secretFileName("upstream", name, "client-id"),
+				ClientSecretFile: secretFileName("upstream", name, "client-secret")}
+			files[u.Auth.OAuth2.ClientIDFile] = src.clientID
+			files[u.Auth.OAuth2.ClientSecretFile] = src.clientSecret
+		} else {
+			u.Auth.PasswordFile = secretFileName("upstream", name, "password")
+			files[u.Auth.PasswordFile] = src.password
+		}
 	}
 	t := relayv1alpha1.SmarthostTimeouts{}
 	if spec.Timeouts != nil {

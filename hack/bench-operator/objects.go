@@ -148,6 +148,6 @@ func upstreamObjects(ns string) []client.Object {
 			StringData: map[string]string{"username": "AKIAEXAMPLE", "password": "upstream-password-" + ns}},
 		&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Name: smarthostName, Namespace: ns}, Spec: relayv1alpha1.SmarthostSpec{
 			Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.upstream.example.net", Port: 587}},
-			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: relayv1alpha1.LocalObjectReference{Name: "upstream-credentials"}}}},
+			Auth:      &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "upstream-credentials"}}}},
 	}
 }

@@ -252,7 +252,12 @@ func (c *Config) ReferencedSecretFiles() []string {
 			files = append(files, u.TLS.CAFile)
 		}
 		if u.Auth != nil {
-			files = append(files, u.Auth.UsernameFile, u.Auth.PasswordFile)
+			files = append(files, u.Auth.UsernameFile)
+			if o := u.Auth.OAuth2; o != nil {
+				files = append(files, o.ClientIDFile, o.ClientSecretFile)
+			} else {
+				files = append(files, u.Auth.PasswordFile)
+			}
 		}
 	}
 	return files
