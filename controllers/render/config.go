@@ -163,8 +163,8 @@ type smarthostSource struct {
 	// clientID and clientSecret are an OAuth 2.0 client's (spec.auth.oauth2).
 	clientID     []byte
 	clientSecret []byte
-	ca       []byte
-	err      *Error
+	ca           []byte
+	err          *Error
 }
 
 // pendingDomain is a domain that will be rendered once upstream names are known.
