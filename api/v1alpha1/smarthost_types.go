@@ -8,15 +8,35 @@ import (
 // 365, a corporate MTA) that relays deliver through.
 // +kubebuilder:validation:XValidation:rule="!has(self.auth) || self.tls.mode != 'None'",message="auth needs TLS: with tls.mode None the password or token would cross the network in plain text; use STARTTLS or Implicit"
 // +kubebuilder:validation:XValidation:rule="!has(self.tls.caSecretRef) || !has(self.tls.insecureSkipVerify) || !self.tls.insecureSkipVerify",message="tls.caSecretRef and tls.insecureSkipVerify contradict each other: set one"
+// +kubebuilder:validation:XValidation:rule="has(self.endpoints) || has(self.provider)",message="endpoints are required unless provider names a known service"
+// +kubebuilder:validation:XValidation:rule="!has(self.provider) || self.provider != 'SES' || has(self.region) || has(self.endpoints)",message="provider SES needs region (the AWS region of your SES account, e.g. eu-west-1)"
+// +kubebuilder:validation:XValidation:rule="!has(self.region) || has(self.provider) && self.provider in ['SES', 'Mailgun']",message="region is only for provider SES (an AWS region) or Mailgun (us or eu)"
+// +kubebuilder:validation:XValidation:rule="!has(self.region) || !has(self.provider) || self.provider != 'Mailgun' || self.region in ['us', 'eu']",message="Mailgun's region is us or eu"
 type SmarthostSpec struct {
+	// provider fills in what a known service needs: endpoints, port, TLS mode, the
+	// login mechanism, and for Microsoft 365 the OAuth 2.0 token endpoint and scope and
+	// its published sending limits (docs/smarthosts.md lists each). Fields set here
+	// win over the provider's.
+	// +optional
+	// +kubebuilder:validation:Enum=SES;SendGrid;Mailgun;Microsoft365;GoogleWorkspace;Postmark
+	Provider string `json:"provider,omitempty"`
+
+	// region selects the provider's regional endpoint: for SES the AWS region
+	// (required, e.g. eu-west-1), for Mailgun us (default) or eu.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]+(-[a-z0-9]+)*$`
+	Region string `json:"region,omitempty"`
+
 	// endpoints are tried in order: the next one only when the previous one cannot
 	// take the message (connection, TLS or AUTH failure, a 421, or a 4xx before DATA).
-	// A message is never sent to more than one endpoint.
-	// +required
+	// A message is never sent to more than one endpoint. Required unless provider is
+	// set, whose endpoint they replace.
+	// +optional
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=16
 	// +listType=atomic
-	Endpoints []SmarthostEndpoint `json:"endpoints"`
+	Endpoints []SmarthostEndpoint `json:"endpoints,omitempty"`
 
 	// tls says how connections to the endpoints are protected. Default: STARTTLS,
 	// required and verified against the system roots.
@@ -128,13 +148,22 @@ type SmarthostAuth struct {
 // SmarthostOAuth2 is the OAuth 2.0 client a relay obtains access tokens with.
 type SmarthostOAuth2 struct {
 	// tokenURL is the token endpoint, e.g.
-	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token.
-	// +required
+	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token. Required, but with
+	// provider Microsoft365 and tenantID.
+	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="tokenURL must be https: the client secret is sent to it"
-	TokenURL string `json:"tokenURL"`
+	TokenURL string `json:"tokenURL,omitempty"`
 
-	// scopes are asked for, e.g. https://outlook.office365.com/.default.
+	// tenantID is the Microsoft Entra tenant (its ID or a verified domain) whose token
+	// endpoint provider Microsoft365 uses when tokenURL is not set.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9.-]+$`
+	TenantID string `json:"tenantID,omitempty"`
+
+	// scopes are asked for, e.g. https://outlook.office365.com/.default (provider
+	// Microsoft365's default).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
@@ -195,6 +224,7 @@ type SmarthostStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=smarthost;sh,categories=kuberelay
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Provider",type=string,JSONPath=`.spec.provider`
 // +kubebuilder:printcolumn:name="TLS",type=string,JSONPath=`.spec.tls.mode`
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.spec.endpoints[0].host`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1

@@ -133,6 +133,12 @@ func TestAccepted(t *testing.T) {
 			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
 			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: m365OAuth2()}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Provider: "SES", Region: "eu-west-1",
+			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Provider: "Mailgun", Region: "eu"}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Provider: "Microsoft365",
+			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{TenantID: "contoso.onmicrosoft.com",
+				ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"}, Username: "relay@contoso.example"}}}},
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
 			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: m365OAuth2(), Mechanism: "OAUTHBEARER"}}},
 		&relayv1alpha1.SmtpRelay{ObjectMeta: meta, Spec: relayv1alpha1.SmtpRelaySpec{Listeners: []relayv1alpha1.Listener{{Name: "smtp", Port: 25}}}},
@@ -244,7 +250,6 @@ func TestRejected(t *testing.T) {
 		{"impossible port", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
 			s.Endpoints = []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.example.net", Port: 70000}}
 		}), "65535"},
-		{"no endpoints", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Endpoints = nil }), "endpoints"},
 		{"unknown TLS mode", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.TLS.Mode = "SSL" }), "Unsupported value"},
 		{"auth without TLS", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
 			s.TLS.Mode = relayv1alpha1.TLSNone
@@ -253,6 +258,11 @@ func TestRejected(t *testing.T) {
 		{"unknown AUTH mechanism", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
 			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}, Mechanism: "CRAM-MD5"}
 		}), "Unsupported value"},
+		{"neither endpoints nor provider", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Endpoints = nil }), "endpoints are required unless provider"},
+		{"SES without region", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Endpoints, s.Provider = nil, "SES" }), "provider SES needs region"},
+		{"region without a regional provider", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Provider, s.Region = "SendGrid", "eu" }), "region is only for provider SES"},
+		{"Mailgun region", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Endpoints, s.Provider, s.Region = nil, "Mailgun", "ap" }), "Mailgun's region is us or eu"},
+		{"unknown provider", smarthost(func(s *relayv1alpha1.SmarthostSpec) { s.Provider = "Sendmail" }), "Unsupported value"},
 		{"password and OAuth 2.0 together", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
 			s.Auth = &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}, OAuth2: m365OAuth2()}
 		}), "set secretRef (a user name and password) or oauth2"},

@@ -934,3 +934,82 @@ func TestCheckSmarthost(t *testing.T) {
 		})
 	}
 }
+
+// Each provider renders its endpoint, and Microsoft 365 its token endpoint, scope and
+// limits; what the user sets wins.
+func TestProviders(t *testing.T) {
+	w := newWorld(t)
+	w.addSecret(basicAuth(relayNS, "provider-creds", "user", "provider-password"))
+	w.addSecret(secretObj(relayNS, "m365-oauth", corev1.SecretTypeOpaque, map[string][]byte{"client-id": []byte("id"), "client-secret": []byte("m365-secret")}))
+	password := &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "provider-creds"}}
+	render := func(spec relayv1alpha1.SmarthostSpec) (config.Upstream, *Error) {
+		t.Helper()
+		sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Namespace: relayNS, Name: "provider"}, Spec: spec}
+		if spec.TLS.Mode == "" {
+			sh.Spec.TLS.Mode = relayv1alpha1.TLSStartTLS // the API's default
+		}
+		w.addSmarthost(sh)
+		relay := minimalRelay()
+		relay.Spec.SmarthostRef = &relayv1alpha1.LocalObjectReference{Name: "provider"}
+		res, err := Config(w.inputs(relay))
+		if err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				return config.Upstream{}, e
+			}
+			t.Fatal(err)
+		}
+		return res.Config.Upstreams[0], nil
+	}
+	for _, tc := range []struct {
+		provider, region, host string
+	}{
+		{"SES", "eu-west-1", "email-smtp.eu-west-1.amazonaws.com"},
+		{"SendGrid", "", "smtp.sendgrid.net"},
+		{"Mailgun", "", "smtp.mailgun.org"},
+		{"Mailgun", "eu", "smtp.eu.mailgun.org"},
+		{"Microsoft365", "", "smtp.office365.com"},
+		{"GoogleWorkspace", "", "smtp.gmail.com"},
+		{"Postmark", "", "smtp.postmarkapp.com"},
+	} {
+		u, e := render(relayv1alpha1.SmarthostSpec{Provider: tc.provider, Region: tc.region, Auth: password})
+		if e != nil {
+			t.Fatalf("%s: %v", tc.provider, e)
+		}
+		if len(u.Endpoints) != 1 || u.Endpoints[0].Host != tc.host || u.Endpoints[0].Port != 587 || u.TLS.Mode != config.TLSStartTLS {
+			t.Errorf("%s %s: endpoints %+v, TLS %s; want %s:587 with STARTTLS", tc.provider, tc.region, u.Endpoints, u.TLS.Mode, tc.host)
+		}
+	}
+	// Microsoft 365 with OAuth 2.0: the tenant's token endpoint, the Exchange scope,
+	// Exchange Online's limits.
+	u, e := render(relayv1alpha1.SmarthostSpec{Provider: "Microsoft365", Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{
+		TenantID: "contoso.onmicrosoft.com", ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"}, Username: "relay@contoso.example"}}})
+	if e != nil {
+		t.Fatal(e)
+	}
+	if o := u.Auth.OAuth2; o.TokenURL != "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token" ||
+		strings.Join(o.Scopes, " ") != "https://outlook.office365.com/.default" {
+		t.Errorf("Microsoft 365 OAuth 2.0: %+v", o)
+	}
+	if l := u.RateLimits; l == nil || l.MessagesPerMinute != 30 || l.RecipientsPerDay != 10000 {
+		t.Errorf("Microsoft 365 limits: %+v", l)
+	}
+	// Explicit fields win: an endpoint, limits.
+	u, e = render(relayv1alpha1.SmarthostSpec{Provider: "SendGrid", Auth: password, Endpoints: []relayv1alpha1.SmarthostEndpoint{{Host: "smtp.eu.sendgrid.net", Port: 2525}}})
+	if e != nil || u.Endpoints[0].Host != "smtp.eu.sendgrid.net" || u.Endpoints[0].Port != 2525 {
+		t.Errorf("explicit endpoint: %+v %v", u.Endpoints, e)
+	}
+	u, e = render(relayv1alpha1.SmarthostSpec{Provider: "Microsoft365", Auth: password, Limits: &relayv1alpha1.RateLimits{MessagesPerHour: 100}})
+	if e != nil || u.RateLimits == nil || u.RateLimits.MessagesPerMinute != 0 || u.RateLimits.MessagesPerHour != 100 {
+		t.Errorf("explicit limits: %+v %v", u.RateLimits, e)
+	}
+	// SES without a region says what to add.
+	if _, e := render(relayv1alpha1.SmarthostSpec{Provider: "SES", Auth: password}); e == nil || !strings.Contains(e.Message, "spec.region is required") {
+		t.Errorf("SES without region: %v", e)
+	}
+	// OAuth 2.0 without a token endpoint names the field.
+	if _, e := render(relayv1alpha1.SmarthostSpec{Provider: "SendGrid", Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{
+		ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"}, Username: "u"}}}); e == nil || !strings.Contains(e.Message, "spec.auth.oauth2.tokenURL") {
+		t.Errorf("no token URL: %v", e)
+	}
+}

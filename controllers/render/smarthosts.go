@@ -26,12 +26,18 @@ func (r *renderer) smarthost(key types.NamespacedName, field string) (*smarthost
 }
 
 func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
-	spec, ns := src.spec, src.key.Namespace
 	prefix := fmt.Sprintf("Smarthost %s: ", src.key)
 	wrap := func(e *Error) *Error {
 		e.Message = prefix + e.Message
 		return e
 	}
+	// From here on the spec is the provider's preset under the user's fields.
+	spec, perr := withProvider(src.spec)
+	if perr != nil {
+		return wrap(perr)
+	}
+	src.spec = spec
+	ns := src.key.Namespace
 	if a := spec.Auth; a != nil && a.OAuth2 != nil {
 		what := "spec.auth.oauth2.clientSecretRef"
 		s, err := r.secret(ns, a.OAuth2.ClientSecretRef.Name, what, "a Secret with keys "+oauthClientIDKey+" and "+oauthClientSecretKey)
