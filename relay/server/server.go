@@ -78,6 +78,8 @@ type Server struct {
 
 	// capture is the capture sink; it outlives generations, which set its cap.
 	capture *capture.Store
+	// checks are the upstream checks' rounds.
+	checks checker
 
 	// queue is Queue mode's store and deliverer; nil in PassThrough mode. The mode and
 	// the spool directory are fixed at start, like the listeners.

@@ -200,7 +200,10 @@ func (cn *conn) setup(ctx context.Context) *Error {
 		}
 	}
 	if p.creds != nil {
-		return cn.auth()
+		if e := cn.auth(); e != nil {
+			e.auth = true
+			return e
+		}
 	}
 	return nil
 }

@@ -48,6 +48,9 @@ type Error struct {
 	// Err is the underlying cause, if any. Upstream replies themselves are not kept
 	// here, as their raw text is not sanitised.
 	Err error
+
+	// auth says the failure was logging in (the endpoint was reachable).
+	auth bool
 }
 
 func (e *Error) Error() string {

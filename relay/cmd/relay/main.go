@@ -192,6 +192,8 @@ type statusResponse struct {
 	// RateUse is what each rate-limited user, domain and upstream used today, of the
 	// current minute, hour and day; those that sent nothing today are left out.
 	RateUse []metrics.RateUse `json:"rateUse,omitempty"`
+	// UpstreamChecks is the last round of upstream checks, if one ran.
+	UpstreamChecks *server.UpstreamChecks `json:"upstreamChecks,omitempty"`
 }
 
 func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, ready *atomic.Bool) http.Handler {
@@ -210,7 +212,8 @@ func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, read
 	})
 	mux.HandleFunc("GET /status", func(rw http.ResponseWriter, _ *http.Request) {
 		hash, since := srv.Current()
-		st := statusResponse{Version: version, ConfigHash: hash, LoadedAt: since.UTC(), Ready: ready.Load(), Queue: srv.QueueStatus()}
+		st := statusResponse{Version: version, ConfigHash: hash, LoadedAt: since.UTC(), Ready: ready.Load(), Queue: srv.QueueStatus(),
+			UpstreamChecks: srv.Checks()}
 		for _, u := range srv.RateUse() {
 			if u.Messages[2] > 0 || u.Recipients[2] > 0 {
 				st.RateUse = append(st.RateUse, u)
@@ -222,6 +225,7 @@ func httpHandler(m *metrics.Metrics, srv *server.Server, w *reload.Watcher, read
 		rw.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(rw).Encode(st)
 	})
+	mux.Handle("/upstreams/check", srv.ChecksHandler())
 	// The capture sink's UI and API: empty unless the configuration captures mail.
 	pod, _ := os.Hostname()
 	c := srv.CaptureHandler(pod)
