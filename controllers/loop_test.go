@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/util/retry"
 
@@ -546,6 +547,13 @@ type relayPod struct {
 	configHash      string
 	// rateUse is served as /status's rateUse, as a relay with rate limits reports it.
 	rateUse []map[string]any
+	// loaded is the configuration load made the pod run.
+	loaded *config.Loaded
+	// check answers POST /upstreams/check: each upstream's endpoint results; rounds
+	// are the rounds asked for and lastRound the last, served in /status.
+	check     func(config.Upstream) []map[string]any
+	rounds    int
+	lastRound map[string]any
 }
 
 func (p *relayPod) hash() string {
@@ -565,23 +573,46 @@ func (p *relayPod) load(t *testing.T) {
 		return why
 	})
 	p.mu.Lock()
-	p.configHash = l.Hash
+	p.configHash, p.loaded = l.Hash, l
 	p.mu.Unlock()
+}
+
+// roundsAsked is how many rounds of upstream checks the pod was asked for.
+func (p *relayPod) roundsAsked() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rounds
 }
 
 func startRelayPod(t *testing.T, ns string, relay *relayv1alpha1.SmtpRelay, dep *appsv1.Deployment) *relayPod {
 	t.Helper()
+	return startRelayPodNamed(t, ns, relay, dep, relay.Name+"-7d9f8-abcde")
+}
+
+func startRelayPodNamed(t *testing.T, ns string, relay *relayv1alpha1.SmtpRelay, dep *appsv1.Deployment, name string) *relayPod {
+	t.Helper()
 	ctx := context.Background()
-	p := &relayPod{name: relay.Name + "-7d9f8-abcde", ns: ns, relay: relay.Name}
+	p := &relayPod{name: name, ns: ns, relay: relay.Name}
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/status" {
-			http.NotFound(w, r)
-			return
-		}
 		p.mu.Lock()
-		use := p.rateUse
-		p.mu.Unlock()
-		_ = json.NewEncoder(w).Encode(map[string]any{"configHash": p.hash(), "ready": true, "rateUse": use})
+		defer p.mu.Unlock()
+		switch {
+		case r.URL.Path == "/status":
+			_ = json.NewEncoder(w).Encode(map[string]any{"configHash": p.configHash, "ready": true, "rateUse": p.rateUse, "upstreamChecks": p.lastRound})
+		case r.URL.Path == "/upstreams/check" && r.Method == http.MethodPost && p.check != nil && p.loaded != nil:
+			// A round that finishes at once, on the configuration the pod runs.
+			ups := map[string]any{}
+			for _, u := range p.loaded.Config.Upstreams {
+				ups[u.Name] = p.check(u)
+			}
+			p.rounds++
+			now := time.Now().UTC().Add(time.Duration(p.rounds) * time.Millisecond)
+			p.lastRound = map[string]any{"configHash": p.configHash, "startedAt": now, "finishedAt": now, "upstreams": ups}
+			w.WriteHeader(http.StatusAccepted)
+			_ = json.NewEncoder(w).Encode(p.lastRound)
+		default:
+			http.NotFound(w, r)
+		}
 	}))
 	t.Cleanup(p.srv.Close)
 	_, portStr, _ := net.SplitHostPort(p.srv.Listener.Addr().String())

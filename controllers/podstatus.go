@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -21,6 +22,9 @@ type PodStatus interface {
 	Report(ctx context.Context, pod *corev1.Pod) (PodReport, error)
 	// Drain makes a Queue-mode pod take no more mail and deliver its queue.
 	Drain(ctx context.Context, pod *corev1.Pod) error
+	// StartChecks asks the pod for a round of upstream checks and returns the
+	// round's start as the pod reports it (to find its results in later reports).
+	StartChecks(ctx context.Context, pod *corev1.Pod) (time.Time, error)
 }
 
 // PodReport is what a relay pod's /status says.
@@ -34,6 +38,8 @@ type PodReport struct {
 	// Users are the rate-limited users' use of the current minute, hour and day:
 	// messages, then recipients.
 	Users map[string][2][3]int64
+	// Checks is the pod's last round of upstream checks, if one ran.
+	Checks *PodChecks
 }
 
 // HTTPPodStatus reads the relay's GET /status on the pod's "http" container port.
@@ -72,11 +78,12 @@ func (h *HTTPPodStatus) Report(ctx context.Context, pod *corev1.Pod) (PodReport,
 			Messages   [3]int64 `json:"messages"`
 			Recipients [3]int64 `json:"recipients"`
 		} `json:"rateUse"`
+		UpstreamChecks *PodChecks `json:"upstreamChecks"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&st); err != nil {
 		return PodReport{}, fmt.Errorf("GET %s: %w", url, err)
 	}
-	r := PodReport{ConfigHash: st.ConfigHash}
+	r := PodReport{ConfigHash: st.ConfigHash, Checks: st.UpstreamChecks}
 	if st.Queue != nil {
 		r.Queued, r.Draining = &st.Queue.Messages, st.Queue.Draining
 	}
@@ -106,6 +113,27 @@ func (h *HTTPPodStatus) Drain(ctx context.Context, pod *corev1.Pod) error {
 		return fmt.Errorf("POST %s: %s", url, resp.Status)
 	}
 	return nil
+}
+
+func (h *HTTPPodStatus) StartChecks(ctx context.Context, pod *corev1.Pod) (time.Time, error) {
+	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/upstreams/check"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	resp, err := h.Client.Do(req)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return time.Time{}, fmt.Errorf("POST %s: %s", url, resp.Status)
+	}
+	var round PodChecks
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&round); err != nil {
+		return time.Time{}, fmt.Errorf("POST %s: %w", url, err)
+	}
+	return round.StartedAt, nil
 }
 
 // podHTTPPort is the relay container's http port as the pod declares it, so a pod

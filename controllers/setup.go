@@ -32,6 +32,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	recorder := mgr.GetEventRecorder("kuberelay")
+	checks := newCheckStore()
 	relays := &SmtpRelayReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -40,11 +41,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		Hasher:    o.Hasher,
 		Pods:      &HTTPPodStatus{Client: &http.Client{Timeout: 2 * time.Second}},
 		owned:     newApplier(),
+		checks:    checks,
 	}
 	if err := relays.SetupWithManager(mgr, o.Concurrency); err != nil {
 		return err
 	}
-	smarthosts := &SmarthostReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder}
+	smarthosts := &SmarthostReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Checks: checks}
 	if err := smarthosts.SetupWithManager(mgr); err != nil {
 		return err
 	}

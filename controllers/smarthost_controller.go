@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 	"github.com/kuberelay/kuberelay/controllers/render"
@@ -28,6 +29,8 @@ type SmarthostReconciler struct {
 	// never holds Secret data.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
+	// Checks holds the relay fleets' upstream checks (Reachable, AuthAccepted).
+	Checks *checkStore
 }
 
 func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -66,15 +69,27 @@ func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.StalledCondition)
 	}
 	apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.ReconcilingCondition)
+	if r.Checks != nil {
+		setCheckConditions(sh, r.Checks.results(req.NamespacedName))
+		for _, t := range []string{relayv1alpha1.ReachableCondition, relayv1alpha1.AuthAcceptedCondition} {
+			c := apimeta.FindStatusCondition(sh.Status.Conditions, t)
+			if c != nil && c.Status == metav1.ConditionFalse && !conditionIs(base.Status.Conditions, t, c.Reason, c.Message) {
+				r.Recorder.Eventf(sh, nil, corev1.EventTypeWarning, c.Reason, "Check", "%s", c.Message)
+			}
+		}
+	}
 	return requeueOnConflict(patchStatusIfChanged(ctx, r.Client, base, sh, base.Status, sh.Status))
 }
 
 // SetupWithManager registers the reconciler and its watches.
 func (r *SmarthostReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	m := &mapper{Client: r.Client}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&relayv1alpha1.Smarthost{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(m.smarthostsNaming), builder.OnlyMetadata).
-		Named("smarthost").
-		Complete(r)
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(m.smarthostsNaming), builder.OnlyMetadata)
+	if r.Checks != nil {
+		// New check results from the relay reconciler.
+		b = b.WatchesRawSource(source.Channel(r.Checks.events, &handler.EnqueueRequestForObject{}))
+	}
+	return b.Named("smarthost").Complete(r)
 }

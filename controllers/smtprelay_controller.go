@@ -53,6 +53,10 @@ type SmtpRelayReconciler struct {
 	// reported, summed: relay namespace/name -> user -> [messages, recipients] of the
 	// current minute, hour and day.
 	usage sync.Map
+	// checks receives the upstream checks' results; checkRuns is each relay's
+	// current or last round (relay namespace/name -> checkRun).
+	checks    *checkStore
+	checkRuns sync.Map
 }
 
 // usagePoll is how often a relay whose clients have limits is asked for their use.
@@ -87,6 +91,10 @@ type relayScope struct {
 	// to look again ("" and 0 when none is waiting).
 	drainMessage string
 	drainAfter   time.Duration
+	// checkable are the ready pods that run the rendered configuration; reports are
+	// the ready pods' reports by name (for the upstream checks).
+	checkable []*corev1.Pod
+	reports   map[string]PodReport
 }
 
 // configApplied counts the ready pods that run the rendered configuration.
@@ -108,6 +116,10 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			r.owned.forget(req.NamespacedName)
 			forgetRelayReady(req.NamespacedName)
 			r.usage.Delete(req.NamespacedName)
+			r.checkRuns.Delete(req.NamespacedName)
+			if r.checks != nil {
+				r.checks.forget(req.NamespacedName)
+			}
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -159,6 +171,9 @@ func (r *SmtpRelayReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		if d := time.Until(s.result.NextChange) + time.Second; after == 0 || d < after {
 			after = max(d, time.Second)
 		}
+	}
+	if d := r.reconcileChecks(ctx, s); d > 0 && (after == 0 || d < after) {
+		after = d
 	}
 	return ctrl.Result{RequeueAfter: after}, nil
 }
@@ -628,6 +643,7 @@ func (r *SmtpRelayReconciler) reconcilePods(ctx context.Context, s *relayScope) 
 		}
 	}
 	s.applied = a
+	s.checkable, s.reports = checkPods(ready, reports, errs, s.result.Hash)
 	users := map[string][2][3]int64{}
 	for i := range ready {
 		if errs[i] != nil {

@@ -54,6 +54,12 @@ const (
 	// AcceptedCondition (RelayDomain, RelayClient) is True when the object is attached
 	// to its relay.
 	AcceptedCondition = "Accepted"
+	// ReachableCondition (Smarthost) is True when the last checks from the relay
+	// fleets that use it reached every endpoint (TCP, greeting, EHLO, TLS).
+	ReachableCondition = "Reachable"
+	// AuthAcceptedCondition (Smarthost) is True when every endpoint reached took the
+	// login (password or OAuth 2.0 token).
+	AuthAcceptedCondition = "AuthAccepted"
 )
 
 // Condition reasons. They say, in one word, what happened or what is missing; the
@@ -87,6 +93,11 @@ const (
 	ReasonUserConflict = "UserConflict"
 	// ReasonNoSubmissionListener: the relay has no TLS listener a client can log in on.
 	ReasonNoSubmissionListener = "NoSubmissionListener"
+	// ReasonEndpointUnreachable: a check could not connect to an endpoint, secure it
+	// or get through EHLO.
+	ReasonEndpointUnreachable = "EndpointUnreachable"
+	// ReasonAuthRefused: an endpoint refused the login, or no token could be obtained.
+	ReasonAuthRefused = "AuthRefused"
 )
 
 // RateLimits are budgets for a whole relay fleet, in windows aligned to the clock (the

@@ -71,6 +71,14 @@ type SmarthostSpec struct {
 	// +kubebuilder:validation:Maximum=100000
 	MaxMessagesPerConnection int32 `json:"maxMessagesPerConnection,omitempty"`
 
+	// check says how often a relay fleet checks this smarthost: one of its pods
+	// connects to each endpoint as a delivery would (TLS and AUTH included, no mail)
+	// and the results become the Reachable and AuthAccepted conditions. It also checks
+	// after each configuration change.
+	// +optional
+	// +kubebuilder:default={}
+	Check *SmarthostCheck `json:"check,omitempty"`
+
 	// timeouts for talking to the smarthost. Each has a default.
 	// +optional
 	// +kubebuilder:default={}
@@ -184,6 +192,16 @@ type SmarthostOAuth2 struct {
 	Username string `json:"username"`
 }
 
+// SmarthostCheck paces the checks of a smarthost.
+type SmarthostCheck struct {
+	// interval between two checks by a relay fleet: one check per endpoint per fleet
+	// per interval, whatever the number of pods. 0s turns checks off. Default: 5m.
+	// +optional
+	// +kubebuilder:default="5m0s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) == duration('0s') || duration(self) >= duration('30s')",message="interval must be 0s (off) or at least 30s, so a fleet never hammers a provider"
+	Interval *metav1.Duration `json:"interval,omitempty"`
+}
+
 // SmarthostTimeouts bound each step of talking to a smarthost.
 type SmarthostTimeouts struct {
 	// connect bounds connecting, TLS, greeting and AUTH. Default: 30s.
@@ -212,7 +230,8 @@ type SmarthostStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// conditions: Ready (its referenced Secrets exist and hold what they must),
-	// Reconciling and Stalled.
+	// Reachable and AuthAccepted (the relay fleets' last checks; absent until one
+	// ran), Reconciling and Stalled.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -224,6 +243,8 @@ type SmarthostStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=smarthost;sh,categories=kuberelay
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reachable",type=string,JSONPath=`.status.conditions[?(@.type=="Reachable")].status`
+// +kubebuilder:printcolumn:name="AuthAccepted",type=string,JSONPath=`.status.conditions[?(@.type=="AuthAccepted")].status`
 // +kubebuilder:printcolumn:name="Provider",type=string,JSONPath=`.spec.provider`
 // +kubebuilder:printcolumn:name="TLS",type=string,JSONPath=`.spec.tls.mode`
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.spec.endpoints[0].host`

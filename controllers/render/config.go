@@ -76,6 +76,8 @@ type Result struct {
 	// NextChange is when the rendering changes by itself (a previous password
 	// expires); zero if never.
 	NextChange time.Time
+	// Upstreams maps each upstream's name in relay.yaml to its Smarthost.
+	Upstreams map[string]types.NamespacedName
 }
 
 // DomainResult is what became of one RelayDomain.
@@ -266,6 +268,10 @@ func (r *renderer) render() (*Result, error) {
 		DomainResults: results,
 		ClientResults: clientResults,
 		NextChange:    r.nextChange,
+		Upstreams:     map[string]types.NamespacedName{},
+	}
+	for k, n := range names {
+		res.Upstreams[n] = k
 	}
 	// Load what was rendered exactly as a relay pod will: whatever slipped past the
 	// checks above is caught here rather than in every pod.
