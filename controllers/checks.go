@@ -262,4 +262,3 @@ func checkPods(ready []*corev1.Pod, reports []PodReport, errs []error, hash stri
 	}
 	return pods, byName
 }
-
