@@ -76,6 +76,8 @@ func (e *e2e) scenario() {
 	e.relayClients(w)
 	// Capture mode: a staging namespace's mail kept in the relay, never sent.
 	e.captureMode(w)
+	// Live checks: a wrong smarthost password shows on the Smarthost, and its fix.
+	e.smarthostChecks()
 	// Queue mode: mail kept through a smarthost outage and a scale-down.
 	e.queueMode()
 	// A rolling change and a scale-down while a client sends without pause.
