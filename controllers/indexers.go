@@ -7,6 +7,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/controllers/render"
 )
 
 // Field indexes map what an object references to the object, so a change to a
@@ -99,8 +100,11 @@ func setupIndexes(ctx context.Context, idx client.FieldIndexer) error {
 		}},
 		{&relayv1alpha1.RelayDomain{}, indexDomainSecret, func(o client.Object) []string {
 			d := o.(*relayv1alpha1.RelayDomain)
-			if d.Spec.DKIM == nil {
+			switch k := d.Spec.DKIM; {
+			case k == nil:
 				return nil
+			case k.Generate != nil:
+				return []string{key(d.Namespace, render.GeneratedDKIMSecretName(d))}
 			}
 			return []string{key(d.Namespace, d.Spec.DKIM.PrivateKeySecretRef.Name)}
 		}},

@@ -64,7 +64,7 @@ func (r *RelayDomainReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	setDomainCondition(d, relayv1alpha1.StalledCondition, metav1.ConditionTrue, reason, msg)
 	apimeta.RemoveStatusCondition(&d.Status.Conditions, relayv1alpha1.ReconcilingCondition)
 	// A DKIM record is published for a domain that is relayed, not for this one.
-	d.Status.DKIMRecord = nil
+	d.Status.DKIMRecord, d.Status.DKIM = nil, nil
 	if !conditionIs(base.Status.Conditions, relayv1alpha1.AcceptedCondition, reason, msg) {
 		r.Recorder.Eventf(d, nil, corev1.EventTypeWarning, reason, "Attach", "%s", msg)
 	}

@@ -490,6 +490,7 @@ func (r *SmtpRelayReconciler) reconcileDomains(ctx context.Context, s *relayScop
 		}
 		apimeta.RemoveStatusCondition(&d.Status.Conditions, relayv1alpha1.ReconcilingCondition)
 		d.Status.DKIMRecord = dr.DKIMRecord
+		d.Status.DKIM = dr.DKIM
 		if !dr.Included && s.result != nil && !conditionIs(base.Status.Conditions, relayv1alpha1.ReadyCondition, dr.Reason, dr.Message) {
 			r.Recorder.Eventf(d, s.relay, corev1.EventTypeWarning, dr.Reason, "Attach", "%s", dr.Message)
 		}
@@ -771,8 +772,11 @@ func (r *SmtpRelayReconciler) inputs(ctx context.Context, relay *relayv1alpha1.S
 				return in, nil, err
 			}
 		}
-		if d.Spec.DKIM != nil {
-			secretRefs = append(secretRefs, types.NamespacedName{Namespace: d.Namespace, Name: d.Spec.DKIM.PrivateKeySecretRef.Name})
+		switch k := d.Spec.DKIM; {
+		case k != nil && k.Generate != nil:
+			secretRefs = append(secretRefs, types.NamespacedName{Namespace: d.Namespace, Name: render.GeneratedDKIMSecretName(&d)})
+		case k != nil:
+			secretRefs = append(secretRefs, types.NamespacedName{Namespace: d.Namespace, Name: k.PrivateKeySecretRef.Name})
 		}
 	}
 	for _, k := range secretRefs {

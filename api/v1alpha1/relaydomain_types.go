@@ -60,20 +60,75 @@ type RelayReference struct {
 	Namespace string `json:"namespace,omitempty"`
 }
 
-// DKIMSigning configures the DKIM signature of a domain's mail.
+// DKIMSigning configures the DKIM signature of a domain's mail: a key you manage
+// (selector and privateKeySecretRef), or one the operator generates and rotates
+// (generate).
+// +kubebuilder:validation:XValidation:rule="has(self.generate) || has(self.selector) && has(self.privateKeySecretRef)",message="set selector and privateKeySecretRef (a key you manage), or generate (the operator makes and rotates the key)"
+// +kubebuilder:validation:XValidation:rule="!has(self.generate) || !has(self.selector) && !has(self.privateKeySecretRef)",message="generate makes its own selectors and keys: remove selector and privateKeySecretRef"
 type DKIMSigning struct {
 	// selector names the key in DNS: the public key is published at
 	// <selector>._domainkey.<domain>.
-	// +required
+	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
-	Selector string `json:"selector"`
+	Selector string `json:"selector,omitempty"`
 
 	// privateKeySecretRef names the Secret key holding the private key, PEM encoded,
 	// RSA (at least 1024 bits; 2048 recommended) or Ed25519, PKCS#1 or PKCS#8 (key default: dkim.key).
-	// +required
-	PrivateKeySecretRef SecretKeyReference `json:"privateKeySecretRef"`
+	// +optional
+	PrivateKeySecretRef SecretKeyReference `json:"privateKeySecretRef,omitzero"`
+
+	// generate has the operator make the key, keep it in a Secret it owns
+	// (<name>-dkim, in the domain's namespace) and rotate it: a rotation (the
+	// relay.kuberelay.io/rotate-dkim annotation, or rotateEvery) makes a key with a new
+	// selector, keeps signing with the current one until the new record is seen in
+	// DNS, then switches, and drops the old key after retireAfter. status.dkim says
+	// which selector signs and which records to publish.
+	// +optional
+	Generate *DKIMGenerate `json:"generate,omitempty"`
+}
+
+// DKIMGenerate is how the operator makes and rotates a domain's DKIM keys.
+// +kubebuilder:validation:XValidation:rule="!has(self.bits) || self.algorithm == 'RSA'",message="bits is for RSA keys only"
+type DKIMGenerate struct {
+	// algorithm of the keys: RSA (default; every receiver verifies it) or Ed25519
+	// (RFC 8463; short records, not verified by every receiver).
+	// +optional
+	// +kubebuilder:default=RSA
+	// +kubebuilder:validation:Enum=RSA;Ed25519
+	Algorithm string `json:"algorithm,omitempty"`
+
+	// bits of an RSA key. Default: 2048.
+	// +optional
+	// +kubebuilder:validation:Minimum=1024
+	// +kubebuilder:validation:Maximum=4096
+	Bits *int32 `json:"bits,omitempty"`
+
+	// rotateEvery rotates the key on a schedule, counted from the last switch, e.g.
+	// 2160h (90 days). Default: only when asked with the relay.kuberelay.io/rotate-dkim
+	// annotation.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="rotateEvery must be at least 1h"
+	RotateEvery *metav1.Duration `json:"rotateEvery,omitempty"`
+
+	// retireAfter is how long the previous key is kept, and its record listed, after
+	// the switch: mail signed just before it may still be verified by receivers
+	// then. Default: 168h (7 days).
+	// +optional
+	// +kubebuilder:default="168h0m0s"
+	RetireAfter *metav1.Duration `json:"retireAfter,omitempty"`
+
+	// resolver is the DNS server (host:port) asked for a new selector's record before
+	// the switch. Default: the resolvers of the operator's pod.
+	// +optional
+	// +kubebuilder:validation:MaxLength=261
+	Resolver string `json:"resolver,omitempty"`
+
+	// skipDNSCheck switches to a new key at once, without looking for its record:
+	// publish it first, or receivers fail mail signed with it.
+	// +optional
+	SkipDNSCheck bool `json:"skipDNSCheck,omitempty"`
 }
 
 // RelayDomainStatus is what the operator last saw of a RelayDomain.
@@ -89,9 +144,46 @@ type RelayDomainStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
-	// dkimRecord is the DNS TXT record to publish for the DKIM key.
+	// dkimRecord is the DNS TXT record to publish for the DKIM key that signs.
 	// +optional
 	DKIMRecord *DKIMRecord `json:"dkimRecord,omitempty"`
+
+	// dkim says which selector signs and, with spec.dkim.generate, every record to
+	// publish: the signing key's, a new key's waiting for its record, and the
+	// previous key's until it retires.
+	// +optional
+	DKIM *DKIMStatus `json:"dkim,omitempty"`
+}
+
+// DKIMStatus is the state of a domain's DKIM keys.
+type DKIMStatus struct {
+	// signingSelector is the selector mail is signed with.
+	// +optional
+	SigningSelector string `json:"signingSelector,omitempty"`
+	// pendingSelector is a new key's selector, which signs once its record is seen
+	// in DNS.
+	// +optional
+	PendingSelector string `json:"pendingSelector,omitempty"`
+	// records are the TXT records to publish, one per live key.
+	// +optional
+	// +listType=atomic
+	Records []DKIMKeyRecord `json:"records,omitempty"`
+	// rotatedAt is when the signing key started signing (generated keys).
+	// +optional
+	RotatedAt *metav1.Time `json:"rotatedAt,omitempty"`
+}
+
+// DKIMKeyRecord is one key's DNS record and what the key does.
+type DKIMKeyRecord struct {
+	DKIMRecord `json:",inline"`
+	// selector of the key.
+	Selector string `json:"selector"`
+	// state is Signing, Pending (publish this record: the switch waits for it) or
+	// Retiring (kept until retireAt for mail signed before the switch).
+	State string `json:"state"`
+	// retireAt is when a Retiring key is dropped.
+	// +optional
+	RetireAt *metav1.Time `json:"retireAt,omitempty"`
 }
 
 // DKIMRecord is a DNS TXT record that publishes a DKIM public key.
@@ -109,7 +201,8 @@ type DKIMRecord struct {
 // +kubebuilder:printcolumn:name="Domain",type=string,JSONPath=`.spec.domain`
 // +kubebuilder:printcolumn:name="Relay",type=string,JSONPath=`.spec.relayRef.name`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
-// +kubebuilder:printcolumn:name="DKIM",type=string,JSONPath=`.spec.dkim.selector`
+// +kubebuilder:printcolumn:name="DKIM",type=string,JSONPath=`.status.dkim.signingSelector`
+// +kubebuilder:printcolumn:name="Pending",type=string,JSONPath=`.status.dkim.pendingSelector`,priority=1
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type RelayDomain struct {

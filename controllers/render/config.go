@@ -90,6 +90,8 @@ type DomainResult struct {
 	// DKIMRecord is the DNS record publishing the domain's DKIM key, whenever the key
 	// could be read (even if the domain was left out for another reason).
 	DKIMRecord *relayv1alpha1.DKIMRecord
+	// DKIM is the state of its keys, for status.dkim.
+	DKIM *relayv1alpha1.DKIMStatus
 }
 
 // Error is a problem with the relay itself that the user must fix; nothing is

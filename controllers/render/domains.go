@@ -73,7 +73,18 @@ func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault
 	}
 
 	var dkimKey []byte
-	if k := d.Spec.DKIM; k != nil {
+	if k := d.Spec.DKIM; k != nil && k.Generate != nil {
+		selector, pemBytes, st, err := r.generatedDKIM(d, name)
+		if err != nil && problem == nil {
+			problem = err
+		}
+		if st != nil {
+			res.DKIM = st
+			res.DKIMRecord = &st.Records[0].DKIMRecord
+		}
+		dkimKey = pemBytes
+		p.cfg.DKIM = &config.DKIM{Selector: selector, PrivateKeyFile: secretFileName("dkim", name, "key")}
+	} else if k != nil {
 		keyName := k.PrivateKeySecretRef.Key
 		if keyName == "" {
 			keyName = defaultDKIMKey
@@ -86,6 +97,8 @@ func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault
 				var value string
 				if value, perr = dkim.TXTRecord(signer); perr == nil {
 					res.DKIMRecord = &relayv1alpha1.DKIMRecord{Name: k.Selector + "._domainkey." + name, Value: value}
+					res.DKIM = &relayv1alpha1.DKIMStatus{SigningSelector: k.Selector, Records: []relayv1alpha1.DKIMKeyRecord{
+						{DKIMRecord: *res.DKIMRecord, Selector: k.Selector, State: DKIMStateSigning}}}
 				}
 			}
 			if perr != nil {
