@@ -54,6 +54,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	if err := domains.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	keys := &DKIMKeyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder}
+	if err := keys.SetupWithManager(mgr); err != nil {
+		return err
+	}
 	clients := &RelayClientReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder}
 	return clients.SetupWithManager(mgr)
 }

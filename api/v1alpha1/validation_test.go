@@ -136,6 +136,12 @@ func TestAccepted(t *testing.T) {
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Provider: "SES", Region: "eu-west-1",
 			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}}}},
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Provider: "Mailgun", Region: "eu"}},
+		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Endpoints: endpoints,
+			Check: &relayv1alpha1.SmarthostCheck{Interval: &metav1.Duration{}}}},
+		&relayv1alpha1.RelayDomain{ObjectMeta: meta, Spec: relayv1alpha1.RelayDomainSpec{Domain: "gen.example", RelayRef: relayv1alpha1.RelayReference{Name: "r"},
+			DKIM: &relayv1alpha1.DKIMSigning{Generate: &relayv1alpha1.DKIMGenerate{}}}},
+		&relayv1alpha1.RelayDomain{ObjectMeta: meta, Spec: relayv1alpha1.RelayDomainSpec{Domain: "gen2.example", RelayRef: relayv1alpha1.RelayReference{Name: "r"},
+			DKIM: &relayv1alpha1.DKIMSigning{Generate: &relayv1alpha1.DKIMGenerate{Algorithm: "RSA", Bits: ptr(int32(3072)), RotateEvery: &metav1.Duration{Duration: 2160 * time.Hour}}}}},
 		&relayv1alpha1.Smarthost{ObjectMeta: meta, Spec: relayv1alpha1.SmarthostSpec{Provider: "Microsoft365",
 			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{TenantID: "contoso.onmicrosoft.com",
 				ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"}, Username: "relay@contoso.example"}}}},
@@ -292,6 +298,21 @@ func TestRejected(t *testing.T) {
 			s.DKIM = &relayv1alpha1.DKIMSigning{Selector: "a b", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "k"}}
 		}), "selector"},
 		{"bad allowed sender", domain(func(s *relayv1alpha1.RelayDomainSpec) { s.AllowedSenders = []string{"a@b"} }), "allowedSenders"},
+		{"DKIM with neither a key nor generate", domain(func(s *relayv1alpha1.RelayDomainSpec) {
+			s.DKIM = &relayv1alpha1.DKIMSigning{Selector: "s1"}
+		}), "set selector and privateKeySecretRef"},
+		{"DKIM generate with a key", domain(func(s *relayv1alpha1.RelayDomainSpec) {
+			s.DKIM = &relayv1alpha1.DKIMSigning{Selector: "s1", PrivateKeySecretRef: relayv1alpha1.SecretKeyReference{Name: "k"}, Generate: &relayv1alpha1.DKIMGenerate{}}
+		}), "generate makes its own selectors and keys"},
+		{"DKIM bits for Ed25519", domain(func(s *relayv1alpha1.RelayDomainSpec) {
+			s.DKIM = &relayv1alpha1.DKIMSigning{Generate: &relayv1alpha1.DKIMGenerate{Algorithm: "Ed25519", Bits: ptr(int32(2048))}}
+		}), "bits is for RSA keys only"},
+		{"DKIM rotation too often", domain(func(s *relayv1alpha1.RelayDomainSpec) {
+			s.DKIM = &relayv1alpha1.DKIMSigning{Generate: &relayv1alpha1.DKIMGenerate{RotateEvery: &metav1.Duration{Duration: time.Minute}}}
+		}), "rotateEvery must be at least 1h"},
+		{"smarthost check too often", smarthost(func(s *relayv1alpha1.SmarthostSpec) {
+			s.Check = &relayv1alpha1.SmarthostCheck{Interval: &metav1.Duration{Duration: 5 * time.Second}}
+		}), "interval must be 0s (off) or at least 30s"},
 		{"client without senders", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.AllowedSenders = nil }), "allowedSenders"},
 		{"client without relay", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.RelayRef.Name = "" }), "relayRef.name"},
 		{"client Secret name", rclient(func(s *relayv1alpha1.RelayClientSpec) { s.SecretName = "Not_A_Name" }), "secretName"},
