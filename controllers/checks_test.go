@@ -2,11 +2,13 @@ package controllers_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -92,4 +94,50 @@ func TestSmarthostChecks(t *testing.T) {
 	if pods[0].roundsAsked() != 1 || pods[1].roundsAsked() != 1 {
 		t.Errorf("rounds per pod %d and %d: the rounds should go around the fleet", pods[0].roundsAsked(), pods[1].roundsAsked())
 	}
+}
+
+// TestProviderPresets: a Smarthost naming a provider renders its endpoint, and
+// Microsoft 365's token endpoint and scope, into the relay's configuration.
+func TestProviderPresets(t *testing.T) {
+	startManager(t)
+	ns := namespace(t, "presets")
+	sh := &relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ses"},
+		Spec: relayv1alpha1.SmarthostSpec{Provider: "SES", Region: "eu-west-1",
+			Auth: &relayv1alpha1.SmarthostAuth{SecretRef: &relayv1alpha1.LocalObjectReference{Name: "creds"}}}}
+	create(t, basicAuth(ns, "creds", "AKIAUSER", "ses-smtp-password"), sh, newRelay(ns, "outbound", withSmarthost("ses")))
+	rendered := func(check func(config.Upstream) string) func() string {
+		return func() string {
+			l, msg := loadRendered(ns, "outbound")
+			if l == nil {
+				return msg
+			}
+			if len(l.Config.Upstreams) != 1 {
+				return "no upstream rendered"
+			}
+			return check(l.Config.Upstreams[0])
+		}
+	}
+	eventually(t, rendered(func(u config.Upstream) string {
+		if len(u.Endpoints) != 1 || u.Endpoints[0].Host != "email-smtp.eu-west-1.amazonaws.com" || u.Endpoints[0].Port != 587 || u.TLS.Mode != config.TLSStartTLS {
+			return fmt.Sprintf("SES rendered as %+v %s", u.Endpoints, u.TLS.Mode)
+		}
+		return ""
+	}))
+	conds := func() []metav1.Condition { return sh.Status.Conditions }
+	eventually(t, condition(t, sh, conds, relayv1alpha1.ReadyCondition, metav1.ConditionTrue, relayv1alpha1.ReasonSucceeded))
+
+	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "m365"}, StringData: map[string]string{"client-id": "id", "client-secret": "m365-secret"}})
+	update(t, sh, func() {
+		sh.Spec.Provider, sh.Spec.Region = "Microsoft365", ""
+		sh.Spec.Auth = &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{TenantID: "contoso.onmicrosoft.com",
+			ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365"}, Username: "relay@contoso.example"}}
+	})
+	eventually(t, rendered(func(u config.Upstream) string {
+		if u.Endpoints[0].Host != "smtp.office365.com" || u.Auth == nil || u.Auth.OAuth2 == nil ||
+			u.Auth.OAuth2.TokenURL != "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token" ||
+			u.RateLimits == nil || u.RateLimits.MessagesPerMinute != 15 { // 30 a minute over the default 2 replicas
+			return fmt.Sprintf("Microsoft 365 rendered as %+v auth %+v limits %+v", u.Endpoints, u.Auth, u.RateLimits)
+		}
+		return ""
+	}))
 }
