@@ -179,8 +179,11 @@ type SmarthostOAuth2 struct {
 	// +kubebuilder:validation:items:Pattern=`^[^\s]+$`
 	Scopes []string `json:"scopes,omitempty"`
 
-	// clientSecretRef names a Secret in the Smarthost's namespace with the keys
-	// client-id and client-secret.
+	// clientSecretRef names a Secret in the Smarthost's namespace with the key
+	// client-id and either client-secret, or tls.crt and tls.key: a certificate
+	// registered with the client and its RSA key, with which the relay signs a client
+	// assertion (RFC 7523) instead of sending a secret (Microsoft Entra ID's
+	// certificate credentials).
 	// +required
 	ClientSecretRef LocalObjectReference `json:"clientSecretRef"`
 

@@ -167,8 +167,11 @@ type smarthostSource struct {
 	// clientID and clientSecret are an OAuth 2.0 client's (spec.auth.oauth2).
 	clientID     []byte
 	clientSecret []byte
-	ca           []byte
-	err          *Error
+	// clientCert and clientKey sign client assertions instead of a secret.
+	clientCert []byte
+	clientKey  []byte
+	ca         []byte
+	err        *Error
 }
 
 // pendingDomain is a domain that will be rendered once upstream names are known.

@@ -2,9 +2,15 @@ package render
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"sort"
@@ -1011,5 +1017,46 @@ func TestProviders(t *testing.T) {
 	if _, e := render(relayv1alpha1.SmarthostSpec{Provider: "SendGrid", Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{
 		ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365-oauth"}, Username: "u"}}}); e == nil || !strings.Contains(e.Message, "spec.auth.oauth2.tokenURL") {
 		t.Errorf("no token URL: %v", e)
+	}
+}
+
+// An OAuth 2.0 client with a certificate renders the certificate and key, no secret;
+// a Secret with both, or a key that is not RSA, is named.
+func TestOAuth2ClientCertificateRendered(t *testing.T) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	render := func(data map[string][]byte) (*Result, error) {
+		w := newWorld(t)
+		w.addSecret(secretObj(relayNS, "m365", corev1.SecretTypeOpaque, data))
+		w.addSmarthost(&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Namespace: relayNS, Name: "m365"}, Spec: relayv1alpha1.SmarthostSpec{
+			Provider: "Microsoft365", TLS: relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSStartTLS},
+			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{TenantID: "contoso.example",
+				ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "m365"}, Username: "relay@contoso.example"}}}})
+		relay := minimalRelay()
+		relay.Spec.SmarthostRef = &relayv1alpha1.LocalObjectReference{Name: "m365"}
+		return Config(w.inputs(relay))
+	}
+	res, err := render(map[string][]byte{"client-id": []byte("id"), "tls.crt": certPEM, "tls.key": keyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := res.Config.Upstreams[0].Auth.OAuth2
+	if o.ClientCertificateFile == "" || o.ClientKeyFile == "" || o.ClientSecretFile != "" || !bytes.Equal(res.SecretData[o.ClientKeyFile], keyPEM) {
+		t.Fatalf("certificate client rendered as %+v", o)
+	}
+	if strings.Contains(string(res.ConfigYAML), "PRIVATE KEY") {
+		t.Fatal("the key is in relay.yaml")
+	}
+	_, err = render(map[string][]byte{"client-id": []byte("id"), "client-secret": []byte("s"), "tls.crt": certPEM, "tls.key": keyPEM})
+	if err == nil || !strings.Contains(err.Error(), "holds both client-secret and tls.crt") {
+		t.Errorf("secret and certificate: %v", err)
+	}
+	_, err = render(map[string][]byte{"client-id": []byte("id"), "tls.crt": fixture(t, "relay-tls.crt"), "tls.key": fixture(t, "relay-tls.key")})
+	if err == nil || !strings.Contains(err.Error(), "its RSA key (tls.key)") {
+		t.Errorf("an ECDSA client key: %v", err)
 	}
 }

@@ -1,11 +1,13 @@
 package render
 
 import (
-	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
-
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
+	"github.com/kuberelay/kuberelay/relay/config"
 )
 
 // smarthost resolves a Smarthost and the Secrets it references, once per render.
@@ -47,13 +49,37 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 		if src.clientID, err = secretKey(s, oauthClientIDKey, what); err != nil {
 			return wrap(err)
 		}
-		if src.clientSecret, err = secretKey(s, oauthClientSecretKey, what); err != nil {
-			return wrap(err)
-		}
-		for _, k := range []struct {
+		_, hasSecret := s.Data[oauthClientSecretKey]
+		_, hasCert := s.Data[corev1.TLSCertKey]
+		keys := []struct {
 			key string
 			val []byte
-		}{{oauthClientIDKey, src.clientID}, {oauthClientSecretKey, src.clientSecret}} {
+		}{{oauthClientIDKey, src.clientID}}
+		switch {
+		case hasSecret && hasCert:
+			return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+				"Secret %s/%s (%s) holds both %s and %s: keep the secret or the certificate", ns, s.Name, what, oauthClientSecretKey, corev1.TLSCertKey)})
+		case hasCert:
+			if src.clientCert, err = secretKey(s, corev1.TLSCertKey, what); err != nil {
+				return wrap(err)
+			}
+			if src.clientKey, err = secretKey(s, corev1.TLSPrivateKeyKey, what); err != nil {
+				return wrap(err)
+			}
+			if _, _, perr := config.ParseClientCertificate(src.clientCert, src.clientKey); perr != nil {
+				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+					"Secret %s/%s (%s): %v; it must hold the client's certificate (tls.crt) and its RSA key (tls.key), PEM", ns, s.Name, what, perr)})
+			}
+		default:
+			if src.clientSecret, err = secretKey(s, oauthClientSecretKey, what); err != nil {
+				return wrap(err)
+			}
+			keys = append(keys, struct {
+				key string
+				val []byte
+			}{oauthClientSecretKey, src.clientSecret})
+		}
+		for _, k := range keys {
 			if len(trimNewline(k.val)) == 0 {
 				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)})
 			}

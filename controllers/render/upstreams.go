@@ -44,11 +44,17 @@ func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[str
 		}
 		files[u.Auth.UsernameFile] = src.username
 		if o := a.OAuth2; o != nil {
-			u.Auth.OAuth2 = &config.OAuth2{TokenURL: o.TokenURL, Scopes: o.Scopes,
-				ClientIDFile:     secretFileName("upstream", name, "client-id"),
-				ClientSecretFile: secretFileName("upstream", name, "client-secret")}
+			u.Auth.OAuth2 = &config.OAuth2{TokenURL: o.TokenURL, Scopes: o.Scopes, ClientIDFile: secretFileName("upstream", name, "client-id")}
 			files[u.Auth.OAuth2.ClientIDFile] = src.clientID
-			files[u.Auth.OAuth2.ClientSecretFile] = src.clientSecret
+			if src.clientCert != nil {
+				u.Auth.OAuth2.ClientCertificateFile = secretFileName("upstream", name, "client.crt")
+				u.Auth.OAuth2.ClientKeyFile = secretFileName("upstream", name, "client.key")
+				files[u.Auth.OAuth2.ClientCertificateFile] = src.clientCert
+				files[u.Auth.OAuth2.ClientKeyFile] = src.clientKey
+			} else {
+				u.Auth.OAuth2.ClientSecretFile = secretFileName("upstream", name, "client-secret")
+				files[u.Auth.OAuth2.ClientSecretFile] = src.clientSecret
+			}
 		} else {
 			u.Auth.PasswordFile = secretFileName("upstream", name, "password")
 			files[u.Auth.PasswordFile] = src.password

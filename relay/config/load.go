@@ -55,7 +55,11 @@ type OAuth2Client struct {
 	TokenURL     string
 	ClientID     string
 	ClientSecret string
-	Scopes       []string
+	// ClientCertificate (DER) and ClientKey (its RSA key) sign client
+	// assertions instead of a secret.
+	ClientCertificate []byte
+	ClientKey         crypto.Signer
+	Scopes            []string
 }
 
 // String never shows the client secret.
@@ -75,7 +79,8 @@ func (c Credentials) Equal(o Credentials) bool {
 		return true
 	}
 	a, b := c.OAuth2, o.OAuth2
-	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.ClientSecret == b.ClientSecret && slices.Equal(a.Scopes, b.Scopes)
+	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.ClientSecret == b.ClientSecret && slices.Equal(a.Scopes, b.Scopes) &&
+		bytes.Equal(a.ClientCertificate, b.ClientCertificate) && sameKey(a.ClientKey, b.ClientKey)
 }
 
 // String never shows the password or client secret, so credentials cannot leak
@@ -190,8 +195,18 @@ func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
 			c := Credentials{Username: required(f+".auth.usernameFile", a.UsernameFile)}
 			if o := a.OAuth2; o != nil {
 				c.OAuth2 = &OAuth2Client{TokenURL: o.TokenURL, Scopes: slices.Clone(o.Scopes),
-					ClientID:     required(f+".auth.oauth2.clientIDFile", o.ClientIDFile),
-					ClientSecret: required(f+".auth.oauth2.clientSecretFile", o.ClientSecretFile)}
+					ClientID: required(f+".auth.oauth2.clientIDFile", o.ClientIDFile)}
+				if o.ClientCertificateFile != "" {
+					certPEM := r.read(f+".auth.oauth2.clientCertificateFile", o.ClientCertificateFile)
+					keyPEM := r.read(f+".auth.oauth2.clientKeyFile", o.ClientKeyFile)
+					if certPEM != nil && keyPEM != nil {
+						if err := clientAssertionKey(c.OAuth2, certPEM, keyPEM); err != nil {
+							r.fail(f+".auth.oauth2.clientKeyFile", "%v", err)
+						}
+					}
+				} else {
+					c.OAuth2.ClientSecret = required(f+".auth.oauth2.clientSecretFile", o.ClientSecretFile)
+				}
 			} else {
 				c.Password = required(f+".auth.passwordFile", a.PasswordFile)
 			}
@@ -254,7 +269,11 @@ func (c *Config) ReferencedSecretFiles() []string {
 		if u.Auth != nil {
 			files = append(files, u.Auth.UsernameFile)
 			if o := u.Auth.OAuth2; o != nil {
-				files = append(files, o.ClientIDFile, o.ClientSecretFile)
+				for _, p := range []string{o.ClientIDFile, o.ClientSecretFile, o.ClientCertificateFile, o.ClientKeyFile} {
+					if p != "" {
+						files = append(files, p)
+					}
+				}
 			} else {
 				files = append(files, u.Auth.PasswordFile)
 			}
@@ -326,4 +345,50 @@ func (r *secretReader) fail(field, format string, args ...any) {
 
 func trimNewline(b []byte) string {
 	return string(bytes.TrimRight(b, "\r\n"))
+}
+
+// clientAssertionKey sets an OAuth 2.0 client's certificate and key.
+func clientAssertionKey(c *OAuth2Client, certPEM, keyPEM []byte) error {
+	der, key, err := ParseClientCertificate(certPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	c.ClientCertificate, c.ClientKey = der, key
+	return nil
+}
+
+// ParseClientCertificate checks an OAuth 2.0 client certificate and its key: a PEM
+// certificate whose public key is the RSA private key's (client assertions are
+// RS256). It returns the certificate's DER and the key.
+func ParseClientCertificate(certPEM, keyPEM []byte) ([]byte, *rsa.PrivateKey, error) {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, nil, errors.New("the client certificate is not a PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the client certificate: %w", err)
+	}
+	key, err := ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the client key: %w", err)
+	}
+	rk, ok := key.(*rsa.PrivateKey)
+	if !ok {
+		return nil, nil, errors.New("the client key must be RSA: client assertions are signed RS256")
+	}
+	if pub, ok := cert.PublicKey.(*rsa.PublicKey); !ok || !pub.Equal(&rk.PublicKey) {
+		return nil, nil, errors.New("the client key is not the certificate's")
+	}
+	return block.Bytes, rk, nil
+}
+
+// sameKey says whether two parsed keys are the same (both nil, or equal).
+func sameKey(a, b crypto.Signer) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	type equaler interface{ Equal(crypto.PrivateKey) bool }
+	e, ok := a.(equaler)
+	return ok && e.Equal(b)
 }

@@ -338,10 +338,15 @@ type OAuth2 struct {
 	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token. HTTPS, but for
 	// loopback addresses. Required.
 	TokenURL string `json:"tokenURL"`
-	// clientIDFile and clientSecretFile hold the client's id and secret, relative
-	// to the secrets directory. Required.
-	ClientIDFile     string `json:"clientIDFile"`
-	ClientSecretFile string `json:"clientSecretFile"`
+	// clientIDFile holds the client's id, relative to the secrets directory. Required.
+	ClientIDFile string `json:"clientIDFile"`
+	// clientSecretFile holds the client's secret; or clientCertificateFile and
+	// clientKeyFile hold a certificate (PEM) and its RSA key, with which the relay
+	// signs a client assertion (RFC 7523) instead of sending a secret, as Microsoft
+	// Entra ID allows. One of the two, relative to the secrets directory.
+	ClientSecretFile      string `json:"clientSecretFile,omitempty"`
+	ClientCertificateFile string `json:"clientCertificateFile,omitempty"`
+	ClientKeyFile         string `json:"clientKeyFile,omitempty"`
 	// scopes are asked for, e.g. https://outlook.office365.com/.default.
 	Scopes []string `json:"scopes,omitempty"`
 }

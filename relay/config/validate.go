@@ -475,8 +475,20 @@ func (u Upstream) validate(errs *fieldErrors, f string) {
 			if err := checkSecretPath(o.ClientIDFile); err != nil {
 				errs.add(f+"auth.oauth2.clientIDFile", "%v", err)
 			}
-			if err := checkSecretPath(o.ClientSecretFile); err != nil {
-				errs.add(f+"auth.oauth2.clientSecretFile", "%v", err)
+			switch cert := o.ClientCertificateFile != "" || o.ClientKeyFile != ""; {
+			case cert && o.ClientSecretFile != "":
+				errs.add(f+"auth.oauth2.clientSecretFile", "a client secret and a client certificate together: keep one")
+			case cert:
+				if err := checkSecretPath(o.ClientCertificateFile); err != nil {
+					errs.add(f+"auth.oauth2.clientCertificateFile", "%v", err)
+				}
+				if err := checkSecretPath(o.ClientKeyFile); err != nil {
+					errs.add(f+"auth.oauth2.clientKeyFile", "%v", err)
+				}
+			default:
+				if err := checkSecretPath(o.ClientSecretFile); err != nil {
+					errs.add(f+"auth.oauth2.clientSecretFile", "%v (or set clientCertificateFile and clientKeyFile)", err)
+				}
 			}
 			for i, sc := range o.Scopes {
 				if sc == "" || strings.ContainsAny(sc, " \t\r\n") {

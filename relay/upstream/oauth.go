@@ -2,6 +2,14 @@ package upstream
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -28,6 +36,9 @@ const tokenRefreshMargin = 5 * time.Minute
 type tokens struct {
 	cfg    clientcredentials.Config
 	client *http.Client
+	// cert (DER) and key sign client assertions instead of sending cfg.ClientSecret.
+	cert []byte
+	key  *rsa.PrivateKey
 
 	mu   sync.Mutex
 	src  oauth2.TokenSource
@@ -42,15 +53,69 @@ func newTokens(c *config.OAuth2Client, timeout time.Duration) *tokens {
 			AuthStyle: oauth2.AuthStyleInParams},
 		client: &http.Client{Timeout: timeout},
 	}
+	if k, ok := c.ClientKey.(*rsa.PrivateKey); ok && c.ClientCertificate != nil {
+		t.cert, t.key = c.ClientCertificate, k
+	}
 	t.reset()
 	return t
 }
 
 func (t *tokens) reset() {
 	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, t.client)
+	var src oauth2.TokenSource = t.cfg.TokenSource(ctx)
+	if t.key != nil {
+		src = &assertionSource{t: t, ctx: ctx}
+	}
 	t.mu.Lock()
-	t.src = oauth2.ReuseTokenSourceWithExpiry(nil, t.cfg.TokenSource(ctx), tokenRefreshMargin)
+	t.src = oauth2.ReuseTokenSourceWithExpiry(nil, src, tokenRefreshMargin)
 	t.mu.Unlock()
+}
+
+// assertionSource requests tokens with a client assertion signed by the client's
+// certificate key (RFC 7523 section 2.2, as Microsoft Entra ID takes it) instead of a
+// secret; each request gets a fresh assertion.
+type assertionSource struct {
+	t   *tokens
+	ctx context.Context
+}
+
+// clientAssertionLifetime bounds an assertion's validity: it is used at once.
+const clientAssertionLifetime = 5 * time.Minute
+
+func (a *assertionSource) Token() (*oauth2.Token, error) {
+	jwt, err := a.t.assertion(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	cfg := a.t.cfg
+	cfg.EndpointParams = url.Values{
+		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+		"client_assertion":      {jwt},
+	}
+	return cfg.Token(a.ctx)
+}
+
+// assertion is a JWT signed RS256 by the client's key: issuer and subject the client
+// id, audience the token endpoint, and the certificate's SHA-1 thumbprint (x5t) and
+// SHA-256 thumbprint (x5t#S256) naming the key.
+func (t *tokens) assertion(now time.Time) (string, error) {
+	sha1sum := sha1.Sum(t.cert)
+	sha256sum := sha256.Sum256(t.cert)
+	header, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT",
+		"x5t": base64.RawURLEncoding.EncodeToString(sha1sum[:]), "x5t#S256": base64.RawURLEncoding.EncodeToString(sha256sum[:])})
+	jti := make([]byte, 16)
+	if _, err := rand.Read(jti); err != nil {
+		return "", err
+	}
+	claims, _ := json.Marshal(map[string]any{"aud": t.cfg.TokenURL, "iss": t.cfg.ClientID, "sub": t.cfg.ClientID,
+		"jti": hex.EncodeToString(jti), "nbf": now.Unix(), "iat": now.Unix(), "exp": now.Add(clientAssertionLifetime).Unix()})
+	signing := base64.RawURLEncoding.EncodeToString(header) + "." + base64.RawURLEncoding.EncodeToString(claims)
+	digest := sha256.Sum256([]byte(signing))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, t.key, crypto.SHA256, digest[:])
+	if err != nil {
+		return "", fmt.Errorf("signing the client assertion: %w", err)
+	}
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig), nil
 }
 
 // token returns a valid access token, requesting one when there is none.

@@ -1,15 +1,25 @@
 package upstream_test
 
 import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kuberelay/kuberelay/internal/testpeers"
 	"github.com/kuberelay/kuberelay/relay/config"
@@ -166,4 +176,93 @@ func countSubject(msgs []testpeers.Message, subject string) int {
 		}
 	}
 	return n
+}
+
+// TestOAuth2ClientCertificate: with a certificate instead of a secret, each token
+// request carries a client assertion (RFC 7523) the endpoint verifies with the
+// certificate: RS256 over the header naming the certificate's thumbprint and claims
+// naming the client and the endpoint; no secret is sent.
+func TestOAuth2ClientCertificate(t *testing.T) {
+	t.Parallel()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int64
+	var tokenURL string
+	te := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		why := checkAssertion(r, der, &key.PublicKey, tokenURL)
+		if why != "" {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"invalid_client","error_description":%q}`, why)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"tok-cert","token_type":"Bearer","expires_in":3600}`)
+	}))
+	defer te.Close()
+	tokenURL = te.URL + "/token"
+	srv := startBearerServer(t)
+	u := testUpstream(t, config.TLSStartTLS, srv.Addr)
+	u.Auth = &config.UpstreamAuth{Mechanism: "XOAUTH2", OAuth2: &config.OAuth2{TokenURL: tokenURL}}
+	p := tlsPool(t, u, srv.CA.Pool, &config.Credentials{Username: oauthMailbox,
+		OAuth2: &config.OAuth2Client{TokenURL: tokenURL, ClientID: oauthClientID, ClientCertificate: der, ClientKey: key, Scopes: []string{oauthScope}}})
+	for i := range 3 {
+		if o := send(ctxFor(t), p, fmt.Sprintf("cert-%d", i), "r@example.net"); o.err != nil {
+			t.Fatalf("message %d: %s", i, describe(o))
+		}
+	}
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("%d token requests, want 1", n)
+	}
+}
+
+// checkAssertion verifies a client credentials request with a client assertion as
+// Microsoft Entra ID does; it returns what is wrong, or "".
+func checkAssertion(r *http.Request, certDER []byte, pub *rsa.PublicKey, tokenURL string) string {
+	if err := r.ParseForm(); err != nil {
+		return err.Error()
+	}
+	f := r.Form
+	switch {
+	case f.Get("grant_type") != "client_credentials" || f.Get("client_id") != oauthClientID || f.Get("scope") != oauthScope:
+		return "grant, client or scope"
+	case f.Has("client_secret"):
+		return "a secret was sent"
+	case f.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+		return "client_assertion_type"
+	}
+	parts := strings.Split(f.Get("client_assertion"), ".")
+	if len(parts) != 3 {
+		return "not a JWT"
+	}
+	sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	if rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig) != nil {
+		return "bad signature"
+	}
+	var header, claims map[string]any
+	hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
+	cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	if json.Unmarshal(hb, &header) != nil || json.Unmarshal(cb, &claims) != nil {
+		return "header or claims"
+	}
+	thumb := sha1.Sum(certDER)
+	now := float64(time.Now().Unix())
+	switch {
+	case header["alg"] != "RS256" || header["x5t"] != base64.RawURLEncoding.EncodeToString(thumb[:]):
+		return fmt.Sprintf("header %v", header)
+	case claims["aud"] != tokenURL || claims["iss"] != oauthClientID || claims["sub"] != oauthClientID || claims["jti"] == "":
+		return fmt.Sprintf("claims %v", claims)
+	case claims["exp"].(float64) <= now || claims["nbf"].(float64) > now+1:
+		return "expired or not yet valid"
+	}
+	return ""
 }
