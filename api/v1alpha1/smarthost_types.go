@@ -157,7 +157,7 @@ type SmarthostAuth struct {
 type SmarthostOAuth2 struct {
 	// tokenURL is the token endpoint, e.g.
 	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token. Required, but with
-	// provider Microsoft365 and tenantID.
+	// provider Microsoft365 and tenantID, and with a Google service account key.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="tokenURL must be https: the client secret is sent to it"
@@ -171,7 +171,7 @@ type SmarthostOAuth2 struct {
 	TenantID string `json:"tenantID,omitempty"`
 
 	// scopes are asked for, e.g. https://outlook.office365.com/.default (provider
-	// Microsoft365's default).
+	// Microsoft365's default) or https://mail.google.com/ (GoogleWorkspace's).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
@@ -183,7 +183,9 @@ type SmarthostOAuth2 struct {
 	// client-id and either client-secret, or tls.crt and tls.key: a certificate
 	// registered with the client and its RSA key, with which the relay signs a client
 	// assertion (RFC 7523) instead of sending a secret (Microsoft Entra ID's
-	// certificate credentials).
+	// certificate credentials). For Google, the key service-account.json instead: a
+	// service account's JSON key with domain-wide delegation; tokens are then asked
+	// for username with a JWT signed by it, from the key's token_uri.
 	// +required
 	ClientSecretRef LocalObjectReference `json:"clientSecretRef"`
 

@@ -112,8 +112,9 @@ const (
 	defaultCAKey      = "ca.crt"
 	defaultDKIMKey    = "dkim.key"
 	// Keys of a Smarthost's OAuth 2.0 client Secret.
-	oauthClientIDKey     = "client-id"
-	oauthClientSecretKey = "client-secret"
+	oauthClientIDKey       = "client-id"
+	oauthClientSecretKey   = "client-secret"
+	oauthServiceAccountKey = "service-account.json"
 	// maxPasswordBytes is bcrypt's limit: it ignores (and x/crypto refuses) more.
 	maxPasswordBytes = 72
 )
@@ -170,8 +171,10 @@ type smarthostSource struct {
 	// clientCert and clientKey sign client assertions instead of a secret.
 	clientCert []byte
 	clientKey  []byte
-	ca         []byte
-	err        *Error
+	// serviceAccount is a Google service account's JSON key.
+	serviceAccount []byte
+	ca             []byte
+	err            *Error
 }
 
 // pendingDomain is a domain that will be rendered once upstream names are known.

@@ -19,6 +19,7 @@ const (
 
 	microsoft365TokenURLFormat = "https://login.microsoftonline.com/%s/oauth2/v2.0/token"
 	microsoft365Scope          = "https://outlook.office365.com/.default"
+	googleMailScope            = "https://mail.google.com/"
 )
 
 // withProvider returns spec with what its provider fills in where spec leaves it
@@ -58,6 +59,9 @@ func withProvider(spec *relayv1alpha1.SmarthostSpec) (*relayv1alpha1.SmarthostSp
 		}
 	case "GoogleWorkspace":
 		host = googleWorkspaceHost
+		if a := out.Auth; a != nil && a.OAuth2 != nil && len(a.OAuth2.Scopes) == 0 {
+			a.OAuth2.Scopes = []string{googleMailScope}
+		}
 		// Google Workspace's daily limit per user for mail sent by SMTP.
 		if out.Limits == nil {
 			out.Limits = &relayv1alpha1.RateLimits{MessagesPerDay: 2000}

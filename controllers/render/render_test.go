@@ -1060,3 +1060,35 @@ func TestOAuth2ClientCertificateRendered(t *testing.T) {
 		t.Errorf("an ECDSA client key: %v", err)
 	}
 }
+
+// A Google Workspace Smarthost with a service account key renders the key and the
+// Gmail scope; the token endpoint comes from the key.
+func TestGoogleServiceAccountRendered(t *testing.T) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	sa := fmt.Sprintf(`{"type":"service_account","client_email":"relay@p.iam.gserviceaccount.com","private_key_id":"k1","private_key":%q,"token_uri":"https://oauth2.googleapis.com/token"}`,
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	render := func(data map[string][]byte) (*Result, error) {
+		w := newWorld(t)
+		w.addSecret(secretObj(relayNS, "google", corev1.SecretTypeOpaque, data))
+		w.addSmarthost(&relayv1alpha1.Smarthost{ObjectMeta: metav1.ObjectMeta{Namespace: relayNS, Name: "google"}, Spec: relayv1alpha1.SmarthostSpec{
+			Provider: "GoogleWorkspace", TLS: relayv1alpha1.SmarthostTLS{Mode: relayv1alpha1.TLSStartTLS},
+			Auth: &relayv1alpha1.SmarthostAuth{OAuth2: &relayv1alpha1.SmarthostOAuth2{
+				ClientSecretRef: relayv1alpha1.LocalObjectReference{Name: "google"}, Username: "relay@example.com"}}}})
+		relay := minimalRelay()
+		relay.Spec.SmarthostRef = &relayv1alpha1.LocalObjectReference{Name: "google"}
+		return Config(w.inputs(relay))
+	}
+	res, err := render(map[string][]byte{"service-account.json": []byte(sa)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := res.Config.Upstreams[0]
+	if o := u.Auth.OAuth2; o.ServiceAccountFile == "" || o.ClientIDFile != "" || o.TokenURL != "" || strings.Join(o.Scopes, " ") != "https://mail.google.com/" ||
+		u.Endpoints[0].Host != "smtp.gmail.com" {
+		t.Fatalf("rendered as %+v %+v", u.Endpoints, o)
+	}
+	if _, err := render(map[string][]byte{"service-account.json": []byte(`{"client_email":"x"}`)}); err == nil || !strings.Contains(err.Error(), "service-account.json") {
+		t.Errorf("a broken key: %v", err)
+	}
+}

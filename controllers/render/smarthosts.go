@@ -46,43 +46,8 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 		if err != nil {
 			return wrap(err)
 		}
-		if src.clientID, err = secretKey(s, oauthClientIDKey, what); err != nil {
-			return wrap(err)
-		}
-		_, hasSecret := s.Data[oauthClientSecretKey]
-		_, hasCert := s.Data[corev1.TLSCertKey]
-		keys := []struct {
-			key string
-			val []byte
-		}{{oauthClientIDKey, src.clientID}}
-		switch {
-		case hasSecret && hasCert:
-			return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
-				"Secret %s/%s (%s) holds both %s and %s: keep the secret or the certificate", ns, s.Name, what, oauthClientSecretKey, corev1.TLSCertKey)})
-		case hasCert:
-			if src.clientCert, err = secretKey(s, corev1.TLSCertKey, what); err != nil {
-				return wrap(err)
-			}
-			if src.clientKey, err = secretKey(s, corev1.TLSPrivateKeyKey, what); err != nil {
-				return wrap(err)
-			}
-			if _, _, perr := config.ParseClientCertificate(src.clientCert, src.clientKey); perr != nil {
-				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
-					"Secret %s/%s (%s): %v; it must hold the client's certificate (tls.crt) and its RSA key (tls.key), PEM", ns, s.Name, what, perr)})
-			}
-		default:
-			if src.clientSecret, err = secretKey(s, oauthClientSecretKey, what); err != nil {
-				return wrap(err)
-			}
-			keys = append(keys, struct {
-				key string
-				val []byte
-			}{oauthClientSecretKey, src.clientSecret})
-		}
-		for _, k := range keys {
-			if len(trimNewline(k.val)) == 0 {
-				return wrap(&Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)})
-			}
+		if e := oauthClient(src, s, what); e != nil {
+			return wrap(e)
 		}
 		src.username = []byte(a.OAuth2.Username)
 	}
@@ -127,6 +92,61 @@ func (r *renderer) resolveSmarthost(src *smarthostSource) *Error {
 	probe, _ := upstreamConfig("probe", src)
 	if err := fieldsAt(probe.WithDefaults().Validate(), "spec."); err != nil {
 		return &Error{Reason: relayv1alpha1.ReasonSmarthostNotReady, Message: prefix + err.Error()}
+	}
+	return nil
+}
+
+// oauthClient reads a Smarthost's OAuth 2.0 client from its Secret s: a Google
+// service account key, or client-id with client-secret or a certificate and key.
+func oauthClient(src *smarthostSource, s *corev1.Secret, what string) *Error {
+	ns := s.Namespace
+	var err *Error
+	if sa, ok := s.Data[oauthServiceAccountKey]; ok {
+		// A Google service account key: nothing else is read from the Secret.
+		if _, perr := config.ParseServiceAccount(sa); perr != nil {
+			return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+				"Secret %s/%s (%s) key %s: %v; it must be the service account's JSON key as Google downloads it", ns, s.Name, what, oauthServiceAccountKey, perr)}
+		}
+		src.serviceAccount = sa
+		return nil
+	}
+	if src.clientID, err = secretKey(s, oauthClientIDKey, what); err != nil {
+		return err
+	}
+	_, hasSecret := s.Data[oauthClientSecretKey]
+	_, hasCert := s.Data[corev1.TLSCertKey]
+	keys := []struct {
+		key string
+		val []byte
+	}{{oauthClientIDKey, src.clientID}}
+	switch {
+	case hasSecret && hasCert:
+		return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+			"Secret %s/%s (%s) holds both %s and %s: keep the secret or the certificate", ns, s.Name, what, oauthClientSecretKey, corev1.TLSCertKey)}
+	case hasCert:
+		if src.clientCert, err = secretKey(s, corev1.TLSCertKey, what); err != nil {
+			return err
+		}
+		if src.clientKey, err = secretKey(s, corev1.TLSPrivateKeyKey, what); err != nil {
+			return err
+		}
+		if _, _, perr := config.ParseClientCertificate(src.clientCert, src.clientKey); perr != nil {
+			return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
+				"Secret %s/%s (%s): %v; it must hold the client's certificate (tls.crt) and its RSA key (tls.key), PEM", ns, s.Name, what, perr)}
+		}
+	default:
+		if src.clientSecret, err = secretKey(s, oauthClientSecretKey, what); err != nil {
+			return err
+		}
+		keys = append(keys, struct {
+			key string
+			val []byte
+		}{oauthClientSecretKey, src.clientSecret})
+	}
+	for _, k := range keys {
+		if len(trimNewline(k.val)) == 0 {
+			return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf("Secret %s/%s (%s): %s is empty", ns, s.Name, what, k.key)}
+		}
 	}
 	return nil
 }

@@ -44,14 +44,21 @@ func upstreamConfig(name string, src *smarthostSource) (config.Upstream, map[str
 		}
 		files[u.Auth.UsernameFile] = src.username
 		if o := a.OAuth2; o != nil {
-			u.Auth.OAuth2 = &config.OAuth2{TokenURL: o.TokenURL, Scopes: o.Scopes, ClientIDFile: secretFileName("upstream", name, "client-id")}
-			files[u.Auth.OAuth2.ClientIDFile] = src.clientID
-			if src.clientCert != nil {
+			u.Auth.OAuth2 = &config.OAuth2{TokenURL: o.TokenURL, Scopes: o.Scopes}
+			switch {
+			case src.serviceAccount != nil:
+				u.Auth.OAuth2.ServiceAccountFile = secretFileName("upstream", name, "service-account.json")
+				files[u.Auth.OAuth2.ServiceAccountFile] = src.serviceAccount
+			case src.clientCert != nil:
+				u.Auth.OAuth2.ClientIDFile = secretFileName("upstream", name, "client-id")
+				files[u.Auth.OAuth2.ClientIDFile] = src.clientID
 				u.Auth.OAuth2.ClientCertificateFile = secretFileName("upstream", name, "client.crt")
 				u.Auth.OAuth2.ClientKeyFile = secretFileName("upstream", name, "client.key")
 				files[u.Auth.OAuth2.ClientCertificateFile] = src.clientCert
 				files[u.Auth.OAuth2.ClientKeyFile] = src.clientKey
-			} else {
+			default:
+				u.Auth.OAuth2.ClientIDFile = secretFileName("upstream", name, "client-id")
+				files[u.Auth.OAuth2.ClientIDFile] = src.clientID
 				u.Auth.OAuth2.ClientSecretFile = secretFileName("upstream", name, "client-secret")
 				files[u.Auth.OAuth2.ClientSecretFile] = src.clientSecret
 			}

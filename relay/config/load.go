@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -59,7 +60,39 @@ type OAuth2Client struct {
 	// assertions instead of a secret.
 	ClientCertificate []byte
 	ClientKey         crypto.Signer
-	Scopes            []string
+	// ServiceAccount is a Google service account key, instead of the above.
+	ServiceAccount *ServiceAccount
+	Scopes         []string
+}
+
+// ServiceAccount is what the relay uses of a Google service account's JSON key.
+type ServiceAccount struct {
+	ClientEmail  string `json:"client_email"`
+	PrivateKeyID string `json:"private_key_id"`
+	PrivateKey   string `json:"private_key"`
+	TokenURI     string `json:"token_uri"`
+}
+
+// ParseServiceAccount reads a Google service account JSON key and checks its key.
+func ParseServiceAccount(b []byte) (*ServiceAccount, error) {
+	var sa ServiceAccount
+	if err := json.Unmarshal(b, &sa); err != nil {
+		return nil, fmt.Errorf("not a service account JSON key: %w", err)
+	}
+	if sa.ClientEmail == "" || sa.PrivateKey == "" {
+		return nil, errors.New("the service account key has no client_email or private_key")
+	}
+	key, err := ParsePrivateKey([]byte(sa.PrivateKey))
+	if err != nil {
+		return nil, fmt.Errorf("the service account's private_key: %w", err)
+	}
+	if _, ok := key.(*rsa.PrivateKey); !ok {
+		return nil, errors.New("the service account's private_key must be RSA")
+	}
+	if sa.TokenURI == "" {
+		sa.TokenURI = "https://oauth2.googleapis.com/token"
+	}
+	return &sa, nil
 }
 
 // String never shows the client secret.
@@ -80,7 +113,8 @@ func (c Credentials) Equal(o Credentials) bool {
 	}
 	a, b := c.OAuth2, o.OAuth2
 	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.ClientSecret == b.ClientSecret && slices.Equal(a.Scopes, b.Scopes) &&
-		bytes.Equal(a.ClientCertificate, b.ClientCertificate) && sameKey(a.ClientKey, b.ClientKey)
+		bytes.Equal(a.ClientCertificate, b.ClientCertificate) && sameKey(a.ClientKey, b.ClientKey) &&
+		(a.ServiceAccount == nil) == (b.ServiceAccount == nil) && (a.ServiceAccount == nil || *a.ServiceAccount == *b.ServiceAccount)
 }
 
 // String never shows the password or client secret, so credentials cannot leak
@@ -194,9 +228,25 @@ func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
 			}
 			c := Credentials{Username: required(f+".auth.usernameFile", a.UsernameFile)}
 			if o := a.OAuth2; o != nil {
-				c.OAuth2 = &OAuth2Client{TokenURL: o.TokenURL, Scopes: slices.Clone(o.Scopes),
-					ClientID: required(f+".auth.oauth2.clientIDFile", o.ClientIDFile)}
-				if o.ClientCertificateFile != "" {
+				c.OAuth2 = &OAuth2Client{TokenURL: o.TokenURL, Scopes: slices.Clone(o.Scopes)}
+				switch {
+				case o.ServiceAccountFile != "":
+					if b := r.read(f+".auth.oauth2.serviceAccountFile", o.ServiceAccountFile); b != nil {
+						sa, err := ParseServiceAccount(b)
+						if err == nil && o.TokenURL == "" {
+							err = checkTokenURL(sa.TokenURI)
+						}
+						if err != nil {
+							r.fail(f+".auth.oauth2.serviceAccountFile", "%v", err)
+						}
+						c.OAuth2.ServiceAccount = sa
+					}
+				default:
+					c.OAuth2.ClientID = required(f+".auth.oauth2.clientIDFile", o.ClientIDFile)
+				}
+				switch {
+				case o.ServiceAccountFile != "":
+				case o.ClientCertificateFile != "":
 					certPEM := r.read(f+".auth.oauth2.clientCertificateFile", o.ClientCertificateFile)
 					keyPEM := r.read(f+".auth.oauth2.clientKeyFile", o.ClientKeyFile)
 					if certPEM != nil && keyPEM != nil {
@@ -204,7 +254,7 @@ func LoadBytes(raw []byte, secrets fs.FS) (*Loaded, error) {
 							r.fail(f+".auth.oauth2.clientKeyFile", "%v", err)
 						}
 					}
-				} else {
+				default:
 					c.OAuth2.ClientSecret = required(f+".auth.oauth2.clientSecretFile", o.ClientSecretFile)
 				}
 			} else {
@@ -269,7 +319,7 @@ func (c *Config) ReferencedSecretFiles() []string {
 		if u.Auth != nil {
 			files = append(files, u.Auth.UsernameFile)
 			if o := u.Auth.OAuth2; o != nil {
-				for _, p := range []string{o.ClientIDFile, o.ClientSecretFile, o.ClientCertificateFile, o.ClientKeyFile} {
+				for _, p := range []string{o.ClientIDFile, o.ClientSecretFile, o.ClientCertificateFile, o.ClientKeyFile, o.ServiceAccountFile} {
 					if p != "" {
 						files = append(files, p)
 					}

@@ -336,10 +336,17 @@ type UpstreamAuth struct {
 type OAuth2 struct {
 	// tokenURL is the token endpoint, e.g.
 	// https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token. HTTPS, but for
-	// loopback addresses. Required.
-	TokenURL string `json:"tokenURL"`
-	// clientIDFile holds the client's id, relative to the secrets directory. Required.
-	ClientIDFile string `json:"clientIDFile"`
+	// loopback addresses. Required but with serviceAccountFile.
+	TokenURL string `json:"tokenURL,omitempty"`
+	// clientIDFile holds the client's id, relative to the secrets directory. Required
+	// but with serviceAccountFile.
+	ClientIDFile string `json:"clientIDFile,omitempty"`
+	// serviceAccountFile holds a Google service account's JSON key: tokens are then
+	// obtained with a JWT signed by its key (RFC 7523 section 2.1, Google's
+	// domain-wide delegation), for the mailbox in usernameFile, from the key's
+	// token_uri unless tokenURL is set. Instead of clientIDFile and a secret or
+	// certificate.
+	ServiceAccountFile string `json:"serviceAccountFile,omitempty"`
 	// clientSecretFile holds the client's secret; or clientCertificateFile and
 	// clientKeyFile hold a certificate (PEM) and its RSA key, with which the relay
 	// signs a client assertion (RFC 7523) instead of sending a secret, as Microsoft

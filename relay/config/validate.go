@@ -469,13 +469,23 @@ func (u Upstream) validate(errs *fieldErrors, f string) {
 			if a.PasswordFile != "" {
 				errs.add(f+"auth.passwordFile", "is not used with oauth2: remove it")
 			}
-			if err := checkTokenURL(o.TokenURL); err != nil {
-				errs.add(f+"auth.oauth2.tokenURL", "%v", err)
+			if o.TokenURL != "" || o.ServiceAccountFile == "" {
+				if err := checkTokenURL(o.TokenURL); err != nil {
+					errs.add(f+"auth.oauth2.tokenURL", "%v", err)
+				}
 			}
-			if err := checkSecretPath(o.ClientIDFile); err != nil {
+			if o.ServiceAccountFile != "" {
+				if err := checkSecretPath(o.ServiceAccountFile); err != nil {
+					errs.add(f+"auth.oauth2.serviceAccountFile", "%v", err)
+				}
+				if o.ClientIDFile != "" || o.ClientSecretFile != "" || o.ClientCertificateFile != "" || o.ClientKeyFile != "" {
+					errs.add(f+"auth.oauth2.serviceAccountFile", "a service account key replaces clientIDFile, clientSecretFile, clientCertificateFile and clientKeyFile: remove them")
+				}
+			} else if err := checkSecretPath(o.ClientIDFile); err != nil {
 				errs.add(f+"auth.oauth2.clientIDFile", "%v", err)
 			}
 			switch cert := o.ClientCertificateFile != "" || o.ClientKeyFile != ""; {
+			case o.ServiceAccountFile != "":
 			case cert && o.ClientSecretFile != "":
 				errs.add(f+"auth.oauth2.clientSecretFile", "a client secret and a client certificate together: keep one")
 			case cert:

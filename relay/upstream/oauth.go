@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+	"golang.org/x/oauth2/jwt"
 
 	"github.com/kuberelay/kuberelay/relay/config"
 )
@@ -39,13 +40,15 @@ type tokens struct {
 	// cert (DER) and key sign client assertions instead of sending cfg.ClientSecret.
 	cert []byte
 	key  *rsa.PrivateKey
+	// google obtains tokens for a Google service account (the JWT bearer grant).
+	google *jwt.Config
 
 	mu   sync.Mutex
 	src  oauth2.TokenSource
 	last string // the token handed out last
 }
 
-func newTokens(c *config.OAuth2Client, timeout time.Duration) *tokens {
+func newTokens(c *config.OAuth2Client, subject string, timeout time.Duration) *tokens {
 	t := &tokens{
 		cfg: clientcredentials.Config{ClientID: c.ClientID, ClientSecret: c.ClientSecret, TokenURL: c.TokenURL, Scopes: c.Scopes,
 			// The form body, as Microsoft and Google document it; never retried as
@@ -56,6 +59,16 @@ func newTokens(c *config.OAuth2Client, timeout time.Duration) *tokens {
 	if k, ok := c.ClientKey.(*rsa.PrivateKey); ok && c.ClientCertificate != nil {
 		t.cert, t.key = c.ClientCertificate, k
 	}
+	if sa := c.ServiceAccount; sa != nil {
+		tokenURL := c.TokenURL
+		if tokenURL == "" {
+			tokenURL = sa.TokenURI
+		}
+		// The mailbox is the user the service account acts for (domain-wide delegation).
+		t.google = &jwt.Config{Email: sa.ClientEmail, PrivateKey: []byte(sa.PrivateKey), PrivateKeyID: sa.PrivateKeyID,
+			Subject: subject, Scopes: c.Scopes, TokenURL: tokenURL}
+		t.cfg.TokenURL = tokenURL
+	}
 	t.reset()
 	return t
 }
@@ -63,7 +76,10 @@ func newTokens(c *config.OAuth2Client, timeout time.Duration) *tokens {
 func (t *tokens) reset() {
 	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, t.client)
 	var src oauth2.TokenSource = t.cfg.TokenSource(ctx)
-	if t.key != nil {
+	switch {
+	case t.google != nil:
+		src = t.google.TokenSource(ctx)
+	case t.key != nil:
 		src = &assertionSource{t: t, ctx: ctx}
 	}
 	t.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -265,4 +266,75 @@ func checkAssertion(r *http.Request, certDER []byte, pub *rsa.PublicKey, tokenUR
 		return "expired or not yet valid"
 	}
 	return ""
+}
+
+// TestOAuth2GoogleServiceAccount: with a Google service account key, tokens come
+// from the JWT bearer grant (RFC 7523 section 2.1): an assertion signed by the
+// account's key, issued by the account for the mailbox (domain-wide delegation),
+// with the scope; the upstream takes the token with XOAUTH2.
+func TestOAuth2GoogleServiceAccount(t *testing.T) {
+	t.Parallel()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	const email = "relay@project.iam.gserviceaccount.com"
+	var requests atomic.Int64
+	var tokenURL string
+	te := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		why := func() string {
+			if r.ParseForm() != nil || r.Form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+				return "grant_type"
+			}
+			parts := strings.Split(r.Form.Get("assertion"), ".")
+			if len(parts) != 3 {
+				return "not a JWT"
+			}
+			sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+			digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+			if rsa.VerifyPKCS1v15(&key.PublicKey, crypto.SHA256, digest[:], sig) != nil {
+				return "bad signature"
+			}
+			var header, claims map[string]any
+			hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
+			cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
+			if json.Unmarshal(hb, &header) != nil || json.Unmarshal(cb, &claims) != nil || header["kid"] != "key-1" {
+				return fmt.Sprintf("header %v", header)
+			}
+			if claims["iss"] != email || claims["sub"] != oauthMailbox || claims["scope"] != "https://mail.google.com/" || claims["aud"] != tokenURL {
+				return fmt.Sprintf("claims %v", claims)
+			}
+			return ""
+		}()
+		if why != "" {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"invalid_grant","error_description":%q}`, why)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"tok-google","token_type":"Bearer","expires_in":3600}`)
+	}))
+	defer te.Close()
+	tokenURL = te.URL + "/token"
+	saJSON, _ := json.Marshal(map[string]string{"type": "service_account", "client_email": email, "private_key_id": "key-1",
+		"private_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), "token_uri": tokenURL})
+	sa, err := config.ParseServiceAccount(saJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startBearerServer(t)
+	u := testUpstream(t, config.TLSStartTLS, srv.Addr)
+	u.Auth = &config.UpstreamAuth{Mechanism: "XOAUTH2", OAuth2: &config.OAuth2{}}
+	p := tlsPool(t, u, srv.CA.Pool, &config.Credentials{Username: oauthMailbox,
+		OAuth2: &config.OAuth2Client{ServiceAccount: sa, Scopes: []string{"https://mail.google.com/"}}})
+	for i := range 3 {
+		if o := send(ctxFor(t), p, fmt.Sprintf("google-%d", i), "r@example.net"); o.err != nil {
+			t.Fatalf("message %d: %s", i, describe(o))
+		}
+	}
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("%d token requests, want 1", n)
+	}
 }

@@ -89,7 +89,7 @@ func New(u config.Upstream, ca *x509.CertPool, creds *config.Credentials, opts O
 		c := *creds
 		p.creds = &c
 		if c.OAuth2 != nil {
-			p.tokens = newTokens(c.OAuth2, u.Timeouts.Connect.Duration+u.Timeouts.Command.Duration)
+			p.tokens = newTokens(c.OAuth2, c.Username, u.Timeouts.Connect.Duration+u.Timeouts.Command.Duration)
 		}
 	}
 	if p.dialFn == nil {
