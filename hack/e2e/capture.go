@@ -30,27 +30,8 @@ func (e *e2e) captureMode(w *world) {
 		_, _ = e.kubectl(30*time.Second, "delete", "namespace", stagingNS, "--wait=false")
 	}()
 	t := time.Now()
-	manifests := fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata:
-  name: %[1]s
-  labels: {kuberelay.io/e2e-mail: "yes", kuberelay.io/e2e-capture: "yes"}
----
-apiVersion: relay.kuberelay.io/v1alpha1
-kind: RelayDomain
-metadata: {name: staging-example, namespace: %[1]s}
-spec:
-  domain: staging.example
-  relayRef: {name: %[2]s, namespace: %[3]s}
----
-apiVersion: relay.kuberelay.io/v1alpha1
-kind: RelayClient
-metadata: {name: mailer, namespace: %[1]s}
-spec:
-  relayRef: {name: %[2]s, namespace: %[3]s}
-  allowedSenders: [noreply@staging.example]
----
-%[4]s`, stagingNS, relayName, ns, pythonPod(stagingNS, "py", "mailer"))
+	manifests := tenantManifests(stagingNS, `{kuberelay.io/e2e-mail: "yes", kuberelay.io/e2e-capture: "yes"}`, "staging-example", "staging.example") +
+		"---\n" + pythonPod(stagingNS, "py", "mailer")
 	if !e.check(step+"apply a staging namespace with a RelayDomain, a RelayClient and a Python pod", e.apply(manifests)) {
 		return
 	}

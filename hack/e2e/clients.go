@@ -48,26 +48,7 @@ func (e *e2e) relayClients(w *world) {
 		return
 	}
 	t := time.Now()
-	manifests := fmt.Sprintf(`apiVersion: v1
-kind: Namespace
-metadata:
-  name: %[1]s
-  labels: {kuberelay.io/e2e-mail: "yes"}
----
-apiVersion: relay.kuberelay.io/v1alpha1
-kind: RelayDomain
-metadata: {name: app-example, namespace: %[1]s}
-spec:
-  domain: app.example
-  relayRef: {name: %[2]s, namespace: %[3]s}
----
-apiVersion: relay.kuberelay.io/v1alpha1
-kind: RelayClient
-metadata: {name: mailer, namespace: %[1]s}
-spec:
-  relayRef: {name: %[2]s, namespace: %[3]s}
-  allowedSenders: [noreply@app.example]
-`, appNS, relayName, ns)
+	manifests := tenantManifests(appNS, `{kuberelay.io/e2e-mail: "yes"}`, "app-example", "app.example")
 	if !e.check(step+"apply a namespace with a RelayDomain and a RelayClient", e.apply(manifests)) {
 		return
 	}
@@ -370,4 +351,30 @@ spec:
 // environment, to addr (the Service's ClusterIP).
 func (e *e2e) podSmtplib(namespace, pod, addr, from, subject string) (string, error) {
 	return e.kubectl(40*time.Second, "-n", namespace, "exec", pod, "--", "/usr/bin/python3", "-S", "-c", smtplibSend, "env", addr, from, subject)
+}
+
+// tenantManifests are an application namespace with labels, a RelayDomain domainName
+// for domain and a RelayClient "mailer" that may send as noreply@domain, both
+// attached to the e2e relay.
+func tenantManifests(namespace, labels, domainName, domain string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %[1]s
+  labels: %[2]s
+---
+apiVersion: relay.kuberelay.io/v1alpha1
+kind: RelayDomain
+metadata: {name: %[3]s, namespace: %[1]s}
+spec:
+  domain: %[4]s
+  relayRef: {name: %[5]s, namespace: %[6]s}
+---
+apiVersion: relay.kuberelay.io/v1alpha1
+kind: RelayClient
+metadata: {name: mailer, namespace: %[1]s}
+spec:
+  relayRef: {name: %[5]s, namespace: %[6]s}
+  allowedSenders: [noreply@%[4]s]
+`, namespace, labels, domainName, domain, relayName, ns)
 }

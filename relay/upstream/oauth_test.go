@@ -195,21 +195,8 @@ func TestOAuth2ClientCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var requests atomic.Int64
 	var tokenURL string
-	te := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		why := checkAssertion(r, der, &key.PublicKey, tokenURL)
-		if why != "" {
-			w.WriteHeader(http.StatusBadRequest)
-			fmt.Fprintf(w, `{"error":"invalid_client","error_description":%q}`, why)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"access_token":"tok-cert","token_type":"Bearer","expires_in":3600}`)
-	}))
-	defer te.Close()
-	tokenURL = te.URL + "/token"
+	tokenURL, requests := checkingEndpoint(t, "tok-cert", func(r *http.Request) string { return checkAssertion(r, der, &key.PublicKey, tokenURL) })
 	srv := startBearerServer(t)
 	u := testUpstream(t, config.TLSStartTLS, srv.Addr)
 	u.Auth = &config.UpstreamAuth{Mechanism: "XOAUTH2", OAuth2: &config.OAuth2{TokenURL: tokenURL}}
@@ -280,44 +267,31 @@ func TestOAuth2GoogleServiceAccount(t *testing.T) {
 	}
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
 	const email = "relay@project.iam.gserviceaccount.com"
-	var requests atomic.Int64
 	var tokenURL string
-	te := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		why := func() string {
-			if r.ParseForm() != nil || r.Form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
-				return "grant_type"
-			}
-			parts := strings.Split(r.Form.Get("assertion"), ".")
-			if len(parts) != 3 {
-				return "not a JWT"
-			}
-			sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
-			digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-			if rsa.VerifyPKCS1v15(&key.PublicKey, crypto.SHA256, digest[:], sig) != nil {
-				return "bad signature"
-			}
-			var header, claims map[string]any
-			hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
-			cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
-			if json.Unmarshal(hb, &header) != nil || json.Unmarshal(cb, &claims) != nil || header["kid"] != "key-1" {
-				return fmt.Sprintf("header %v", header)
-			}
-			if claims["iss"] != email || claims["sub"] != oauthMailbox || claims["scope"] != "https://mail.google.com/" || claims["aud"] != tokenURL {
-				return fmt.Sprintf("claims %v", claims)
-			}
-			return ""
-		}()
-		if why != "" {
-			w.WriteHeader(http.StatusBadRequest)
-			fmt.Fprintf(w, `{"error":"invalid_grant","error_description":%q}`, why)
-			return
+	tokenURL, requests := checkingEndpoint(t, "tok-google", func(r *http.Request) string {
+		if r.ParseForm() != nil || r.Form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+			return "grant_type"
 		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"access_token":"tok-google","token_type":"Bearer","expires_in":3600}`)
-	}))
-	defer te.Close()
-	tokenURL = te.URL + "/token"
+		parts := strings.Split(r.Form.Get("assertion"), ".")
+		if len(parts) != 3 {
+			return "not a JWT"
+		}
+		sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+		digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+		if rsa.VerifyPKCS1v15(&key.PublicKey, crypto.SHA256, digest[:], sig) != nil {
+			return "bad signature"
+		}
+		var header, claims map[string]any
+		hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
+		cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		if json.Unmarshal(hb, &header) != nil || json.Unmarshal(cb, &claims) != nil || header["kid"] != "key-1" {
+			return fmt.Sprintf("header %v", header)
+		}
+		if claims["iss"] != email || claims["sub"] != oauthMailbox || claims["scope"] != "https://mail.google.com/" || claims["aud"] != tokenURL {
+			return fmt.Sprintf("claims %v", claims)
+		}
+		return ""
+	})
 	saJSON, _ := json.Marshal(map[string]string{"type": "service_account", "client_email": email, "private_key_id": "key-1",
 		"private_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), "token_uri": tokenURL})
 	sa, err := config.ParseServiceAccount(saJSON)
@@ -337,4 +311,23 @@ func TestOAuth2GoogleServiceAccount(t *testing.T) {
 	if n := requests.Load(); n != 1 {
 		t.Fatalf("%d token requests, want 1", n)
 	}
+}
+
+// checkingEndpoint is a token endpoint at the returned URL that hands out token to
+// requests check finds nothing wrong with, and answers the others 400 with check's
+// finding; requests counts them all.
+func checkingEndpoint(t *testing.T, token string, check func(*http.Request) string) (string, *atomic.Int64) {
+	requests := &atomic.Int64{}
+	te := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if why := check(r); why != "" {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"invalid_client","error_description":%q}`, why)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3600}`, token)
+	}))
+	t.Cleanup(te.Close)
+	return te.URL + "/token", requests
 }
