@@ -2,8 +2,10 @@ package render
 
 import (
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -77,6 +79,7 @@ func (r *renderer) clients(cfg *config.Config, domains map[types.NamespacedName]
 		ordered = append(ordered, &r.in.Clients[i])
 	}
 	sort.Slice(ordered, func(i, j int) bool { return ClientUsername(ordered[i]) < ClientUsername(ordered[j]) })
+	r.prehashClients(ordered)
 	for _, c := range ordered {
 		key := types.NamespacedName{Namespace: c.Namespace, Name: c.Name}
 		res := r.client(cfg, c, domainNS)
@@ -84,6 +87,54 @@ func (r *renderer) clients(cfg *config.Config, domains map[types.NamespacedName]
 	}
 	sort.Slice(cfg.Users, func(i, j int) bool { return cfg.Users[i].Username < cfg.Users[j].Username })
 	return out
+}
+
+// prehashClients hashes the passwords of the clients whose Secrets are in place on
+// every core: bcrypt is most of a render's time when many clients are new, and the
+// Hasher returns the same hashes again (it caches them) when client asks for them in
+// order. A client left out later only cost its hash.
+func (r *renderer) prehashClients(clients []*relayv1alpha1.RelayClient) {
+	if r.in.Hasher == nil {
+		return
+	}
+	type job struct {
+		key                string
+		password, previous []byte
+	}
+	var jobs []job
+	for _, c := range clients {
+		s := r.in.Secrets[types.NamespacedName{Namespace: c.Namespace, Name: ClientSecretName(c)}]
+		if s == nil || !metav1.IsControlledBy(s, c) {
+			continue
+		}
+		password := s.Data[ClientKeyPassword]
+		if len(password) == 0 || len(password) > maxPasswordBytes {
+			continue
+		}
+		id := c.Namespace + "." + c.Name
+		jobs = append(jobs, job{key: hasherKey(r.relayKey, "relayclient:"+id), password: password,
+			previous: r.in.Previous[secretFileName("client", id, "bcrypt")]})
+	}
+	if len(jobs) < 2 {
+		return
+	}
+	work := make(chan job)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				// Errors come again, and are reported, from the ordered pass.
+				_, _ = r.in.Hasher.Hash(j.key, j.password, j.previous)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
 }
 
 func (r *renderer) client(cfg *config.Config, c *relayv1alpha1.RelayClient, domainNS map[string]string) ClientResult {
