@@ -227,13 +227,29 @@ func Eventually(cond func() bool) bool {
 // freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		// Never the same port twice in a process: two parallel tests given one port
+		// would each dial the other's sink and take it for their own.
+		handedOutMu.Lock()
+		seen := handedOut[port]
+		handedOut[port] = true
+		handedOutMu.Unlock()
+		if !seen {
+			return "127.0.0.1:" + strconv.Itoa(port)
+		}
 	}
-	defer l.Close()
-	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
+
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[int]bool{}
+)
 
 // waitListening dials addr until it answers or the process exits.
 func waitListening(addr string, exited <-chan struct{}) bool {
