@@ -77,7 +77,7 @@ func StartSink(t testing.TB, args ...string) *Sink {
 			cmd.Wait()
 			close(exited)
 		}()
-		if waitListening(addr, exited) {
+		if waitListening(addr, exited) && !hasExited(exited) {
 			s := &Sink{Addr: addr, DumpDir: dir, out: out}
 			t.Cleanup(func() {
 				cmd.Process.Kill()
@@ -250,6 +250,17 @@ var (
 	handedOutMu sync.Mutex
 	handedOut   = map[int]bool{}
 )
+
+// hasExited says whether the process has exited: a sink that could not bind its port
+// exits, while whatever holds the port answers the dial.
+func hasExited(exited <-chan struct{}) bool {
+	select {
+	case <-exited:
+		return true
+	default:
+		return false
+	}
+}
 
 // waitListening dials addr until it answers or the process exits.
 func waitListening(addr string, exited <-chan struct{}) bool {
