@@ -54,11 +54,15 @@ type PodChecks struct {
 
 // checkRun is a relay fleet's current or last round.
 type checkRun struct {
-	hash    string
+	hash    string // the configuration the round was asked on
 	pod     string
 	askedAt time.Time
 	started time.Time // the round's start as the pod reported it
 	done    bool
+	// upstreams are the round's upstreams (relay.yaml names).
+	upstreams []string
+	// checked is when each Smarthost was last checked on hash.
+	checked map[types.NamespacedName]time.Time
 	// next picks the pod of the next round, so rounds go around the fleet.
 	next int
 }
@@ -132,24 +136,20 @@ func checkInterval(sh *relayv1alpha1.Smarthost) time.Duration {
 }
 
 // reconcileChecks asks one ready pod that runs the rendered configuration to check
-// the upstreams when a round is due, and stores a finished round's results. It
+// the upstreams that are due (each Smarthost at its own spec.check.interval, all of
+// them after a configuration change), and stores a finished round's results. It
 // returns when to look again.
 func (r *SmtpRelayReconciler) reconcileChecks(ctx context.Context, s *relayScope) time.Duration {
 	if s.result == nil || r.Pods == nil || r.checks == nil || len(s.checkable) == 0 {
 		return 0
 	}
 	relayKey := client.ObjectKeyFromObject(s.relay)
-	used := map[types.NamespacedName]bool{}
-	interval := time.Duration(0)
+	// Only Smarthosts with checks on keep results: turning them off drops them.
+	checked := map[types.NamespacedName]bool{}
 	for _, k := range s.result.Upstreams {
-		used[k] = true
-		if d := checkInterval(s.in.Smarthosts[k]); d > 0 && (interval == 0 || d < interval) {
-			interval = d
+		if checkInterval(s.in.Smarthosts[k]) > 0 {
+			checked[k] = true
 		}
-	}
-	if interval == 0 {
-		r.checks.put(relayKey, nil, used)
-		return 0
 	}
 	var run checkRun
 	if v, ok := r.checkRuns.Load(relayKey); ok {
@@ -160,32 +160,62 @@ func (r *SmtpRelayReconciler) reconcileChecks(ctx context.Context, s *relayScope
 		rep, seen := s.reports[run.pod]
 		switch c := rep.Checks; {
 		case seen && c != nil && c.StartedAt.Equal(run.started) && c.FinishedAt != nil:
-			results := map[types.NamespacedName][]EndpointCheck{}
-			for name, eps := range c.Upstreams {
-				if k, ok := s.result.Upstreams[name]; ok && checkInterval(s.in.Smarthosts[k]) > 0 {
-					results[k] = eps
-				}
-			}
-			r.checks.put(relayKey, results, used)
 			run.done = true
+			// A round on another configuration than the one rendered now says nothing
+			// about it (a fixed password would show as still refused).
+			if c.ConfigHash == s.result.Hash && run.hash == s.result.Hash {
+				if run.checked == nil {
+					run.checked = map[types.NamespacedName]time.Time{}
+				}
+				results := map[types.NamespacedName][]EndpointCheck{}
+				for _, name := range run.upstreams {
+					if k, ok := s.result.Upstreams[name]; ok && checked[k] {
+						results[k] = c.Upstreams[name]
+						run.checked[k] = run.askedAt
+					}
+				}
+				r.checks.put(relayKey, results, checked)
+			}
 			r.checkRuns.Store(relayKey, run)
 		case now.Sub(run.askedAt) < checkGiveUp:
 			return checkPoll
 		}
 	}
-	due := run.pod == "" || !run.done || run.hash != s.result.Hash || now.Sub(run.askedAt) >= interval
-	if !due {
-		return run.askedAt.Add(interval).Sub(now)
+	if run.hash != s.result.Hash {
+		run.checked = nil
 	}
+	var due []string
+	next := time.Duration(0)
+	for name, k := range s.result.Upstreams {
+		iv := checkInterval(s.in.Smarthosts[k])
+		if iv == 0 {
+			continue
+		}
+		last, ok := run.checked[k]
+		if !ok || now.Sub(last) >= iv {
+			due = append(due, name)
+		} else if d := last.Add(iv).Sub(now); next == 0 || d < next {
+			next = d
+		}
+	}
+	if len(due) == 0 {
+		r.checks.put(relayKey, nil, checked)
+		return next
+	}
+	sort.Strings(due)
 	pod := s.checkable[run.next%len(s.checkable)]
-	started, err := r.Pods.StartChecks(ctx, pod)
+	started, err := r.Pods.StartChecks(ctx, pod, due)
 	if err != nil {
 		log.FromContext(ctx).V(1).Info("upstream checks not started; asking again", "pod", pod.Name, "error", err.Error())
 		run.next++
 		r.checkRuns.Store(relayKey, run)
 		return checkRetry
 	}
-	r.checkRuns.Store(relayKey, checkRun{hash: s.result.Hash, pod: pod.Name, askedAt: now, started: started, next: run.next + 1})
+	if run.checked == nil {
+		run.checked = map[types.NamespacedName]time.Time{}
+	}
+	r.checkRuns.Store(relayKey, checkRun{hash: s.result.Hash, pod: pod.Name, askedAt: now, started: started, upstreams: due,
+		checked: run.checked, next: run.next + 1})
 	return checkPoll
 }
 

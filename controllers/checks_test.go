@@ -31,7 +31,13 @@ func TestSmarthostChecks(t *testing.T) {
 		s.Endpoints = append(s.Endpoints, relayv1alpha1.SmarthostEndpoint{Host: "mta2.corp.example", Port: 587})
 	})
 	creds := basicAuth(ns, "creds", "relay", "wrong-password")
-	create(t, creds, sh, relay)
+	// A second Smarthost, routed to by a domain, with checks off: never checked.
+	off := newSmarthost(ns, "off", "mta.off.example", 25, plainText, func(s *relayv1alpha1.SmarthostSpec) {
+		s.Check = &relayv1alpha1.SmarthostCheck{Interval: &metav1.Duration{}}
+	})
+	create(t, creds, sh, off, relay, newDomain(ns, "off", "off.example", ref("outbound"), func(s *relayv1alpha1.RelayDomainSpec) {
+		s.SmarthostRef = &relayv1alpha1.LocalObjectReference{Name: "off"}
+	}))
 	dep := &appsv1.Deployment{}
 	eventually(t, func() string {
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(relay), dep); err != nil {
@@ -93,6 +99,21 @@ func TestSmarthostChecks(t *testing.T) {
 	}
 	if pods[0].roundsAsked() != 1 || pods[1].roundsAsked() != 1 {
 		t.Errorf("rounds per pod %d and %d: the rounds should go around the fleet", pods[0].roundsAsked(), pods[1].roundsAsked())
+	}
+	l, _ = loadRendered(ns, "outbound")
+	for _, p := range pods {
+		p.mu.Lock()
+		for _, name := range p.checkedUpstreams {
+			for _, u := range l.Config.Upstreams {
+				if u.Name == name && u.Endpoints[0].Host == "mta.off.example" {
+					t.Errorf("pod %s was asked to check %s, whose checks are off", p.name, name)
+				}
+			}
+		}
+		p.mu.Unlock()
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(off), off); err != nil || apimeta.FindStatusCondition(off.Status.Conditions, relayv1alpha1.ReachableCondition) != nil {
+		t.Errorf("a Smarthost with checks off has a Reachable condition: %v %s", err, toString(off.Status))
 	}
 }
 

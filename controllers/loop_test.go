@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -554,6 +555,8 @@ type relayPod struct {
 	check     func(config.Upstream) []map[string]any
 	rounds    int
 	lastRound map[string]any
+	// checkedUpstreams are the upstreams each round checked.
+	checkedUpstreams []string
 }
 
 func (p *relayPod) hash() string {
@@ -602,8 +605,12 @@ func startRelayPodNamed(t *testing.T, ns string, relay *relayv1alpha1.SmtpRelay,
 		case r.URL.Path == "/upstreams/check" && r.Method == http.MethodPost && p.check != nil && p.loaded != nil:
 			// A round that finishes at once, on the configuration the pod runs.
 			ups := map[string]any{}
+			asked := r.URL.Query()["upstream"]
 			for _, u := range p.loaded.Config.Upstreams {
-				ups[u.Name] = p.check(u)
+				if len(asked) == 0 || slices.Contains(asked, u.Name) {
+					ups[u.Name] = p.check(u)
+					p.checkedUpstreams = append(p.checkedUpstreams, u.Name)
+				}
 			}
 			p.rounds++
 			now := time.Now().UTC().Add(time.Duration(p.rounds) * time.Millisecond)

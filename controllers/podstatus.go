@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -22,9 +23,10 @@ type PodStatus interface {
 	Report(ctx context.Context, pod *corev1.Pod) (PodReport, error)
 	// Drain makes a Queue-mode pod take no more mail and deliver its queue.
 	Drain(ctx context.Context, pod *corev1.Pod) error
-	// StartChecks asks the pod for a round of upstream checks and returns the
-	// round's start as the pod reports it (to find its results in later reports).
-	StartChecks(ctx context.Context, pod *corev1.Pod) (time.Time, error)
+	// StartChecks asks the pod for a round of checks of the named upstreams and
+	// returns the round's start as the pod reports it (to find its results in later
+	// reports).
+	StartChecks(ctx context.Context, pod *corev1.Pod, upstreams []string) (time.Time, error)
 }
 
 // PodReport is what a relay pod's /status says.
@@ -115,8 +117,9 @@ func (h *HTTPPodStatus) Drain(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-func (h *HTTPPodStatus) StartChecks(ctx context.Context, pod *corev1.Pod) (time.Time, error) {
-	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/upstreams/check"
+func (h *HTTPPodStatus) StartChecks(ctx context.Context, pod *corev1.Pod, upstreams []string) (time.Time, error) {
+	q := neturl.Values{"upstream": upstreams}
+	url := "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(int(podHTTPPort(pod)))) + "/upstreams/check?" + q.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	if err != nil {
 		return time.Time{}, err

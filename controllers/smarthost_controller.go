@@ -69,11 +69,18 @@ func (r *SmarthostReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.StalledCondition)
 	}
 	apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.ReconcilingCondition)
-	if r.Checks != nil {
+	switch {
+	case checkInterval(sh) == 0:
+		// Checks are off: no stale verdict stays.
+		apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.ReachableCondition)
+		apimeta.RemoveStatusCondition(&sh.Status.Conditions, relayv1alpha1.AuthAcceptedCondition)
+	case r.Checks != nil:
 		setCheckConditions(sh, r.Checks.results(req.NamespacedName))
 		for _, t := range []string{relayv1alpha1.ReachableCondition, relayv1alpha1.AuthAcceptedCondition} {
-			c := apimeta.FindStatusCondition(sh.Status.Conditions, t)
-			if c != nil && c.Status == metav1.ConditionFalse && !conditionIs(base.Status.Conditions, t, c.Reason, c.Message) {
+			// An event when a check starts failing, not at each round: servers' replies
+			// carry session ids, so the message differs every time.
+			c, was := apimeta.FindStatusCondition(sh.Status.Conditions, t), apimeta.FindStatusCondition(base.Status.Conditions, t)
+			if c != nil && c.Status == metav1.ConditionFalse && (was == nil || was.Status != c.Status || was.Reason != c.Reason) {
 				r.Recorder.Eventf(sh, nil, corev1.EventTypeWarning, c.Reason, "Check", "%s", c.Message)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -14,6 +15,9 @@ import (
 // checkRoundTimeout bounds one round of upstream checks; each endpoint is bounded by
 // its upstream's connect timeout, which the API caps far below this.
 const checkRoundTimeout = 2 * time.Minute
+
+// minCheckGap is the least time between the starts of two rounds.
+const minCheckGap = 2 * time.Second
 
 // UpstreamChecks is the last round of upstream checks (POST /upstreams/check): each
 // upstream's endpoints connected to as a delivery would, without sending mail.
@@ -34,14 +38,16 @@ type checker struct {
 	running bool
 }
 
-// StartChecks starts a round of upstream checks on the current configuration, unless
-// one runs; it reports whether it started one. Whoever asks decides how often: the
+// StartChecks starts a round of checks of the named upstreams (all when none is
+// named) on the current configuration, unless one runs or one started less than
+// minCheckGap ago; it reports whether it started one. Whoever asks decides how often: the
 // operator asks one pod of a fleet per interval, so a provider sees one check per
 // endpoint per fleet.
-func (s *Server) StartChecks() bool {
+func (s *Server) StartChecks(upstreams ...string) bool {
 	c := &s.checks
 	c.mu.Lock()
-	if c.running {
+	// One round at a time, and not back to back, whoever asks.
+	if c.running || c.last != nil && time.Since(c.last.StartedAt) < minCheckGap {
 		c.mu.Unlock()
 		return false
 	}
@@ -57,7 +63,9 @@ func (s *Server) StartChecks() bool {
 		defer cancel()
 		names := make([]string, 0, len(g.pools))
 		for n := range g.pools {
-			names = append(names, n)
+			if len(upstreams) == 0 || slices.Contains(upstreams, n) {
+				names = append(names, n)
+			}
 		}
 		sort.Strings(names)
 		results := map[string][]upstream.EndpointCheck{}
@@ -102,7 +110,8 @@ func (s *Server) Checks() *UpstreamChecks {
 
 // ChecksHandler serves the upstream checks on the relay's HTTP port:
 //
-//	POST /upstreams/check   start a round (202; 409 while one runs)
+//	POST /upstreams/check[?upstream=NAME...]   start a round of those upstreams, or all
+//	                                            (202; 409 while one runs or just ran)
 //	GET  /upstreams/check   the last round
 func (s *Server) ChecksHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -111,9 +120,9 @@ func (s *Server) ChecksHandler() http.Handler {
 		w.WriteHeader(code)
 		_ = json.NewEncoder(w).Encode(v)
 	}
-	mux.HandleFunc("POST /upstreams/check", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.StartChecks() {
-			reply(w, http.StatusConflict, map[string]string{"error": "a round of checks is running"})
+	mux.HandleFunc("POST /upstreams/check", func(w http.ResponseWriter, r *http.Request) {
+		if !s.StartChecks(r.URL.Query()["upstream"]...) {
+			reply(w, http.StatusConflict, map[string]string{"error": "a round of checks is running or has just run: try again in a few seconds"})
 			return
 		}
 		reply(w, http.StatusAccepted, s.Checks())

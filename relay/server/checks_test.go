@@ -42,11 +42,18 @@ func TestUpstreamChecks(t *testing.T) {
 
 	round := func() *server.UpstreamChecks {
 		t.Helper()
-		resp, err := http.Post(hs.URL+"/upstreams/check", "", nil)
-		if err != nil || resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST /upstreams/check: %v %v", err, resp)
-		}
-		resp.Body.Close()
+		// Rounds do not start back to back: ask until one does.
+		eventually.Require(t, wait, func() string {
+			resp, err := http.Post(hs.URL+"/upstreams/check", "", nil)
+			if err != nil {
+				return err.Error()
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				return "POST /upstreams/check: " + resp.Status
+			}
+			return ""
+		})
 		var last *server.UpstreamChecks
 		eventually.Require(t, wait, func() string {
 			r, err := http.Get(hs.URL + "/upstreams/check")
@@ -83,6 +90,28 @@ func TestUpstreamChecks(t *testing.T) {
 	}
 	if n := len(secure.Messages()) + len(up.Messages()); n != 0 {
 		t.Errorf("checks delivered %d messages", n)
+	}
+
+	// A round of one upstream checks only that one.
+	eventually.Require(t, wait, func() string {
+		resp, err := http.Post(hs.URL+"/upstreams/check?upstream=main", "", nil)
+		if err != nil {
+			return err.Error()
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return resp.Status
+		}
+		return ""
+	})
+	eventually.Require(t, wait, func() string {
+		if c := e.srv.Checks(); c == nil || c.FinishedAt == nil {
+			return "the round has not finished"
+		}
+		return ""
+	})
+	if c := e.srv.Checks(); len(c.Upstreams) != 1 || c.Upstreams["main"] == nil {
+		t.Errorf("a round of main checked %v", c.Upstreams)
 	}
 
 	// The password fixed: the next round, on the new configuration, logs in.
