@@ -77,7 +77,9 @@ func (r *DKIMKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name, Labels: render.CommonLabels()},
 			Type: corev1.SecretTypeOpaque, Data: map[string][]byte{render.DKIMKeyData(selector): pemBytes}}
-		render.DKIMKeys{Signing: selector, RotatedAt: now, Handled: d.Annotations[render.RotateDKIMAnnotation]}.Annotate(sec)
+		// Even the first key waits for its record: mail signed with a key receivers
+		// cannot find fails DKIM, which is worse than no signature.
+		render.DKIMKeys{Pending: selector, PendingSince: now, Handled: d.Annotations[render.RotateDKIMAnnotation]}.Annotate(sec)
 		if err := controllerutil.SetControllerReference(d, sec, r.Scheme()); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -85,8 +87,9 @@ func (r *DKIMKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			return ctrl.Result{}, client.IgnoreAlreadyExists(err)
 		}
 		r.Recorder.Eventf(d, nil, corev1.EventTypeNormal, "DKIMKeyGenerated", "Generate",
-			"Generated DKIM key %s; publish the TXT record in status.dkim.records", selector)
-		return ctrl.Result{RequeueAfter: nextDKIMChange(g, render.ReadDKIMKeys(sec), now, 0)}, nil
+			"Generated DKIM key %s; publish the TXT record in status.dkim.records: mail is signed with it once it is seen in DNS", selector)
+		// The Secret's creation brings the next pass, which looks the record up.
+		return ctrl.Result{}, nil
 	case err != nil:
 		return ctrl.Result{}, err
 	}
@@ -99,30 +102,38 @@ func (r *DKIMKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if sec.Data == nil {
 		sec.Data = map[string][]byte{}
 	}
-	if keys.Signing == "" || sec.Data[render.DKIMKeyData(keys.Signing)] == nil {
-		// The signing key was removed by hand: make a new one at once.
-		selector, pemBytes, err := newDKIMKey(g, now, sec.Data)
-		if err != nil {
-			return ctrl.Result{}, err
-		}
-		sec.Data[render.DKIMKeyData(selector)] = pemBytes
-		keys.Signing, keys.RotatedAt = selector, now
+	if keys.Signing != "" && sec.Data[render.DKIMKeyData(keys.Signing)] == nil {
+		// The signing key was removed by hand: mail goes unsigned until a new key's
+		// record is seen, never signed with a key nobody published.
+		keys.Signing = ""
+	}
+	if keys.Pending != "" && sec.Data[render.DKIMKeyData(keys.Pending)] == nil {
+		keys.Pending, keys.PendingSince = "", time.Time{}
 	}
 	if keys.Retiring != "" && !now.Before(keys.RetireAt) {
 		delete(sec.Data, render.DKIMKeyData(keys.Retiring))
 		keys.Retiring, keys.RetireAt = "", time.Time{}
 	}
 	asked := d.Annotations[render.RotateDKIMAnnotation]
-	due := asked != keys.Handled || g.RotateEvery != nil && now.Sub(keys.RotatedAt) >= g.RotateEvery.Duration
+	// Removing the annotation asks for nothing.
+	due := keys.Signing == "" || asked != "" && asked != keys.Handled ||
+		g.RotateEvery != nil && now.Sub(keys.RotatedAt) >= g.RotateEvery.Duration
 	if keys.Pending == "" && due {
 		selector, pemBytes, err := newDKIMKey(g, now, sec.Data)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
 		sec.Data[render.DKIMKeyData(selector)] = pemBytes
-		keys.Pending, keys.PendingSince, keys.Handled = selector, now, asked
+		keys.Pending, keys.PendingSince = selector, now
+		if asked != "" {
+			keys.Handled = asked
+		}
+		current := keys.Signing
+		if current == "" {
+			current = "no key (unsigned)"
+		}
 		r.Recorder.Eventf(d, nil, corev1.EventTypeNormal, "DKIMKeyPending", "Rotate",
-			"New DKIM key %s made; publish its TXT record (status.dkim.records): mail is signed with %s until it is seen in DNS", selector, keys.Signing)
+			"New DKIM key %s made; publish its TXT record (status.dkim.records): mail is signed with %s until it is seen in DNS", selector, current)
 	}
 	poll := time.Duration(0)
 	if keys.Pending != "" {
@@ -131,15 +142,17 @@ func (r *DKIMKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			seen, why = r.published(ctx, g.Resolver, keys.Pending+"._domainkey."+d.Spec.Domain, sec.Data[render.DKIMKeyData(keys.Pending)])
 		}
 		if seen {
-			if keys.Retiring != "" {
-				// A rotation before the last one's key retired: that key goes now.
-				delete(sec.Data, render.DKIMKeyData(keys.Retiring))
+			if keys.Signing != "" {
+				if keys.Retiring != "" {
+					// A rotation before the last one's key retired: that key goes now.
+					delete(sec.Data, render.DKIMKeyData(keys.Retiring))
+				}
+				retire := defaultDKIMRetireAfter
+				if g.RetireAfter != nil {
+					retire = g.RetireAfter.Duration
+				}
+				keys.Retiring, keys.RetireAt = keys.Signing, now.Add(retire)
 			}
-			retire := defaultDKIMRetireAfter
-			if g.RetireAfter != nil {
-				retire = g.RetireAfter.Duration
-			}
-			keys.Retiring, keys.RetireAt = keys.Signing, now.Add(retire)
 			keys.Signing, keys.RotatedAt = keys.Pending, now
 			keys.Pending, keys.PendingSince = "", time.Time{}
 			r.Recorder.Eventf(d, nil, corev1.EventTypeNormal, "DKIMKeySwitched", "Rotate",

@@ -81,10 +81,10 @@ func (z *dnsZone) lookup(name string) ([]string, error) {
 	return res.LookupTXT(ctx, strings.TrimSuffix(name, ".")+".")
 }
 
-// TestDKIMRotation follows a generated key through a rotation against a local DNS
-// server: the first key signs at once; a rotation makes a pending key and mail stays
-// signed with the first until the new record is in DNS; then the new key signs and
-// the old one retires after retireAfter. Each stage's mail, signed with the key
+// TestDKIMRotation follows generated keys against a local DNS server: the first key
+// signs once its record is in DNS (the domain is relayed unsigned until then); a
+// rotation makes a pending key and mail stays signed with the first until the new
+// record is in DNS; then the new key signs and the old one retires after retireAfter. Each stage's mail, signed with the key
 // relay.yaml names, verifies with go-msgauth against the zone.
 func TestDKIMRotation(t *testing.T) {
 	startManager(t)
@@ -143,14 +143,24 @@ func TestDKIMRotation(t *testing.T) {
 		}
 	}
 
+	// The first key waits for its record too: unsigned until then.
 	first := status(func(st *relayv1alpha1.DKIMStatus) string {
-		if st.SigningSelector == "" || len(st.Records) != 1 || st.Records[0].State != render.DKIMStateSigning {
+		if st.SigningSelector != "" || st.PendingSelector == "" || len(st.Records) != 1 || st.Records[0].State != render.DKIMStatePending {
 			return fmt.Sprintf("status.dkim %s", toString(st))
 		}
 		return ""
 	})
-	s1 := first.SigningSelector
+	s1 := first.PendingSelector
+	if l, msg := loadRendered(ns, "outbound"); l == nil || len(l.Config.Domains) != 1 || l.Config.Domains[0].DKIM != nil {
+		t.Fatalf("before its key is published the domain should be relayed unsigned: %s %+v", msg, l)
+	}
 	zone.publish(first.Records[0].DKIMRecord)
+	status(func(st *relayv1alpha1.DKIMStatus) string {
+		if st.SigningSelector != s1 || st.PendingSelector != "" || len(st.Records) != 1 {
+			return fmt.Sprintf("status.dkim %s", toString(st))
+		}
+		return ""
+	})
 	signedBy(s1)
 
 	// A rotation: a pending key; mail stays signed with the first key.

@@ -106,8 +106,8 @@ func (r *renderer) generatedDKIM(d *relayv1alpha1.RelayDomain, name string) (str
 	secName := GeneratedDKIMSecretName(d)
 	s := r.in.Secrets[types.NamespacedName{Namespace: d.Namespace, Name: secName}]
 	if s == nil {
-		return "", nil, nil, &Error{Reason: relayv1alpha1.ReasonProgressing, Message: fmt.Sprintf(
-			"waiting for the operator to generate the DKIM key into Secret %s/%s", d.Namespace, secName)}
+		// The key is being made: the domain's mail flows unsigned meanwhile.
+		return "", nil, nil, nil
 	}
 	if !metav1.IsControlledBy(s, d) {
 		return "", nil, nil, &Error{Reason: relayv1alpha1.ReasonSecretConflict, Message: fmt.Sprintf(
@@ -115,9 +115,9 @@ func (r *renderer) generatedDKIM(d *relayv1alpha1.RelayDomain, name string) (str
 	}
 	keys := ReadDKIMKeys(s)
 	signing := s.Data[DKIMKeyData(keys.Signing)]
-	if keys.Signing == "" || signing == nil {
-		return "", nil, nil, &Error{Reason: relayv1alpha1.ReasonProgressing, Message: fmt.Sprintf(
-			"waiting for the operator to generate the DKIM key into Secret %s/%s", d.Namespace, secName)}
+	if signing == nil {
+		// No key is published yet: unsigned until the pending one's record is seen.
+		keys.Signing = ""
 	}
 	st := &relayv1alpha1.DKIMStatus{SigningSelector: keys.Signing, PendingSelector: keys.Pending}
 	if !keys.RotatedAt.IsZero() {

@@ -78,12 +78,12 @@ func (r *renderer) domain(d *relayv1alpha1.RelayDomain, name string, haveDefault
 		if err != nil && problem == nil {
 			problem = err
 		}
-		if st != nil {
-			res.DKIM = st
+		res.DKIM = st
+		if selector != "" {
 			res.DKIMRecord = &st.Records[0].DKIMRecord
+			dkimKey = pemBytes
+			p.cfg.DKIM = &config.DKIM{Selector: selector, PrivateKeyFile: secretFileName("dkim", name, "key")}
 		}
-		dkimKey = pemBytes
-		p.cfg.DKIM = &config.DKIM{Selector: selector, PrivateKeyFile: secretFileName("dkim", name, "key")}
 	} else if k != nil {
 		keyName := k.PrivateKeySecretRef.Key
 		if keyName == "" {
