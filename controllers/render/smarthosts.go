@@ -103,7 +103,11 @@ func oauthClient(src *smarthostSource, s *corev1.Secret, what string) *Error {
 	var err *Error
 	if sa, ok := s.Data[oauthServiceAccountKey]; ok {
 		// A Google service account key: nothing else is read from the Secret.
-		if _, perr := config.ParseServiceAccount(sa); perr != nil {
+		parsed, perr := config.ParseServiceAccount(sa)
+		if perr == nil && src.spec.Auth.OAuth2.TokenURL == "" {
+			perr = config.CheckTokenURL(parsed.TokenURI)
+		}
+		if perr != nil {
 			return &Error{Reason: relayv1alpha1.ReasonInvalidSecret, Message: fmt.Sprintf(
 				"Secret %s/%s (%s) key %s: %v; it must be the service account's JSON key as Google downloads it", ns, s.Name, what, oauthServiceAccountKey, perr)}
 		}

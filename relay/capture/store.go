@@ -77,7 +77,7 @@ func (s *Store) SetLimits(maxMessages int, maxBytes int64) {
 	s.evict(0)
 }
 
-// Add stores m with data (which the store now owns), dropping the oldest messages
+// Add stores m with a copy of data, dropping the oldest messages
 // until it fits. A message larger than the whole cap keeps its first maxBytes only.
 func (s *Store) Add(m *Message, data []byte) {
 	m.Size = int64(len(data))
@@ -88,7 +88,8 @@ func (s *Store) Add(m *Message, data []byte) {
 		data = data[:s.maxBytes]
 		m.Truncated = true
 	}
-	m.data = data
+	// A copy of exactly its length: what the cap counts is what is held.
+	m.data = bytes.Clone(data)
 	s.evict(int64(len(data)))
 	s.msgs = append(s.msgs, m)
 	s.byID[m.ID] = m

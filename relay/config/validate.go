@@ -745,6 +745,9 @@ const (
 	MechanismOAuthBearer = "OAUTHBEARER"
 )
 
+// CheckTokenURL checks a token endpoint as tokenURL is checked.
+func CheckTokenURL(raw string) error { return checkTokenURL(raw) }
+
 // checkTokenURL requires an absolute https URL (http only to a loopback address,
 // where nothing crosses a network): the client secret is sent to it.
 func checkTokenURL(raw string) error {

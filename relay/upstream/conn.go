@@ -41,6 +41,10 @@ type conn struct {
 	p    *Pool
 	ep   int
 	addr string
+	// token and tokenErr are the access token obtained before connecting (OAuth 2.0),
+	// so a slow token endpoint does not spend the connect timeout.
+	token    string
+	tokenErr error
 	// raw is the TCP connection under any TLS layer: deadlines and forced closes act on
 	// it, which also works while a TLS read or write is blocked.
 	raw  net.Conn
@@ -126,6 +130,11 @@ func (cn *conn) unwatch() {
 // within the connect timeout.
 func (p *Pool) dial(ctx context.Context, ep int) (*conn, *Error) {
 	addr := p.addrs[ep]
+	cn := &conn{p: p, ep: ep, addr: addr}
+	if p.tokens != nil && p.creds != nil {
+		// Within its own HTTP timeout, before the connect timeout starts.
+		cn.token, cn.tokenErr = p.tokens.token()
+	}
 	cctx, cancel := context.WithTimeout(ctx, p.u.Timeouts.Connect.Duration)
 	defer cancel()
 	raw, err := p.dialFn(cctx, "tcp", addr)
@@ -135,7 +144,7 @@ func (p *Pool) dial(ctx context.Context, ep int) (*conn, *Error) {
 	// Each exchange sets its own deadline; the connect phase as a whole is bounded by
 	// closing the connection when cctx ends.
 	stop := context.AfterFunc(cctx, func() { raw.Close() })
-	cn := &conn{p: p, ep: ep, addr: addr, raw: raw}
+	cn.raw = raw
 	e := cn.setup(cctx)
 	if !stop() {
 		raw.Close()
@@ -306,10 +315,9 @@ func (cn *conn) auth() *Error {
 		if p.tokens == nil {
 			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("AUTH %s needs an OAuth 2.0 client (auth.oauth2)", mech)}
 		}
-		var err error
-		if token, err = p.tokens.token(); err != nil {
+		if token = cn.token; cn.tokenErr != nil {
 			// Code 0: the client is told 4xx and retries; the token is not the message's fault.
-			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("AUTH %s: no access token: %w", mech, err)}
+			return &Error{Endpoint: cn.addr, Err: fmt.Errorf("AUTH %s: no access token: %w", mech, cn.tokenErr)}
 		}
 		host, port, _ := net.SplitHostPort(cn.addr)
 		portN, _ := strconv.Atoi(port)
@@ -336,6 +344,7 @@ func (cn *conn) auth() *Error {
 	}
 	cn.sendLine(line, "")
 	deadline := time.Now().Add(p.u.Timeouts.Command.Duration)
+	challenged := false
 	for {
 		msg, r, err := cn.exchange(3, deadline)
 		if err != nil {
@@ -345,12 +354,17 @@ func (cn *conn) auth() *Error {
 			if r.Code/100 == 2 {
 				return nil
 			}
-			if token != "" {
-				// Revoked or expired early: the next connection asks for a new one.
+			if token != "" && (r.Code == 535 || challenged) {
+				// Revoked or expired early (a 535, or the error challenge XOAUTH2 and
+				// OAUTHBEARER servers send about the token): the next connection asks
+				// for a new one. Other refusals (AUTH disabled, a 454) keep it.
 				p.tokens.refused(token)
 			}
 			return &Error{Endpoint: cn.addr, Message: r.Message, Err: fmt.Errorf("AUTH %s as %q refused with %d", mech, user, r.Code)}
 		}
+		// After their initial response, XOAUTH2 and OAUTHBEARER servers challenge only
+		// to report an error about the token.
+		challenged = true
 		challenge, err := base64.StdEncoding.DecodeString(strings.TrimSpace(msg))
 		var resp []byte
 		if err == nil {

@@ -43,9 +43,10 @@ type tokens struct {
 	// google obtains tokens for a Google service account (the JWT bearer grant).
 	google *jwt.Config
 
-	mu   sync.Mutex
-	src  oauth2.TokenSource
-	last string // the token handed out last
+	mu      sync.Mutex
+	src     oauth2.TokenSource
+	last    string    // the token handed out last
+	resetAt time.Time // the last reset after a refusal
 }
 
 func newTokens(c *config.OAuth2Client, subject string, timeout time.Duration) *tokens {
@@ -54,7 +55,8 @@ func newTokens(c *config.OAuth2Client, subject string, timeout time.Duration) *t
 			// The form body, as Microsoft and Google document it; never retried as
 			// basic auth (which would send the secret twice).
 			AuthStyle: oauth2.AuthStyleInParams},
-		client: &http.Client{Timeout: timeout},
+		// A redirect would send the form, secret included, elsewhere: refused.
+		client: &http.Client{Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}
 	if k, ok := c.ClientKey.(*rsa.PrivateKey); ok && c.ClientCertificate != nil {
 		t.cert, t.key = c.ClientCertificate, k
@@ -153,12 +155,20 @@ func (t *tokens) token() (string, error) {
 // the next connection asks for a new one.
 func (t *tokens) refused(token string) {
 	t.mu.Lock()
-	current := t.last == token
+	current := t.last == token && time.Since(t.resetAt) >= tokenResetGap
+	if current {
+		t.resetAt = time.Now()
+	}
 	t.mu.Unlock()
 	if current {
 		t.reset()
 	}
 }
+
+// tokenResetGap bounds how often refusals make the relay ask for a new token, so an
+// upstream that refuses every login for another reason (SMTP AUTH disabled for the
+// mailbox) does not make it hammer the token endpoint.
+const tokenResetGap = time.Minute
 
 // tokenError describes a failed token request by the endpoint's host and its OAuth
 // error code, never by what was sent.
