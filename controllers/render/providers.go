@@ -2,7 +2,6 @@ package render
 
 import (
 	"fmt"
-	"slices"
 
 	relayv1alpha1 "github.com/kuberelay/kuberelay/api/v1alpha1"
 )
@@ -80,9 +79,4 @@ func withProvider(spec *relayv1alpha1.SmarthostSpec) (*relayv1alpha1.SmarthostSp
 		out.Endpoints = []relayv1alpha1.SmarthostEndpoint{{Host: host, Port: 587}}
 	}
 	return out, nil
-}
-
-// Providers lists the known providers (the API's enum), for tests and docs.
-func Providers() []string {
-	return slices.Clone([]string{"SES", "SendGrid", "Mailgun", "Microsoft365", "GoogleWorkspace", "Postmark"})
 }

@@ -2,9 +2,10 @@ package capture
 
 import (
 	"embed"
-	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/kuberelay/kuberelay/relay/internal/jsonhttp"
 )
 
 //go:embed ui
@@ -36,12 +37,7 @@ type Listing struct {
 // pod names the relay in listings.
 func Handler(s *Store, pod string) http.Handler {
 	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, code int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(v)
-	}
+	reply := jsonhttp.Reply
 	type result struct {
 		Deleted int    `json:"deleted"`
 		Error   string `json:"error,omitempty"`

@@ -2,13 +2,13 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/kuberelay/kuberelay/relay/internal/jsonhttp"
 	"github.com/kuberelay/kuberelay/relay/upstream"
 )
 
@@ -115,11 +115,7 @@ func (s *Server) Checks() *UpstreamChecks {
 //	GET  /upstreams/check   the last round
 func (s *Server) ChecksHandler() http.Handler {
 	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, code int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(v)
-	}
+	reply := jsonhttp.Reply
 	mux.HandleFunc("POST /upstreams/check", func(w http.ResponseWriter, r *http.Request) {
 		if !s.StartChecks(r.URL.Query()["upstream"]...) {
 			reply(w, http.StatusConflict, map[string]string{"error": "a round of checks is running or has just run: try again in a few seconds"})

@@ -1,11 +1,11 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
 
+	"github.com/kuberelay/kuberelay/relay/internal/jsonhttp"
 	"github.com/kuberelay/kuberelay/relay/queue"
 )
 
@@ -52,11 +52,7 @@ func (s *Server) QueueHandler() http.Handler {
 	}
 	d := s.queue.deliverer
 	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, code int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(v)
-	}
+	reply := jsonhttp.Reply
 	type result struct {
 		Retried int    `json:"retried,omitempty"`
 		Deleted string `json:"deleted,omitempty"`
