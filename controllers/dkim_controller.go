@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -166,7 +167,7 @@ func (r *DKIMKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		}
 	}
 	keys.Annotate(sec)
-	if !equalSecret(base, sec) {
+	if !equality.Semantic.DeepEqual(base.Data, sec.Data) || !equality.Semantic.DeepEqual(base.Annotations, sec.Annotations) {
 		if err := r.Update(ctx, sec); err != nil {
 			return requeueOnConflict(err)
 		}
@@ -270,24 +271,6 @@ func nextDKIMChange(g *relayv1alpha1.DKIMGenerate, k render.DKIMKeys, now time.T
 		consider(k.RotatedAt.Add(g.RotateEvery.Duration))
 	}
 	return next
-}
-
-// equalSecret says whether a and b hold the same data and annotations.
-func equalSecret(a, b *corev1.Secret) bool {
-	if len(a.Data) != len(b.Data) || len(a.Annotations) != len(b.Annotations) {
-		return false
-	}
-	for k, v := range a.Data {
-		if string(b.Data[k]) != string(v) {
-			return false
-		}
-	}
-	for k, v := range a.Annotations {
-		if b.Annotations[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // SetupWithManager registers the reconciler: domains' spec and annotations (the

@@ -111,9 +111,8 @@ func (r *renderer) prehashClients(clients []*relayv1alpha1.RelayClient) {
 		if len(password) == 0 || len(password) > maxPasswordBytes {
 			continue
 		}
-		id := c.Namespace + "." + c.Name
-		jobs = append(jobs, job{key: hasherKey(r.relayKey, "relayclient:"+id), password: password,
-			previous: r.in.Previous[secretFileName("client", id, "bcrypt")]})
+		key, file := r.clientHash(c)
+		jobs = append(jobs, job{key: key, password: password, previous: r.in.Previous[file]})
 	}
 	if len(jobs) < 2 {
 		return
@@ -135,6 +134,12 @@ func (r *renderer) prehashClients(clients []*relayv1alpha1.RelayClient) {
 	}
 	close(work)
 	wg.Wait()
+}
+
+// clientHash is a client's Hasher key and the file of its password hash.
+func (r *renderer) clientHash(c *relayv1alpha1.RelayClient) (key, file string) {
+	id := c.Namespace + "." + c.Name
+	return hasherKey(r.relayKey, "relayclient:"+id), secretFileName("client", id, "bcrypt")
 }
 
 func (r *renderer) client(cfg *config.Config, c *relayv1alpha1.RelayClient, domainNS map[string]string) ClientResult {
@@ -165,7 +170,7 @@ func (r *renderer) client(cfg *config.Config, c *relayv1alpha1.RelayClient, doma
 		}
 	}
 	id := c.Namespace + "." + c.Name
-	file := secretFileName("client", id, "bcrypt")
+	hashKey, file := r.clientHash(c)
 	user := config.User{Username: username, PasswordHashFile: file, AllowedSenders: sortedSet(c.Spec.AllowedSenders),
 		RateLimits: clientRateLimits(c.Spec.Limits, r.in.FleetSize),
 		// All mail captured needs no mark on each user.
@@ -189,7 +194,7 @@ func (r *renderer) client(cfg *config.Config, c *relayv1alpha1.RelayClient, doma
 	if r.in.Hasher == nil {
 		return fail(relayv1alpha1.ReasonRenderFailed, "render: Inputs.Hasher is nil but the relay has clients")
 	}
-	hash, err := r.in.Hasher.Hash(hasherKey(r.relayKey, "relayclient:"+id), password, r.in.Previous[file])
+	hash, err := r.in.Hasher.Hash(hashKey, password, r.in.Previous[file])
 	if err != nil {
 		return fail(relayv1alpha1.ReasonRenderFailed, "hashing the password of RelayClient %s/%s failed; it is retried", c.Namespace, c.Name)
 	}
